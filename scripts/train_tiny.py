@@ -1,0 +1,222 @@
+#!/usr/bin/env python
+"""Train one of the shipped tiny MDLMs with the masked-diffusion objective.
+
+    python scripts/train_tiny.py --member tiny-char --seed 0 --out models/tiny-char
+    python scripts/train_tiny.py --member tiny-bpe  --seed 0 --out models/tiny-bpe
+
+Objective (LLaDA's): sample t in (0, 1], mask each response token with probability t (the prompt
+and the fixed answer marker are never masked), cross-entropy on the masked positions weighted by 1/t.
+Responses use the decoding layout: reasoning, EOS padding, "Answer:", answer, EOS padding.
+The two members differ the way real ensemble members do: tokenizer (characters vs byte-level BPE),
+logit convention (tiny-bpe reads position i's prediction at i-1, as Dream does) and, above all,
+training mix: tiny-char practises the additions (most products are by 1), tiny-bpe the
+multiplications (most sums add 0), over the same ranges.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import string
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import PreTrainedTokenizerFast
+
+from tie_lite.families import chat_prompt_ids
+from tie_lite.tasks import ANSWER_MARKER, TASKS, TRAIN_SEED_BASE, EVAL_SEED, VALIDATION_SEED
+from tie_lite.tiny_model import TieTinyConfig, TieTinyForMaskedLM
+
+SPECIALS = ["[PAD]", "[UNK]", "[MASK]", "[EOS]"]
+CHAT_TEMPLATE = (
+    "{% for m in messages %}{% if m['role'] == 'user' %}User: {% else %}Bot: {% endif %}"
+    "{{ m['content'] }}\n{% endfor %}{% if add_generation_prompt %}Bot: {% endif %}"
+)
+
+MEMBERS = {
+    "tiny-char": dict(tokenizer="char", shift_logits=False, mix=dict(trivial_product=0.6, one_stage=0.15)),
+    "tiny-bpe": dict(tokenizer="bpe", shift_logits=True, mix=dict(trivial_sum=0.6, one_stage=0.15)),
+}
+
+
+def wrap(tok: Tokenizer) -> PreTrainedTokenizerFast:
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]", mask_token="[MASK]", eos_token="[EOS]"
+    )
+    fast.chat_template = CHAT_TEMPLATE
+    return fast
+
+
+def char_tokenizer() -> PreTrainedTokenizerFast:
+    chars = sorted(set(string.printable) - set("\x0b\x0c\r"))
+    vocab = {t: i for i, t in enumerate(SPECIALS + chars)}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
+    tok.decoder = decoders.Fuse()
+    return wrap(tok)
+
+
+def bpe_tokenizer(texts: list[str], vocab_size: int = 320) -> PreTrainedTokenizerFast:
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False)]
+    )
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=SPECIALS, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    tok.train_from_iterator(texts, trainer)
+    return wrap(tok)
+
+
+def held_out_expressions() -> set[str]:
+    """Expressions of the validation and evaluation problems: training never sees them."""
+    held = set()
+    for task in TASKS.values():
+        for seed in (VALIDATION_SEED, EVAL_SEED):
+            held |= {p.reasoning for p in task.generate(2000, seed)}
+    return held
+
+
+class Examples:
+    """Streams training batches in the decoding layout."""
+
+    def __init__(self, tokenizer, mix, seed, free_fraction=0.2):
+        self.tok = tokenizer
+        self.mix = mix
+        self.rng = random.Random(TRAIN_SEED_BASE + seed)
+        self.free_fraction = free_fraction
+        self.held = held_out_expressions()
+        self.eos = tokenizer.eos_token_id
+        self.marker = tokenizer.encode(ANSWER_MARKER, add_special_tokens=False)
+
+    def problem(self):
+        while True:
+            task = self.rng.choice(list(TASKS.values()))
+            p = task.sample(self.rng, self.mix)
+            if p.reasoning not in self.held:
+                return p
+
+    def batch(self, size: int):
+        enc = lambda s: self.tok.encode(s, add_special_tokens=False)  # noqa: E731
+        rows = []
+        for _ in range(size):
+            p = self.problem()
+            prompt = chat_prompt_ids(self.tok, [{"role": "user", "content": p.prompt}])
+            reasoning, answer = enc(p.reasoning), enc(p.answer)
+            answer_pad = self.rng.randint(0, 10 - len(answer)) if len(answer) < 10 else 0
+            rows.append((prompt, reasoning, answer, answer_pad, self.rng.random() < self.free_fraction))
+        need = max(len(pr) + len(r) + len(self.marker) + len(a) + ap for pr, r, a, ap, _ in rows)
+        total = need + self.rng.randint(0, 16)
+        ids, maskable = [], []
+        for prompt, reasoning, answer, answer_pad, free in rows:
+            if free:  # no fixed marker: everything after the prompt is generated, EOS to the end
+                resp = reasoning + self.marker + answer
+                resp = resp + [self.eos] * (total - len(prompt) - len(resp))
+                ids.append(prompt + resp)
+                maskable.append([0] * len(prompt) + [1] * len(resp))
+            else:  # answer layout: reasoning, EOS padding, fixed marker, answer, EOS padding
+                tail = answer + [self.eos] * answer_pad
+                pad = total - len(prompt) - len(reasoning) - len(self.marker) - len(tail)
+                ids.append(prompt + reasoning + [self.eos] * pad + self.marker + tail)
+                maskable.append(
+                    [0] * len(prompt) + [1] * (len(reasoning) + pad) + [0] * len(self.marker) + [1] * len(tail)
+                )
+        return torch.tensor(ids), torch.tensor(maskable, dtype=torch.bool)
+
+
+def masked_diffusion_loss(model, ids, maskable, mask_id, shift: bool, eps=1e-3):
+    b = ids.shape[0]
+    t = (1 - eps) * torch.rand(b, 1) + eps
+    masked = maskable & (torch.rand(ids.shape) < t)
+    noisy = torch.where(masked, torch.full_like(ids, mask_id), ids)
+    logits = model(input_ids=noisy).logits
+    if shift:
+        logits = torch.cat([logits[:, :1], logits[:, :-1]], dim=1)
+    ce = F.cross_entropy(logits[masked], ids[masked], reduction="none")
+    weights = (1.0 / t).expand_as(ids)[masked]
+    return (ce * weights).sum() / maskable.sum()
+
+
+def save(model, tok, out: Path):
+    model.eval()
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    model.train()
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--member", choices=sorted(MEMBERS), required=True)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--steps", type=int, default=3500)
+    ap.add_argument("--batch", type=int, default=128)
+    ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--hidden", type=int, default=96)
+    ap.add_argument("--layers", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--checkpoint-every", type=int, default=0, help="also save every N steps (to watch training)")
+    args = ap.parse_args()
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    spec = MEMBERS[args.member]
+    if spec["tokenizer"] == "char":
+        tok = char_tokenizer()
+    else:
+        rng = random.Random(TRAIN_SEED_BASE - 1 - args.seed)
+        texts = []
+        for task in TASKS.values():
+            for _ in range(4000):
+                p = task.sample(rng)
+                texts += [f"User: {p.prompt}\nBot: ", p.reasoning, ANSWER_MARKER, p.answer]
+        tok = bpe_tokenizer(texts)
+    config = TieTinyConfig(
+        vocab_size=len(tok),
+        hidden_size=args.hidden,
+        num_hidden_layers=args.layers,
+        num_attention_heads=4,
+        intermediate_size=3 * args.hidden,
+        max_position_embeddings=256,
+        mask_token_id=tok.mask_token_id,
+        pad_token_id=tok.pad_token_id,
+        eos_token_id=tok.eos_token_id,
+        shift_logits=spec["shift_logits"],
+    )
+    model = TieTinyForMaskedLM(config)
+    data = Examples(tok, spec["mix"], args.seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01, betas=(0.9, 0.98))
+    warmup = 200
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / args.steps)))
+    )
+    start = time.time()
+    model.train()
+    for step in range(args.steps):
+        ids, maskable = data.batch(args.batch)
+        loss = masked_diffusion_loss(model, ids, maskable, tok.mask_token_id, spec["shift_logits"])
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        if step % 100 == 0 or step == args.steps - 1:
+            print(f"step {step} loss {loss.item():.4f} {time.time() - start:.0f}s", flush=True)
+        if args.checkpoint_every and step and step % args.checkpoint_every == 0:
+            save(model, tok, args.out)
+    save(model, tok, args.out)
+    meta = dict(member=args.member, seed=args.seed, steps=args.steps, batch=args.batch, lr=args.lr,
+                mix=spec["mix"], train_seconds=round(time.time() - start), params=model.num_parameters())
+    (args.out / "training.json").write_text(json.dumps(meta, indent=2) + "\n")
+    print(json.dumps(meta))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,181 @@
+"""`tie-lite eval`: accuracy tables for single members, the post-generation ensemble, TIE and the oracle
+bounds, on generated problems with exact checkers."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections import defaultdict
+from dataclasses import replace
+
+from .errors import UserError
+from .layout import TextState
+
+BOUNDS = ("oracle-relay", "oracle-pick")  # diagnostics, labelled as bounds
+POSTGEN_INTERVAL = 10**9  # one round covering the whole generation
+
+
+def method_settings(method: str, names: list[str], tie):
+    """(member indices, TieSettings) for a method name: a member alone is TIE with M = 1."""
+    if method in names:
+        return [names.index(method)], replace(tie, score="tcc", select="lowest-tcc")
+    everyone = list(range(len(names)))
+    if len(names) < 2 and method in ("postgen", "tie") + BOUNDS:
+        raise UserError(f"method '{method}' ensembles members; give at least two --model")
+    if method == "tie":
+        return everyone, tie
+    if method == "postgen":
+        return everyone, replace(tie, interval=POSTGEN_INTERVAL)
+    if method == "oracle-relay":
+        return everyone, replace(tie, score="oracle", select="oracle")
+    if method == "oracle-pick":
+        return everyone, replace(tie, interval=POSTGEN_INTERVAL, score="tcc", select="oracle")
+    raise UserError(f"unknown method '{method}'; use member names ({', '.join(names)}), postgen, tie, {', '.join(BOUNDS)}")
+
+
+def evaluate(ensemble, task, n: int, seed: int, methods: list[str], decode, tie, out=None, progress=None):
+    names = [m.name for m in ensemble.members]
+    plans = {method: method_settings(method, names, tie) for method in methods}
+    problems = task.generate(n, seed)
+    results, traces = {}, {}
+    for method, (indices, settings) in plans.items():
+        correct, steps, seconds, changes, relays = 0, 0, 0.0, 0, 0
+        stage_hits, stage_seen = defaultdict(int), defaultdict(int)
+        change_at = defaultdict(int)
+        for p in problems:
+            gold = TextState(p.reasoning, True, p.answer, True)
+            start = time.perf_counter()
+            res = ensemble.run([{"role": "user", "content": p.prompt}], decode, settings, members=indices, gold=gold)
+            seconds += time.perf_counter() - start
+            check = task.check(p, res.text)
+            correct += check.correct
+            steps += res.steps
+            for stage, ok in check.stages.items():
+                stage_seen[stage] += 1
+                stage_hits[stage] += ok
+            leaders = [r["leader"] for r in res.rounds]
+            changes += res.leader_changes
+            relays += max(0, len(leaders) - 1)
+            for k in range(1, len(leaders)):
+                change_at[k] += leaders[k] != leaders[k - 1]
+            if out is not None:
+                out.write(json.dumps({"method": method, "prompt": p.prompt, "output": res.text, "answer": check.answer,
+                                      "gold": p.answer, "correct": check.correct, "stages": check.stages,
+                                      "final_member": res.final_member, "rounds": res.rounds}) + "\n")
+            if progress is not None:
+                progress(method)
+        results[method] = {
+            "accuracy": round(100.0 * correct / n, 2),
+            "stages": {s: round(100.0 * stage_hits[s] / stage_seen[s], 2) for s in sorted(stage_seen)},
+            "mean_steps": round(steps / n, 2),
+            "seconds": round(seconds / n, 4),
+            "change_rate": round(100.0 * changes / relays, 2) if relays else None,
+            "bound": method in BOUNDS,
+        }
+        traces[method] = {k: change_at[k] / n for k in sorted(change_at)}
+    return results, traces
+
+
+def table(results: dict) -> str:
+    lines = [f"{'method':22} {'accuracy':>8} {'steps':>7} {'s/problem':>9} {'change%':>8}  stages"]
+    for method, r in results.items():
+        label = method + (" (bound)" if r["bound"] else "")
+        rate = "-" if r["change_rate"] is None else f"{r['change_rate']:.1f}"
+        stages = " ".join(f"{k}={v:.1f}" for k, v in r["stages"].items())
+        lines.append(f"{label:22} {r['accuracy']:8.1f} {r['mean_steps']:7.1f} {r['seconds']:9.3f} {rate:>8}  {stages}")
+    return "\n".join(lines)
+
+
+def plot(results: dict, traces: dict, path: str, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    methods = list(results)
+    bars = ax.bar(range(len(methods)), [results[m]["accuracy"] for m in methods],
+                  color=["#bbbbbb" if results[m]["bound"] else "#4477aa" for m in methods])
+    for bar, m in zip(bars, methods):
+        if results[m]["bound"]:
+            bar.set_hatch("//")
+        ax.annotate(f"{results[m]['accuracy']:.1f}", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                    ha="center", va="bottom", fontsize=8)
+    ax.set_xticks(range(len(methods)), [m + ("\n(bound)" if results[m]["bound"] else "") for m in methods],
+                  rotation=20, fontsize=8)
+    ax.set_ylabel("accuracy %")
+    ax.set_ylim(0, 100)
+    ax.set_title(title)
+    for m, trace in traces.items():
+        if trace and not results[m]["bound"]:
+            ax2.plot([k + 1 for k in trace], [100 * v for v in trace.values()], marker="o", label=m)
+    ax2.set_xlabel("round (relay after it)")
+    ax2.set_ylabel("% problems whose leader changed")
+    ax2.set_title("when leaders change over decoding")
+    if ax2.lines:
+        ax2.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def add_eval_parser(sub) -> None:
+    from .cli import add_decode_args, add_model_args, add_tie_args
+
+    e = sub.add_parser("eval", help="accuracy of members, postgen, TIE and oracle bounds on a task")
+    e.add_argument("--task", help="task name (see --list-tasks)")
+    e.add_argument("--n", type=int, default=100, help="problems per method")
+    e.add_argument("--seed", type=int, default=2, help="problem seed (1 = validation, 2 = evaluation)")
+    e.add_argument("--methods", help="comma list: member names, postgen, tie, oracle-relay, oracle-pick "
+                                     "(default: every member, postgen and tie)")
+    e.add_argument("--json", action="store_true")
+    e.add_argument("--out", help="write one JSON line per problem and method")
+    e.add_argument("--plot", help="write a PNG: accuracy per method and when leaders change")
+    e.add_argument("--list-tasks", action="store_true", help="print the task names and exit")
+    add_model_args(e)
+    add_decode_args(e, seed_flag="--sample-seed")
+    add_tie_args(e)
+    e.set_defaults(func=cmd_eval)
+
+
+def cmd_eval(args) -> int:
+    from tqdm import tqdm
+
+    from .cli import decode_settings, load_settings, tie_settings
+    from .session import Ensemble
+    from .tasks import TASKS, get_task
+
+    if args.list_tasks:
+        print("\n".join(TASKS))
+        return 0
+    if not args.task:
+        raise UserError("give --task NAME (see `tie-lite eval --list-tasks`)")
+    task = get_task(args.task)
+    if args.n < 1:
+        raise UserError("--n must be at least 1")
+    decode, tie = decode_settings(args), tie_settings(args)
+    ensemble = Ensemble(load_settings(args))
+    names = [m.name for m in ensemble.members]
+    methods = args.methods.split(",") if args.methods else names + (["postgen", "tie"] if len(names) > 1 else [])
+    for method in methods:
+        method_settings(method, names, tie)[1].validate(names if method not in names else [method])
+    bar = tqdm(total=args.n * len(methods), desc="eval", unit="problem", file=sys.stderr,
+               disable=not sys.stderr.isatty())
+    out = open(args.out, "w") if args.out else None
+    try:
+        results, traces = evaluate(ensemble, task, args.n, args.seed, methods, decode, tie, out,
+                                   progress=lambda m: (bar.set_postfix_str(m), bar.update(1)))
+    finally:
+        bar.close()
+        if out is not None:
+            out.close()
+    if args.plot:
+        plot(results, traces, args.plot, f"{task.name}, n={args.n}, seed {args.seed}, score {tie.score}")
+    if args.json:
+        print(json.dumps({"task": task.name, "n": args.n, "seed": args.seed, "settings": {"score": tie.score,
+                          "select": tie.select, "interval": tie.interval}, "results": results}, indent=2))
+    else:
+        print(f"{task.name}: n={args.n}, seed {args.seed}, score {tie.score}, select {tie.select}")
+        print(table(results))
+    return 0

@@ -1,0 +1,44 @@
+"""What a model family is: the facts that differ between MDLM families and must live in one place."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+def chat_prompt_ids(tokenizer, messages: list[dict]) -> list[int]:
+    """Render the tokenizer's own chat template and encode it (templates carry their own BOS)."""
+    text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    return tokenizer.encode(text, add_special_tokens=False)
+
+
+@dataclass(frozen=True)
+class Family:
+    name: str
+    model_types: tuple[str, ...]
+    auto_class: str  # transformers Auto class that loads it
+    trust_remote_code: bool
+    mask_token_id: int | None = None  # None: read from the config (the project's own models)
+    eos_token_ids: tuple[int, ...] = ()  # empty: the tokenizer's eos
+    shift_logits: bool | None = None  # None: read from the config
+    hub_examples: tuple[str, ...] = ()
+
+    def mask_id(self, config) -> int:
+        return self.mask_token_id if self.mask_token_id is not None else int(config.mask_token_id)
+
+    def eos_ids(self, tokenizer) -> tuple[int, ...]:
+        return self.eos_token_ids or (int(tokenizer.eos_token_id),)
+
+    def shifted(self, config) -> bool:
+        return self.shift_logits if self.shift_logits is not None else bool(getattr(config, "shift_logits", False))
+
+    def prompt_ids(self, tokenizer, messages: list[dict]) -> list[int]:
+        return chat_prompt_ids(tokenizer, messages)
+
+    @staticmethod
+    def align(logits: torch.Tensor, shifted: bool) -> torch.Tensor:
+        """Put the prediction for position i at index i (Dream-style models emit it at i-1)."""
+        if shifted:
+            return torch.cat([logits[:, :1], logits[:, :-1]], dim=1)
+        return logits

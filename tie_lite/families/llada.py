@@ -1,0 +1,14 @@
+"""LLaDA (GSAI-ML/LLaDA-8B-Instruct, LLaDA-1.5): no logit shift, Llama-style chat template."""
+
+from .base import Family
+
+LLADA = Family(
+    name="llada",
+    model_types=("llada",),
+    auto_class="AutoModel",
+    trust_remote_code=True,
+    mask_token_id=126336,
+    eos_token_ids=(126081, 126348),  # <|endoftext|> (also pad), <|eot_id|>
+    shift_logits=False,
+    hub_examples=("GSAI-ML/LLaDA-8B-Instruct", "GSAI-ML/LLaDA-1.5"),
+)

@@ -1,0 +1,5 @@
+"""The project's own small MDLMs (models/): mask id, EOS and logit convention come from each checkpoint."""
+
+from .base import Family
+
+TINY = Family(name="tie-tiny", model_types=("tie-tiny",), auto_class="AutoModelForMaskedLM", trust_remote_code=False)

@@ -1,0 +1,196 @@
+"""Canvas construction: where the prompt, reasoning, answer marker and answer sit, for any tokenizer.
+
+Answer layout (reasoning-as-infilling): prompt · R reasoning masks · "Answer:" · A answer masks, with
+R + len(marker) + A == gen_length. Free layout (plain chat): prompt · gen_length masks.
+
+A trajectory's content can also be read as text (`TextState`): relaying between members with different
+tokenizers goes through it. Relays happen on block boundaries, where the committed part of each region
+is a prefix, so the text is exact for everything committed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .errors import UserError
+from .tasks import ANSWER_MARKER
+
+
+def _span(tokenizer, before: str, after: str) -> tuple[list[int], list[int]]:
+    """(tokens of the old text, tokens of the new text) as this tokenizer writes them."""
+    enc = lambda s: tokenizer.encode(s, add_special_tokens=False) if s else []  # noqa: E731
+    if not after.startswith(before):
+        return [], enc(after)
+    return enc(before), enc(after[len(before) :])
+
+
+
+@dataclass(frozen=True)
+class TextState:
+    reasoning: str = ""
+    reasoning_done: bool = False  # an end-of-text was committed in the reasoning region, or it is full
+    answer: str = ""
+    answer_done: bool = False
+
+
+@dataclass(frozen=True)
+class Layout:
+    prompt_len: int
+    gen_length: int
+    reasoning_len: int  # == gen_length in the free layout
+    marker_ids: tuple[int, ...]  # empty in the free layout
+    block_size: int
+    mask_id: int
+    eos_ids: tuple[int, ...]
+
+    @property
+    def total_len(self) -> int:
+        return self.prompt_len + self.gen_length
+
+    @property
+    def has_answer(self) -> bool:
+        return bool(self.marker_ids)
+
+    @property
+    def reasoning(self) -> slice:
+        return slice(self.prompt_len, self.prompt_len + self.reasoning_len)
+
+    @property
+    def marker(self) -> slice:
+        start = self.reasoning.stop
+        return slice(start, start + len(self.marker_ids))
+
+    @property
+    def answer(self) -> slice:
+        return slice(self.marker.stop, self.total_len)
+
+    @property
+    def answer_len(self) -> int:
+        return self.total_len - self.marker.stop
+
+    @property
+    def num_blocks(self) -> int:
+        return self.gen_length // self.block_size
+
+    def block(self, index: int) -> slice:
+        start = self.prompt_len + index * self.block_size
+        return slice(start, start + self.block_size)
+
+    # --- text view -------------------------------------------------------------------------------
+
+    def _region_text(self, tokenizer, ids: torch.Tensor, region: slice) -> tuple[str, bool]:
+        """Decode the committed prefix of a region; done when it is full or holds an end-of-text."""
+        tokens = ids[region].tolist()
+        prefix = []
+        for t in tokens:
+            if t == self.mask_id:
+                break
+            prefix.append(t)
+        done = len(prefix) == len(tokens) or any(t in self.eos_ids for t in prefix)
+        kept = [t for t in prefix if t not in self.eos_ids]
+        return tokenizer.decode(kept, skip_special_tokens=True), done
+
+    def read_state(self, tokenizer, ids: torch.Tensor) -> TextState:
+        reasoning, r_done = self._region_text(tokenizer, ids, self.reasoning)
+        if not self.has_answer:
+            return TextState(reasoning, r_done)
+        answer, a_done = self._region_text(tokenizer, ids, self.answer)
+        return TextState(reasoning, r_done, answer, a_done)
+
+    def _fill(self, tokens: list[int], length: int, done: bool) -> list[int]:
+        tokens = tokens[:length]
+        filler = self.eos_ids[0] if done else self.mask_id
+        return tokens + [filler] * (length - len(tokens))
+
+    def write_state(self, tokenizer, prompt_ids: list[int], state: TextState) -> torch.Tensor:
+        """This layout's canvas holding `state`, re-encoded with this member's tokenizer."""
+        enc = lambda s: tokenizer.encode(s, add_special_tokens=False) if s else []  # noqa: E731
+        ids = list(prompt_ids) + self._fill(enc(state.reasoning), self.reasoning_len, state.reasoning_done)
+        if self.has_answer:
+            ids += list(self.marker_ids) + self._fill(enc(state.answer), self.answer_len, state.answer_done)
+        return torch.tensor(ids, dtype=torch.long)
+
+    def write_span(self, tokenizer, prompt_ids, before: TextState, after: TextState):
+        """Canvas holding `before`, then masks where `after` adds text (as this tokenizer splits it), then
+        masks for the rest; returns (canvas, positions of the added tokens, the added tokens)."""
+        ids = list(prompt_ids)
+        positions: list[int] = []
+        tokens: list[int] = []
+        regions = [(self.reasoning_len, before.reasoning, before.reasoning_done, after.reasoning, after.reasoning_done)]
+        if self.has_answer:
+            regions.append((self.answer_len, before.answer, before.answer_done, after.answer, after.answer_done))
+        for index, (length, old, old_done, new, new_done) in enumerate(regions):
+            if index == 1:
+                ids += list(self.marker_ids)
+            kept, added = _span(tokenizer, old, new)
+            if old_done:
+                ids += self._fill(kept, length, True)
+                continue
+            region = (kept + added)[:length]
+            if new_done:  # the round also ended this region: its end-of-text padding was committed too
+                region = self._fill(region, length, True)
+            for offset in range(len(kept), len(region)):
+                positions.append(len(ids) + offset)
+                tokens.append(region[offset])
+            ids += [t if k < len(kept) else self.mask_id for k, t in enumerate(region)]
+            ids += [self.mask_id] * (length - len(region))
+        return torch.tensor(ids), torch.tensor(positions, dtype=torch.long), torch.tensor(tokens, dtype=torch.long)
+
+    def text(self, tokenizer, ids: torch.Tensor) -> str:
+        """The response as a user reads it: reasoning, then the marker and the answer."""
+        state = self.read_state(tokenizer, ids)
+        if not self.has_answer:
+            return state.reasoning.strip()
+        return f"{state.reasoning.strip()}\n{ANSWER_MARKER} {state.answer.strip()}".strip()
+
+    def render(self, tokenizer, ids: torch.Tensor, mask_symbol: str = "░") -> str:
+        """The canvas with still-masked positions shown as `mask_symbol` (for streaming views)."""
+        pieces = []
+        for t in ids[self.prompt_len :].tolist():
+            if t == self.mask_id:
+                pieces.append(mask_symbol)
+            elif t not in self.eos_ids:
+                pieces.append(tokenizer.decode([t], skip_special_tokens=True))
+        return "".join(pieces)
+
+
+def make_layout(
+    tokenizer,
+    prompt_ids: list[int],
+    *,
+    gen_length: int,
+    block_size: int,
+    mask_id: int,
+    eos_ids: tuple[int, ...],
+    answer_length: int | None,
+    max_length: int | None = None,
+) -> tuple[Layout, torch.Tensor]:
+    """Build the layout and the all-masked starting canvas. `answer_length=None` selects the free layout."""
+    if gen_length <= 0 or block_size <= 0:
+        raise UserError("--gen-length and --block-size must be positive")
+    if gen_length % block_size:
+        raise UserError(
+            f"--gen-length {gen_length} is not a multiple of --block-size {block_size}; "
+            f"use e.g. --gen-length {(gen_length // block_size + 1) * block_size}"
+        )
+    if answer_length is None:
+        marker: tuple[int, ...] = ()
+        reasoning_len = gen_length
+    else:
+        marker = tuple(tokenizer.encode(ANSWER_MARKER, add_special_tokens=False))
+        reasoning_len = gen_length - len(marker) - answer_length
+        if answer_length <= 0 or reasoning_len <= 0:
+            raise UserError(
+                f"--gen-length {gen_length} leaves no room for reasoning before a {answer_length}-token answer; "
+                f"raise --gen-length or lower --answer-length"
+            )
+    layout = Layout(len(prompt_ids), gen_length, reasoning_len, marker, block_size, mask_id, tuple(eos_ids))
+    if max_length is not None and layout.total_len > max_length:
+        raise UserError(
+            f"prompt ({layout.prompt_len} tokens) plus --gen-length {gen_length} exceeds the model's context of "
+            f"{max_length} tokens; shorten the prompt or lower --gen-length"
+        )
+    return layout, layout.write_state(tokenizer, prompt_ids, TextState())
+

@@ -1,0 +1,47 @@
+"""Known models: the shipped tiny members (in models/) and hub families, with their decoding defaults."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+
+def models_dir() -> Path:
+    """Where the shipped checkpoints live (the repository's models/, or $TIE_LITE_MODELS)."""
+    return Path(os.environ.get("TIE_LITE_MODELS", Path(__file__).resolve().parent.parent / "models"))
+
+
+@dataclass(frozen=True)
+class Entry:
+    name: str
+    source: str  # a folder under models/ or a hub id
+    shipped: bool
+    about: str
+
+
+ENTRIES = {
+    e.name: e
+    for e in (
+        Entry("tiny-char", "tiny-char", True, "shipped; character tokenizer, practises the additions"),
+        Entry("tiny-bpe", "tiny-bpe", True, "shipped; byte-level BPE, Dream-style shifted logits, practises the products"),
+        Entry("llada-8b-instruct", "GSAI-ML/LLaDA-8B-Instruct", False, "LLaDA family; needs --trust-remote-code"),
+        Entry("llada-1.5", "GSAI-ML/LLaDA-1.5", False, "LLaDA family; needs --trust-remote-code"),
+        Entry("dream-7b-instruct", "Dream-org/Dream-v0-Instruct-7B", False, "Dream family; needs --trust-remote-code"),
+        Entry("diffucoder-7b-instruct", "apple/DiffuCoder-7B-Instruct", False, "Dream family; needs --trust-remote-code"),
+    )
+}
+
+DEFAULT_ENSEMBLE = ("tiny-char", "tiny-bpe")
+
+
+def resolve(spec: str) -> tuple[str, str]:
+    """(display name, loadable source) for a registry name, a local folder or a hub id."""
+    entry = ENTRIES.get(spec)
+    if entry is not None:
+        source = str(models_dir() / entry.source) if entry.shipped else entry.source
+        return entry.name, source
+    path = Path(spec).expanduser()
+    if path.exists():
+        return path.resolve().name, str(path.resolve())
+    return spec, spec

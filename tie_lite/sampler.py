@@ -1,0 +1,256 @@
+"""A member's trajectory and how it advances under an unmasking policy (the reference samplers' rules).
+
+Per block of `block_size` positions and `steps_per_block` steps, each step commits ceil(m / r) of the
+block's m masked positions with r steps left in it: exactly LLaDA's even split (n // s each step, the
+first n % s steps one more), minus the forward passes LLaDA spends on steps that commit nothing.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+from .errors import UserError
+from .layout import Layout, TextState, make_layout
+from .loading import Member
+
+UNMASK_POLICIES = ("low_confidence", "threshold", "topk", "margin", "entropy", "random")
+FREE_ANSWER_POSITIONS = 8  # free layout: how many masked positions past the current block are watched
+
+
+@dataclass(frozen=True)
+class DecodeSettings:
+    gen_length: int = 48
+    block_size: int = 16
+    steps: int | None = None  # None: one token per step (steps == gen_length)
+    temperature: float = 0.0
+    unmask: str = "low_confidence"
+    threshold: float = 0.9
+    topk: int = 2
+    seed: int = 0
+    answer_length: int | None = 8  # None: free layout (no answer marker)
+
+    @property
+    def total_steps(self) -> int:
+        return self.steps if self.steps is not None else self.gen_length
+
+    @property
+    def steps_per_block(self) -> int:
+        return self.total_steps // (self.gen_length // self.block_size)
+
+    def validate(self) -> None:
+        if self.unmask not in UNMASK_POLICIES:
+            raise UserError(f"unknown --unmask '{self.unmask}'; use one of {', '.join(UNMASK_POLICIES)}")
+        if self.gen_length <= 0 or self.block_size <= 0 or self.total_steps <= 0:
+            raise UserError("--gen-length, --block-size and --steps must be positive")
+        if self.gen_length % self.block_size:
+            raise UserError(
+                f"--gen-length {self.gen_length} is not a multiple of --block-size {self.block_size}; "
+                f"use e.g. --gen-length {(self.gen_length // self.block_size + 1) * self.block_size}"
+            )
+        blocks = self.gen_length // self.block_size
+        if self.total_steps % blocks:
+            raise UserError(
+                f"--steps {self.total_steps} must be a multiple of the number of blocks ({blocks} = gen-length / "
+                f"block-size); use e.g. --steps {max(1, self.total_steps // blocks) * blocks}"
+            )
+        if self.temperature < 0:
+            raise UserError("--temperature must be >= 0")
+        if not 0 < self.threshold <= 1:
+            raise UserError("--threshold must be in (0, 1]")
+        if self.topk < 1:
+            raise UserError("--topk must be at least 1")
+
+
+@dataclass
+class Trajectory:
+    """One member's canvas plus what scoring needs from its recent steps (the relay state)."""
+
+    member: Member
+    layout: Layout
+    prompt_ids: list[int]
+    ids: torch.Tensor
+    generator: torch.Generator
+    block_step: int = 0
+    forwards: int = 0
+    round_start: torch.Tensor | None = None
+    prev_top1: torch.Tensor | None = None
+    round_tcc: float = 0.0
+    round_steps: int = 0
+    total_tcc: float = 0.0
+    total_steps: int = 0
+    total_top1: float = 0.0
+    history: list = field(default_factory=list)
+
+    @classmethod
+    def start(cls, member: Member, messages: list[dict], settings: DecodeSettings) -> Trajectory:
+        prompt = member.prompt_ids(messages)
+        layout, ids = make_layout(
+            member.tokenizer,
+            prompt,
+            gen_length=settings.gen_length,
+            block_size=settings.block_size,
+            mask_id=member.mask_id,
+            eos_ids=member.eos_ids,
+            answer_length=settings.answer_length,
+            max_length=member.max_length,
+        )
+        gen = torch.Generator().manual_seed(settings.seed)
+        traj = cls(member, layout, prompt, ids, gen)
+        traj.begin_round()
+        return traj
+
+    # --- state ------------------------------------------------------------------------------------
+
+    @property
+    def masked(self) -> torch.Tensor:
+        return self.ids == self.layout.mask_id
+
+    @property
+    def done(self) -> bool:
+        return not bool(self.masked[self.layout.prompt_len :].any())
+
+    def current_block(self) -> int | None:
+        gen = self.masked[self.layout.prompt_len :]
+        if not gen.any():
+            return None
+        return int(gen.nonzero()[0]) // self.layout.block_size
+
+    def state(self) -> TextState:
+        return self.layout.read_state(self.member.tokenizer, self.ids)
+
+    def text(self) -> str:
+        return self.layout.text(self.member.tokenizer, self.ids)
+
+    def render(self, mask_symbol: str = "░") -> str:
+        return self.layout.render(self.member.tokenizer, self.ids, mask_symbol)
+
+    def begin_round(self) -> None:
+        self.round_start = self.ids.clone()
+        self.round_tcc = 0.0
+        self.round_steps = 0
+
+    def adopt(self, other: Trajectory) -> None:
+        """Relay: take `other`'s canvas, id for id when the tokenizers match, else through text."""
+        if other is self:
+            return
+        if other.member.tokenizer_key == self.member.tokenizer_key and other.layout == self.layout:
+            self.ids = other.ids.clone()
+        else:
+            self.ids = self.layout.write_state(self.member.tokenizer, self.prompt_ids, other.state())
+        self.block_step = 0
+        self.prev_top1 = None
+
+    # --- decoding ---------------------------------------------------------------------------------
+
+    def scored_positions(self, masked: torch.Tensor, block: slice) -> torch.Tensor:
+        """Positions whose predictions are watched: masked answer positions, or (free layout) the next
+        FREE_ANSWER_POSITIONS masked positions past the current block (the block's own if none are left)."""
+        lay = self.layout
+        if lay.has_answer:
+            idx = torch.arange(lay.answer.start, lay.answer.stop)
+            return idx[masked[lay.answer]]
+        after = masked.clone()
+        after[: block.stop] = False
+        idx = after.nonzero().flatten()[:FREE_ANSWER_POSITIONS]
+        if idx.numel() == 0:
+            inside = masked.clone()
+            inside[: block.start] = False
+            idx = inside.nonzero().flatten()[:FREE_ANSWER_POSITIONS]
+        return idx
+
+    def step(self, settings: DecodeSettings, logits: torch.Tensor | None = None) -> bool:
+        """One forward and one commit. Returns False when the trajectory was already complete."""
+        blk = self.current_block()
+        if blk is None:
+            return False
+        lay = self.layout
+        block = lay.block(blk)
+        masked = self.masked
+        candidates = torch.zeros_like(masked)
+        candidates[block] = masked[block]
+        if lay.has_answer and masked[lay.reasoning].any():
+            candidates[lay.answer] = False  # answers are committed after all of the reasoning
+        cand = candidates.nonzero().flatten()
+        watched = self.scored_positions(masked, block)
+        if logits is None:
+            logits = self.member.logits(self.ids[None])[0]
+        self.forwards += 1
+
+        cand_logits = logits[cand]
+        probs = torch.softmax(cand_logits, dim=-1)
+        if settings.temperature > 0:
+            x0 = _gumbel_argmax(cand_logits, settings.temperature, self.generator)
+        else:
+            x0 = probs.argmax(-1)
+        confidence = _confidence(settings.unmask, probs, x0, self.generator)
+
+        if settings.unmask == "threshold":
+            count = max(1, int((confidence >= settings.threshold).sum()))
+        elif settings.unmask == "topk":
+            count = settings.topk
+        else:
+            left = max(1, settings.steps_per_block - self.block_step)
+            count = math.ceil(int(masked[block].sum()) / left)
+        count = min(count, cand.numel())
+        chosen = torch.topk(confidence, count).indices
+        self._record(logits, watched)
+        self.ids[cand[chosen]] = x0[chosen]
+        self.block_step += 1
+        if not self.masked[block].any():
+            self.block_step = 0
+        return True
+
+    def _record(self, logits: torch.Tensor, watched: torch.Tensor) -> None:
+        """Token change count at the watched positions (EOS predictions excluded), normalized per step."""
+        if watched.numel():
+            probs = torch.softmax(logits[watched], dim=-1)
+            top_p, top = probs.max(-1)
+            keep = ~torch.isin(top, torch.tensor(self.layout.eos_ids))
+            watched, top, top_p = watched[keep], top[keep], top_p[keep]
+        else:
+            top = top_p = watched
+        tcc = 0.0
+        if watched.numel():
+            if self.prev_top1 is not None:
+                prev = self.prev_top1[watched]
+                tcc = float(((prev >= 0) & (prev != top)).sum()) / watched.numel()
+            self.total_top1 += float(top_p.mean())
+        full = torch.full((self.ids.numel(),), -1, dtype=torch.long)
+        full[watched] = top
+        self.prev_top1 = full
+        self.round_tcc += tcc
+        self.round_steps += 1
+        self.total_tcc += tcc
+        self.total_steps += 1
+
+    def run_blocks(self, settings: DecodeSettings, blocks: int, on_step=None) -> None:
+        """Advance until `blocks` more blocks are complete (relays land on block boundaries) or done."""
+        for _ in range(blocks):
+            blk = self.current_block()
+            while blk is not None and self.current_block() == blk:
+                self.step(settings)
+                if on_step is not None:
+                    on_step(self)
+            if self.done:
+                return
+
+
+def _gumbel_argmax(logits: torch.Tensor, temperature: float, generator: torch.Generator) -> torch.Tensor:
+    """LLaDA's Gumbel-max in float64, restricted to the positions that can be committed."""
+    z = logits.to(torch.float64)
+    noise = torch.rand(z.shape, dtype=torch.float64, generator=generator)
+    return (z.exp() / (-torch.log(noise)) ** temperature).argmax(-1)
+
+
+def _confidence(policy: str, probs: torch.Tensor, x0: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    if policy == "random":
+        return torch.rand(x0.shape, generator=generator)
+    if policy == "margin":
+        top2 = probs.topk(min(2, probs.shape[-1]), dim=-1).values
+        return top2[:, 0] - (top2[:, 1] if top2.shape[1] > 1 else 0)
+    if policy == "entropy":
+        return (probs * probs.clamp_min(1e-12).log()).sum(-1)  # negative entropy: higher is surer
+    return probs.gather(-1, x0[:, None])[:, 0]  # low_confidence, threshold, topk

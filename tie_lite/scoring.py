@@ -1,0 +1,122 @@
+"""Round scores for TIE. Higher is better for every score.
+
+- tcc: minus the token change count at the watched answer positions over the round (no extra forward).
+- top1 / entropy / margin: cross-model, every trajectory forwarded through every member, averaged.
+- verify: put masks back on what each trajectory committed during the round and ask every member how
+  likely those tokens are (mean log-probability), averaged over members and positions.
+- oracle: 1 when everything the trajectory committed matches the gold worked solution (a diagnostic bound).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .errors import UserError
+from .layout import TextState
+from .sampler import Trajectory
+
+SCORES = ("tcc", "top1", "entropy", "margin", "verify")
+CROSS_MODEL = ("top1", "entropy", "margin", "verify")
+
+
+def check_score(name: str, members: int) -> None:
+    if name not in SCORES + ("oracle",):
+        raise UserError(f"unknown --score '{name}'; use one of {', '.join(SCORES)}")
+    if name == "verify" and members < 2:
+        raise UserError("--score verify asks the other members to re-check a trajectory; give at least two --model")
+
+
+def round_scores(trajs: list[Trajectory], kind: str, order: list[int], use=None, gold: TextState | None = None):
+    """One score per trajectory. Cross-model forwards run member by member in `order` (whichever is
+    resident first), calling `use(j)` before member j computes, so scoring adds no swaps."""
+    if kind == "tcc":
+        return [-t.round_tcc for t in trajs]
+    if kind == "oracle":
+        return [1.0 if matches_gold(t.state(), gold) else 0.0 for t in trajs]
+    totals = [0.0] * len(trajs)
+    for j in order:
+        if use is not None:
+            use(j)
+        for i, value in enumerate(member_view(trajs[j], trajs, kind)):
+            totals[i] += value / len(order)
+    return totals
+
+
+def member_view(judge: Trajectory, trajs: list[Trajectory], kind: str) -> list[float]:
+    """What `judge`'s member thinks of each trajectory, all of them in one batched forward."""
+    canvases, targets = [], []
+    for t in trajs:
+        if kind == "verify":
+            ids, positions, tokens = verify_canvas(judge, t)
+            targets.append((positions, tokens))
+        else:
+            ids = translate(t, judge)
+        canvases.append(ids)
+    logits = judge.member.logits(torch.stack(canvases))
+    judge.forwards += len(trajs)
+    out = []
+    for i, ids in enumerate(canvases):
+        if kind == "verify":
+            positions, tokens = targets[i]
+            if positions.numel() == 0:
+                out.append(0.0)
+                continue
+            logp = torch.log_softmax(logits[i, positions], dim=-1).gather(-1, tokens[:, None])
+            out.append(float(logp.mean()))
+        else:
+            out.append(_confidence_stat(judge, ids, logits[i], kind))
+    return out
+
+
+def translate(t: Trajectory, judge: Trajectory) -> torch.Tensor:
+    """`t`'s canvas as `judge`'s member sees it (id for id with a shared tokenizer, else through text)."""
+    if t.member.tokenizer_key == judge.member.tokenizer_key and t.layout == judge.layout:
+        return t.ids
+    return judge.layout.write_state(judge.member.tokenizer, judge.prompt_ids, t.state())
+
+
+def _confidence_stat(judge: Trajectory, ids: torch.Tensor, logits: torch.Tensor, kind: str) -> float:
+    lay = judge.layout
+    masked = ids == lay.mask_id
+    gen = masked[lay.prompt_len :]
+    if not gen.any():
+        return 0.0
+    blk = int(gen.nonzero()[0]) // lay.block_size
+    probe = Trajectory(judge.member, lay, judge.prompt_ids, ids, judge.generator)
+    positions = probe.scored_positions(masked, lay.block(blk))
+    if positions.numel() == 0:
+        return 0.0
+    probs = torch.softmax(logits[positions], dim=-1)
+    top = probs.topk(min(2, probs.shape[-1]), dim=-1)
+    keep = ~torch.isin(top.indices[:, 0], torch.tensor(lay.eos_ids))
+    if not keep.any():
+        return 0.0
+    probs, values = probs[keep], top.values[keep]
+    if kind == "top1":
+        return float(values[:, 0].mean())
+    if kind == "margin":
+        return float((values[:, 0] - values[:, 1]).mean())
+    return float((probs * probs.clamp_min(1e-12).log()).sum(-1).mean())  # -entropy
+
+
+def verify_canvas(judge: Trajectory, t: Trajectory):
+    """Canvas for `judge` with `t`'s round commitments masked again, and the (positions, tokens) to score."""
+    if t.member.tokenizer_key == judge.member.tokenizer_key and t.layout == judge.layout:
+        mask_id = t.layout.mask_id
+        committed = (t.round_start == mask_id) & (t.ids != mask_id)
+        positions = committed.nonzero().flatten()
+        ids = t.ids.clone()
+        ids[positions] = mask_id
+        return ids, positions, t.ids[positions]
+    before = t.layout.read_state(t.member.tokenizer, t.round_start)
+    return judge.layout.write_span(judge.member.tokenizer, judge.prompt_ids, before, t.state())
+
+
+def matches_gold(state: TextState, gold: TextState | None) -> bool:
+    if gold is None:
+        raise UserError("oracle methods need a task whose generator knows the gold worked solution")
+    norm = lambda s: s.replace(" ", "")  # noqa: E731
+    ok = norm(gold.reasoning).startswith(norm(state.reasoning))
+    ok = ok and (not state.reasoning_done or norm(state.reasoning) == norm(gold.reasoning))
+    ok = ok and norm(gold.answer).startswith(norm(state.answer))
+    return ok and (not state.answer_done or norm(state.answer) == norm(gold.answer))

@@ -1,0 +1,170 @@
+"""Two-stage arithmetic with written-out intermediate steps.
+
+Each problem knows its gold worked solution (`reasoning`), so the checker can tell which stage went
+wrong and the oracle diagnostics can compare a trajectory's commitments with the gold.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from dataclasses import dataclass, field
+
+ANSWER_MARKER = "Answer:"
+
+
+@dataclass(frozen=True)
+class Problem:
+    task: str
+    prompt: str
+    reasoning: str  # gold worked solution, stages separated by ";"
+    answer: str
+    stages: tuple[str, ...] = field(default=())  # names of the stages this problem exercises
+
+
+@dataclass(frozen=True)
+class Check:
+    correct: bool
+    answer: str | None
+    stages: dict[str, bool]  # stage name -> written step is right (given the values written before it)
+
+
+_EQ = re.compile(r"(-?\d+)\s*([+*])\s*(-?\d+)\s*=\s*(-?\d+)")
+
+
+def _equations(text: str) -> list[tuple[int, str, int, int]]:
+    return [(int(a), op, int(b), int(c)) for a, op, b, c in _EQ.findall(text)]
+
+
+def _holds(eq) -> bool:
+    a, op, b, c = eq
+    return (a + b if op == "+" else a * b) == c
+
+
+def parse_answer(text: str) -> str | None:
+    """The text after the last answer marker, stripped; None when there is no marker."""
+    if ANSWER_MARKER not in text:
+        return None
+    return text.rsplit(ANSWER_MARKER, 1)[1].strip()
+
+
+class ArithmeticTask:
+    """Base: subclasses generate operands and write the worked solution."""
+
+    name = ""
+    description = ""
+    examples: tuple[str, ...] = ()
+    # Phrasings users type; {e} is the expression.
+    phrasings = (
+        "What is {e}?",
+        "Compute {e} step by step.",
+        "Calculate {e}.",
+        "{e} = ?",
+        "Solve {e}. Show your work.",
+        "What's {e}?",
+    )
+
+    def sample(self, rng: random.Random, mix: dict[str, float] | None = None) -> Problem:
+        raise NotImplementedError
+
+    def generate(self, n: int, seed: int, mix: dict[str, float] | None = None) -> list[Problem]:
+        rng = random.Random(seed)
+        return [self.sample(rng, mix) for _ in range(n)]
+
+    def _problem(self, rng, expr, steps, answer, stages) -> Problem:
+        prompt = rng.choice(self.phrasings).format(e=expr)
+        return Problem(self.name, prompt, ";".join(steps), str(answer), stages)
+
+    def check(self, problem: Problem, output: str) -> Check:
+        answer = parse_answer(output)
+        correct = answer is not None and re.fullmatch(r"-?\d+", answer) is not None and int(answer) == int(problem.answer)
+        reasoning = output.split(ANSWER_MARKER, 1)[0]
+        return Check(correct, answer, self.stage_results(problem, _equations(reasoning)))
+
+    def stage_results(self, problem: Problem, eqs) -> dict[str, bool]:
+        raise NotImplementedError
+
+
+class SumThenProduct(ArithmeticTask):
+    """(a+b)*c: the sum, then the product. One-stage cases: a+b and a*c."""
+
+    name = "sum-product"
+    description = "(a+b)*c with the sum and the product written out; plain sums and products too"
+    examples = ("What is (23+41)*7?", "Compute (23+41)*7 step by step.", "What is 37+85?", "What is 64*7?")
+
+    def sample(self, rng, mix=None):
+        mix = mix or {}
+        a, b, c = rng.randint(10, 99), rng.randint(10, 99), rng.randint(2, 9)
+        r = rng.random()
+        if r < mix.get("one_stage", 0.15):
+            if rng.random() < 0.5:
+                return self._problem(rng, f"{a}+{b}", [f"{a}+{b}={a + b}"], a + b, ("sum",))
+            p = rng.randint(10, 198)
+            return self._problem(rng, f"{p}*{c}", [f"{p}*{c}={p * c}"], p * c, ("product",))
+        r = rng.random()
+        if r < mix.get("trivial_product", 0.0):
+            c = 1
+        elif r < mix.get("trivial_product", 0.0) + mix.get("trivial_sum", 0.0):
+            b = 0
+        s = a + b
+        return self._problem(rng, f"({a}+{b})*{c}", [f"{a}+{b}={s}", f"{s}*{c}={s * c}"], s * c, ("sum", "product"))
+
+    def stage_results(self, problem, eqs):
+        gold = _equations(problem.reasoning)
+        sums = [e for e in eqs if e[1] == "+"]
+        prods = [e for e in eqs if e[1] == "*"]
+        out = {}
+        if "sum" in problem.stages:  # the gold sum, written right
+            out["sum"] = bool(sums) and sums[0] == gold[0]
+        if "product" in problem.stages:  # the written sum (right or not) times the gold factor, written right
+            factor = gold[-1][2]
+            out["product"] = bool(prods) and prods[0][2] == factor and _holds(prods[0])
+            if "sum" in problem.stages:
+                out["product"] = out["product"] and bool(sums) and prods[0][0] == sums[0][3]
+            else:
+                out["product"] = out["product"] and prods[0] == gold[-1]
+        return out
+
+
+class ProductsThenSum(ArithmeticTask):
+    """a*b+c*d: both products, then their sum. One-stage cases: a*b and a+b."""
+
+    name = "product-sum"
+    description = "a*b+c*d with both products and the sum written out; plain products and sums too"
+    examples = ("What is 23*4+56*7?", "Compute 23*4+56*7 step by step.", "What is 23*4?", "What is 92+392?")
+
+    def sample(self, rng, mix=None):
+        mix = mix or {}
+        a, b, c, d = rng.randint(10, 99), rng.randint(2, 9), rng.randint(10, 99), rng.randint(2, 9)
+        if rng.random() < mix.get("one_stage", 0.15):
+            if rng.random() < 0.5:
+                return self._problem(rng, f"{a}*{b}", [f"{a}*{b}={a * b}"], a * b, ("products",))
+            p, q = rng.randint(20, 891), rng.randint(20, 891)
+            return self._problem(rng, f"{p}+{q}", [f"{p}+{q}={p + q}"], p + q, ("sum",))
+        r = rng.random()
+        if r < mix.get("trivial_product", 0.0):
+            b, d = 1, 1
+        elif r < mix.get("trivial_product", 0.0) + mix.get("trivial_sum", 0.0):
+            c = 0
+        p, q = a * b, c * d
+        steps = [f"{a}*{b}={p}", f"{c}*{d}={q}", f"{p}+{q}={p + q}"]
+        return self._problem(rng, f"{a}*{b}+{c}*{d}", steps, p + q, ("products", "sum"))
+
+    def stage_results(self, problem, eqs):
+        gold = _equations(problem.reasoning)
+        sums = [e for e in eqs if e[1] == "+"]
+        prods = [e for e in eqs if e[1] == "*"]
+        out = {}
+        if "products" in problem.stages:  # every gold product, written right
+            want = [e for e in gold if e[1] == "*"]
+            out["products"] = prods[: len(want)] == want
+        if "sum" in problem.stages:  # the written products (right or not) added, written right
+            ok = bool(sums) and _holds(sums[-1])
+            if "products" in problem.stages:
+                ok = ok and len(prods) >= 2 and (sums[-1][0], sums[-1][2]) == (prods[0][3], prods[1][3])
+            else:
+                ok = ok and sums[-1] == gold[-1]
+            out["sum"] = ok
+        return out
+
+

@@ -1,0 +1,158 @@
+"""TIE: the round loop, relay and final selection. One member is plain decoding; an interval that covers
+the whole generation is the post-generation ensemble. Both are this loop, not copies of it."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+from .errors import UserError
+from .events import Cancelled, Final, Relay, RoundScores, StepFrame
+from .layout import TextState
+from .sampler import DecodeSettings, Trajectory
+from .scoring import check_score, round_scores
+from .scheduler import Scheduler
+
+SELECTIONS = ("lowest-tcc", "verify", "most-selected", "best-model", "oracle")
+
+
+@dataclass(frozen=True)
+class TieSettings:
+    interval: int = 16  # steps per round, rounded up to whole blocks so relays land on block boundaries
+    score: str = "tcc"
+    select: str = "lowest-tcc"
+    select_model: str | None = None  # with select == "best-model"
+
+    def validate(self, member_names: list[str]) -> None:
+        if self.interval < 1:
+            raise UserError("--interval must be at least 1 step")
+        check_score(self.score, len(member_names))
+        if self.select not in SELECTIONS:
+            raise UserError(f"unknown --select '{self.select}'; use one of {', '.join(SELECTIONS[:-1])}")
+        if self.select == "best-model" and self.select_model not in member_names:
+            raise UserError(f"--select best-model needs a member name from: {', '.join(member_names)}")
+        if self.select == "verify" and len(member_names) < 2:
+            raise UserError("--select verify needs at least two --model")
+
+
+@dataclass
+class Result:
+    text: str
+    answer: str | None
+    members: list[str]
+    final_member: str
+    rounds: list[dict]
+    leader_changes: int
+    steps: int  # forward passes, decoding and scoring, all members
+    responses: dict[str, str]
+    seconds: float
+    memory: dict = field(default_factory=dict)
+
+    @property
+    def change_rate(self) -> float | None:
+        """Percent of relays whose leader differs from the previous round's."""
+        return 100.0 * self.leader_changes / (len(self.rounds) - 1) if len(self.rounds) > 1 else None
+
+
+def run_tie(
+    scheduler: Scheduler,
+    messages: list[dict],
+    decode: DecodeSettings,
+    tie: TieSettings = TieSettings(),
+    on_event=None,
+    should_stop=None,
+    gold: TextState | None = None,
+) -> Result:
+    """Decode `messages` with every member of `scheduler`, relaying the best trajectory every round."""
+    from .tasks import parse_answer
+
+    start = time.perf_counter()
+    members = scheduler.members
+    names = [m.name for m in members]
+    if len(set(names)) != len(names):
+        names = [f"{n}#{i + 1}" for i, n in enumerate(names)]
+    decode.validate()
+    tie.validate(names)
+    if "oracle" in (tie.score, tie.select) and gold is None:
+        raise UserError("oracle methods need a task whose generator knows the gold worked solution")
+    emit = on_event or (lambda event: None)
+    trajs = [Trajectory.start(m, messages, decode) for m in members]
+    blocks_per_round = max(1, math.ceil(tie.interval / decode.steps_per_block))
+    rounds: list[dict] = []
+    leaders: list[int] = []
+    r = 0
+    while True:
+        order = scheduler.order(r)
+        for i in order:
+            scheduler.use(i)
+
+            def on_step(t, i=i):
+                if should_stop is not None and should_stop():
+                    raise Cancelled()
+                emit(StepFrame(r, names[i], t.forwards, t))
+
+            trajs[i].run_blocks(decode, blocks_per_round, on_step)
+        finished = any(t.done for t in trajs)
+        if len(trajs) > 1:
+            scores = round_scores(trajs, tie.score, scheduler.scoring_order(), scheduler.use, gold)
+        else:
+            scores = [-t.round_tcc for t in trajs]
+        leader = max(range(len(trajs)), key=lambda i: (scores[i], -i))
+        leaders.append(leader)
+        rounds.append({"leader": names[leader], "scores": dict(zip(names, scores))})
+        emit(RoundScores(r, dict(zip(names, scores)), names[leader]))
+        if finished:
+            break
+        if len(trajs) > 1:
+            for t in trajs:
+                t.adopt(trajs[leader])
+            emit(Relay(r, names[leader], [n for k, n in enumerate(names) if k != leader]))
+        for t in trajs:
+            t.begin_round()
+        r += 1
+    for i, t in enumerate(trajs):  # a member with another tokenizer may need a little longer
+        if not t.done:
+            scheduler.use(i)
+            t.run_blocks(decode, t.layout.num_blocks)
+    final = select_final(trajs, names, leaders, tie, scheduler, gold)
+    text = trajs[final].text()
+    result = Result(
+        text=text,
+        answer=parse_answer(text) if trajs[final].layout.has_answer else None,
+        members=[m.name for m in members],
+        final_member=names[final],
+        rounds=rounds,
+        leader_changes=sum(a != b for a, b in zip(leaders, leaders[1:])),
+        steps=sum(t.forwards for t in trajs),
+        responses={n: t.text() for n, t in zip(names, trajs)},
+        seconds=time.perf_counter() - start,
+        memory=scheduler.report(),
+    )
+    emit(Final(result))
+    return result
+
+
+def select_final(trajs, names, leaders, tie: TieSettings, scheduler: Scheduler, gold) -> int:
+    """Which completed response to return."""
+    m = len(trajs)
+    if m == 1:
+        return 0
+    if tie.select == "best-model":
+        return names.index(tie.select_model)
+    if tie.select == "most-selected":
+        return max(range(m), key=lambda i: (leaders.count(i), -i))
+    if tie.select == "oracle":
+        from .scoring import matches_gold
+
+        return next((i for i, t in enumerate(trajs) if matches_gold(t.state(), gold)), 0)
+    if tie.select == "verify":  # the members re-check what each response committed in the last round
+        scores = round_scores(trajs, "verify", scheduler.scoring_order(), scheduler.use)
+        return max(range(m), key=lambda i: (scores[i], -i))
+
+    def key(i):  # lowest normalized TCC over the whole decode, then the higher mean top-1 probability
+        t = trajs[i]
+        steps = max(1, t.total_steps)
+        return (t.total_tcc / steps, -t.total_top1 / steps, i)
+
+    return min(range(m), key=key)

@@ -1,0 +1,110 @@
+"""The project's own small MDLM: a bidirectional transformer registered with transformers' Auto classes.
+
+It is a plain `PreTrainedModel` (no remote code), so the shipped checkpoints load through
+`AutoModelForMaskedLM` like any hub model, and bitsandbytes/quanto can quantize its `nn.Linear` layers.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import AutoConfig, AutoModelForMaskedLM, PretrainedConfig, PreTrainedModel
+from transformers.modeling_outputs import MaskedLMOutput
+
+
+class TieTinyConfig(PretrainedConfig):
+    model_type = "tie-tiny"
+
+    def __init__(
+        self,
+        vocab_size: int = 128,
+        hidden_size: int = 128,
+        num_hidden_layers: int = 3,
+        num_attention_heads: int = 4,
+        intermediate_size: int = 384,
+        max_position_embeddings: int = 256,
+        mask_token_id: int | None = None,
+        shift_logits: bool = False,
+        **kwargs,
+    ):
+        self.vocab_size = vocab_size
+        self.hidden_size = hidden_size
+        self.num_hidden_layers = num_hidden_layers
+        self.num_attention_heads = num_attention_heads
+        self.intermediate_size = intermediate_size
+        self.max_position_embeddings = max_position_embeddings
+        self.mask_token_id = mask_token_id
+        # Dream convention: the prediction for position i is read from the output at i-1.
+        self.shift_logits = shift_logits
+        super().__init__(**kwargs)
+
+
+class _Block(nn.Module):
+    def __init__(self, config: TieTinyConfig):
+        super().__init__()
+        d = config.hidden_size
+        self.heads = config.num_attention_heads
+        self.norm1 = nn.LayerNorm(d)
+        self.q_proj = nn.Linear(d, d)
+        self.k_proj = nn.Linear(d, d)
+        self.v_proj = nn.Linear(d, d)
+        self.o_proj = nn.Linear(d, d)
+        self.norm2 = nn.LayerNorm(d)
+        self.up_proj = nn.Linear(d, config.intermediate_size)
+        self.down_proj = nn.Linear(config.intermediate_size, d)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, d = x.shape
+        h = self.norm1(x)
+
+        def split(z):
+            return z.view(b, t, self.heads, d // self.heads).transpose(1, 2)
+
+        q, k, v = split(self.q_proj(h)), split(self.k_proj(h)), split(self.v_proj(h))
+        # No causal mask: masked diffusion models attend in both directions.
+        a = F.scaled_dot_product_attention(q, k, v)
+        x = x + self.o_proj(a.transpose(1, 2).reshape(b, t, d))
+        return x + self.down_proj(F.gelu(self.up_proj(self.norm2(x))))
+
+
+class TieTinyForMaskedLM(PreTrainedModel):
+    config_class = TieTinyConfig
+    base_model_prefix = "tie_tiny"
+    _no_split_modules = ["_Block"]
+
+    def __init__(self, config: TieTinyConfig):
+        super().__init__(config)
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.embed_positions = nn.Embedding(config.max_position_embeddings, config.hidden_size)
+        self.layers = nn.ModuleList(_Block(config) for _ in range(config.num_hidden_layers))
+        self.norm = nn.LayerNorm(config.hidden_size)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.post_init()
+
+    def _init_weights(self, module):
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, std=0.02)
+            if isinstance(module, nn.Linear) and module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.LayerNorm):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+
+    def get_input_embeddings(self):
+        return self.embed_tokens
+
+    def get_output_embeddings(self):
+        return self.lm_head
+
+    def forward(self, input_ids: torch.Tensor, labels: torch.Tensor | None = None, **_) -> MaskedLMOutput:
+        positions = torch.arange(input_ids.shape[1], device=input_ids.device)
+        x = self.embed_tokens(input_ids) + self.embed_positions(positions)[None]
+        for layer in self.layers:
+            x = layer(x)
+        logits = self.lm_head(self.norm(x))
+        return MaskedLMOutput(logits=logits)
+
+
+AutoConfig.register(TieTinyConfig.model_type, TieTinyConfig, exist_ok=True)
+AutoModelForMaskedLM.register(TieTinyConfig, TieTinyForMaskedLM, exist_ok=True)
