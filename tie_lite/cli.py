@@ -199,9 +199,14 @@ def build_parser() -> Parser:
     add_tie_args(g)
     g.set_defaults(func=cmd_generate)
 
+    from ui.cli import add_chat_parser
+
     from .eval import add_eval_parser
+    from .plan import add_plan_parser
 
     add_eval_parser(sub)
+    add_plan_parser(sub)
+    add_chat_parser(sub)
     m = sub.add_parser("models", help="list known models")
     m.set_defaults(func=cmd_models)
     return parser
