@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import ctypes
+import gc
 import hashlib
 import json
+import math
+import re
+import struct
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -138,6 +143,22 @@ def load_member(
     trust_remote_code: bool = False,
     allow_pickle: bool = False,
 ) -> Member:
+    return _load_member(spec, quant=quant, backend=backend, device=device, trust_remote_code=trust_remote_code,
+                        allow_pickle=allow_pickle)
+
+
+def _load_member(
+    spec: str,
+    *,
+    quant: str = "none",
+    backend: str = "bitsandbytes",
+    device: str = "cpu",
+    trust_remote_code: bool = False,
+    allow_pickle: bool = False,
+    offload: dict | None = None,
+) -> Member:
+    """load_member, or with `offload` (from_pretrained kwargs: device_map, max_memory, offload_folder) a member
+    whose layers accelerate spreads over the device, host memory and disk."""
     start = time.perf_counter()
     name, source = resolve(spec)
     config = read_config(source, name)
@@ -161,6 +182,10 @@ def load_member(
         kwargs.update(quantization_config=qconfig, device_map={"": str(dev)})
     if dev.type == "cuda" and qconfig is None:
         kwargs["dtype"] = torch.bfloat16
+    if offload is not None:
+        if qconfig is not None and quant == "8bit" and backend == "bitsandbytes":
+            qconfig.llm_int8_enable_fp32_cpu_offload = True
+        kwargs.update(offload)
     auto = getattr(transformers, family.auto_class)
     try:
         model = auto.from_pretrained(source, **kwargs)
@@ -170,7 +195,7 @@ def load_member(
     except (OSError, ValueError, RuntimeError, ImportError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UserError(f"cannot load model '{name}' with --quant {quant}: {first}") from None
-    if qconfig is None:
+    if qconfig is None and offload is None:
         model.to(dev)
     model.eval()
     hf_config = model.config
@@ -223,3 +248,461 @@ def _storages(t: torch.Tensor):
             nested = getattr(value, "absmax", None)
             if isinstance(nested, torch.Tensor):
                 yield nested.untyped_storage()
+
+
+def load_member_offloaded(
+    spec: str,
+    *,
+    device_bytes: int,
+    offload_folder: str,
+    quant: str = "none",
+    backend: str = "bitsandbytes",
+    device: str = "cpu",
+    trust_remote_code: bool = False,
+    allow_pickle: bool = False,
+) -> Member:
+    """A member too large for the device budget: accelerate keeps at most `device_bytes` of its layers on the
+    device and the rest in host memory (CUDA) or memory-mapped on disk (CPU), bringing each in for its forward.
+    bitsandbytes keeps the layers it offloads unquantized."""
+    dev = resolve_device(device)
+    if dev.type == "cpu":
+        if quant != "none":
+            raise UserError(
+                f"model '{spec}' does not fit the memory budget even at --quant {quant}, and layer offload on the "
+                f"CPU works only with --quant none; raise --max-memory"
+            )
+        max_memory = {"cpu": int(device_bytes)}
+    else:
+        import psutil
+
+        max_memory = {dev.index or 0: int(device_bytes), "cpu": int(psutil.virtual_memory().available * 0.9)}
+    offload = dict(device_map="auto", max_memory=max_memory, offload_folder=offload_folder, offload_buffers=False)
+    return _load_member(spec, quant=quant, backend=backend, device=device, trust_remote_code=trust_remote_code,
+                        allow_pickle=allow_pickle, offload=offload)
+
+
+# --- sizes before loading: config files and safetensors headers only --------------------------------------
+
+DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1,
+               "F8_E4M3": 1, "F8_E5M2": 1, "U16": 2, "U32": 4, "U64": 8}
+_FLOAT = ("F64", "F32", "F16", "BF16")
+_BLOCK = re.compile(r"^(.*?\b(?:layers|layer|h|blocks|block)\.\d+)\.")
+
+
+def _raw_header(f) -> tuple[dict, int]:
+    (n,) = struct.unpack("<Q", f.read(8))
+    if n > 100 * 2**20:
+        raise ValueError(f"{f.name}: implausible safetensors header of {n} bytes")
+    header = json.loads(f.read(n))
+    header.pop("__metadata__", None)
+    return header, 8 + n
+
+
+def safetensors_header(path: str | Path) -> dict[str, tuple[str, tuple[int, ...]]]:
+    """{tensor name: (dtype, shape)} from a .safetensors file's JSON header, without reading any weights."""
+    with open(path, "rb") as f:
+        header, _ = _raw_header(f)
+    return {k: (v["dtype"], tuple(v["shape"])) for k, v in header.items()}
+
+
+_TORCH_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+                 "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+                 "BOOL": torch.bool, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
+                 "U16": torch.uint16, "U32": torch.uint32, "U64": torch.uint64}
+
+
+def read_safetensors(path: str | Path, keys) -> dict[str, torch.Tensor]:
+    """Named tensors of one .safetensors file, read straight into fresh tensors (one copy from the page cache)."""
+    out = {}
+    with open(path, "rb", buffering=0) as f:
+        header, base = _raw_header(f)
+        for key in sorted(keys, key=lambda k: header[k]["data_offsets"][0]):
+            info = header[key]
+            start, stop = info["data_offsets"]
+            raw = torch.empty(stop - start, dtype=torch.uint8)
+            f.seek(base + start)
+            view, done = memoryview(raw.numpy()), 0
+            while done < len(view):
+                got = f.readinto(view[done:])
+                if not got:
+                    raise OSError(f"{path}: file ended while reading {key}")
+                done += got
+            out[key] = raw.view(_TORCH_DTYPES[info["dtype"]]).view(tuple(info["shape"]))
+    return out
+
+
+def checkpoint_tensors(source: str) -> dict[str, tuple[str, tuple[int, ...]]] | None:
+    """Every weight tensor's dtype and shape for a local folder or a hub id (headers only), or None when the
+    headers cannot be read (pickle-only checkpoint, offline hub id not in the cache)."""
+    path = Path(source)
+    tensors: dict[str, tuple[str, tuple[int, ...]]] = {}
+    if path.is_dir():
+        files = sorted(path.glob("*.safetensors"))
+        if not files:
+            return None
+        for f in files:
+            tensors.update(safetensors_header(f))
+        return tensors
+    try:  # hub id: HTTP range requests for the headers only
+        from huggingface_hub import get_safetensors_metadata
+
+        meta = get_safetensors_metadata(source)
+        for fmeta in meta.files_metadata.values():
+            for name, info in fmeta.tensors.items():
+                tensors[name] = (info.dtype, tuple(info.shape))
+        return tensors
+    except Exception:
+        pass
+    try:  # offline: a copy in the Hugging Face cache
+        from huggingface_hub import try_to_load_from_cache
+
+        index = try_to_load_from_cache(source, "model.safetensors.index.json")
+        if isinstance(index, str):
+            shards = sorted(set(json.loads(Path(index).read_text())["weight_map"].values()))
+        else:
+            shards = ["model.safetensors"]
+        for shard in shards:
+            cached = try_to_load_from_cache(source, shard)
+            if not isinstance(cached, str):
+                return None
+            tensors.update(safetensors_header(cached))
+        return tensors
+    except Exception:
+        return None
+
+
+def _cfg(config: dict, *names, default=None):
+    for name in names:
+        value = config.get(name)
+        if value is not None:
+            return value
+    return default
+
+
+def model_dims(config: dict) -> dict:
+    """The few config facts working memory depends on, across the naming schemes of the families."""
+    hidden = int(_cfg(config, "hidden_size", "d_model", "n_embd", default=0))
+    ratio = _cfg(config, "mlp_ratio")
+    inter = _cfg(config, "intermediate_size", "mlp_hidden_size", "n_inner")
+    if inter is None:
+        inter = int(ratio * hidden) if ratio else 4 * hidden
+    vocab = max(int(_cfg(config, "vocab_size", default=0)), int(_cfg(config, "embedding_size", default=0)))
+    return dict(
+        hidden=hidden,
+        intermediate=int(inter),
+        heads=int(_cfg(config, "num_attention_heads", "n_heads", "n_head", default=1)),
+        kv_heads=int(_cfg(config, "num_key_value_heads", "n_kv_heads", "num_attention_heads", "n_heads", default=1)),
+        layers=int(_cfg(config, "num_hidden_layers", "n_layers", "n_layer", default=0)),
+        vocab=vocab,
+        gated=config.get("model_type") != "tie-tiny",
+        dtype=str(_cfg(config, "dtype", "torch_dtype", default="float32")),
+    )
+
+
+def _synthetic_tensors(dims: dict) -> dict[str, tuple[str, tuple[int, ...]]]:
+    """A checkpoint's tensors as its config implies them, when no header can be read (an approximation)."""
+    dt = {"float32": "F32", "float16": "F16", "bfloat16": "BF16"}.get(dims["dtype"], "BF16")
+    h, i, v = dims["hidden"], dims["intermediate"], dims["vocab"]
+    kv = h * dims["kv_heads"] // max(1, dims["heads"])
+    t = {"embed.weight": (dt, (v, h)), "head.weight": (dt, (v, h)), "norm.weight": (dt, (h,))}
+    for n in range(dims["layers"]):
+        p = f"layers.{n}."
+        t.update({p + "q.weight": (dt, (h, h)), p + "k.weight": (dt, (kv, h)), p + "v.weight": (dt, (kv, h)),
+                  p + "o.weight": (dt, (h, h)), p + "up.weight": (dt, (i, h)), p + "down.weight": (dt, (h, i)),
+                  p + "norm1.weight": (dt, (h,)), p + "norm2.weight": (dt, (h,))})
+        if dims["gated"]:
+            t[p + "gate.weight"] = (dt, (i, h))
+    return t
+
+
+def tensor_device_bytes(name: str, dtype: str, shape: tuple[int, ...], quant: str, device: str) -> int:
+    """Bytes one checkpoint tensor occupies on `device` once loaded at `quant`. Linear weights inside the numbered
+    blocks are what bitsandbytes quantizes; embeddings, norms and the output head keep their dtype."""
+    numel = math.prod(shape) if shape else 1
+    quantized = quant != "none" and len(shape) == 2 and name.endswith(".weight") and _BLOCK.match(name) is not None
+    if quantized and quant == "8bit":
+        return numel + 4 * shape[0]  # int8 weights + one float32 scale per output row
+    if quantized and quant == "4bit":
+        blocks = math.ceil(numel / 64)
+        return math.ceil(numel / 2) + blocks + 4 * math.ceil(blocks / 256) + 1024 + 64  # NF4 + double-quant absmax
+    size = DTYPE_BYTES.get(dtype, 4)
+    if device == "cuda" and quant == "none" and dtype in _FLOAT:
+        size = 2  # loaded in bfloat16 on the GPU
+    return numel * size
+
+
+@dataclass
+class SizeEstimate:
+    """One member's memory needs, estimated before loading."""
+
+    name: str
+    source: str
+    quant: str
+    device: str
+    weight_bytes: int  # on the device at this quantization
+    source_bytes: int  # the checkpoint's tensors on disk (what a reload reads)
+    layer_bytes: int  # the largest piece layer offload must hold on the device at once
+    dims: dict
+    exact: bool  # from safetensors headers (True) or from config fields alone (False)
+    reload: bool  # swapped by releasing and reloading (bitsandbytes 8-bit, quanto), not by moving
+    shifted: bool = False
+
+    def working_bytes(self, total_len: int, batch: int = 1) -> int:
+        """Transient memory of one forward over `batch` canvases of `total_len` positions, plus the sampler's
+        float work on its output. Logits dominate for 126k-152k vocabularies."""
+        d = self.dims
+        act = 2 if self.device == "cuda" else (2 if d["dtype"] in ("bfloat16", "float16") and self.quant == "none" else 4)
+        b, n = batch, total_len
+        logits = b * n * d["vocab"] * (4 + (act if act != 4 else 0) + (4 if self.shifted else 0))
+        states = b * n * (6 * d["hidden"] + 3 * d["intermediate"]) * act
+        attention = b * d["heads"] * n * n * 4
+        sampler = 2 * n * d["vocab"] * 8  # softmax and float64 Gumbel noise over candidate positions
+        dequant = d["hidden"] * max(d["hidden"], d["intermediate"]) * act if self.quant != "none" else 0
+        return int(logits + states + attention + sampler + dequant)
+
+
+def estimate_member(spec: str, *, quant: str = "none", backend: str = "bitsandbytes", device: str = "cpu") -> SizeEstimate:
+    """A member's weight bytes at `quant` on `device` from its config and safetensors headers; no weights load."""
+    if quant not in QUANTS:
+        raise UserError(f"unknown --quant '{quant}'; use one of {', '.join(QUANTS)}")
+    if device not in ("cpu", "cuda"):
+        raise UserError(f"unknown --device '{device}'; use cpu or cuda")
+    name, source = resolve(spec)
+    config = read_config(source, name)
+    family = family_for(config.get("model_type"), source=name)
+    dims = model_dims(config)
+    tensors = checkpoint_tensors(source)
+    exact = tensors is not None
+    if tensors is None:
+        tensors = _synthetic_tensors(dims)
+    if exact and not dims["dtype"]:
+        dims["dtype"] = "float32"
+    weight = source_bytes = 0
+    units: dict[str, int] = {}
+    for tname, (dtype, shape) in tensors.items():
+        on_device = tensor_device_bytes(tname, dtype, shape, quant, device)
+        weight += on_device
+        source_bytes += (math.prod(shape) if shape else 1) * DTYPE_BYTES.get(dtype, 4)
+        m = _BLOCK.match(tname)
+        unit = m.group(1) if m else tname.rsplit(".", 1)[0]
+        units[unit] = units.get(unit, 0) + on_device
+    return SizeEstimate(
+        name=name,
+        source=source,
+        quant=quant,
+        device=device,
+        weight_bytes=weight,
+        source_bytes=source_bytes,
+        layer_bytes=max(units.values(), default=0),
+        dims=dims,
+        exact=exact,
+        reload=quant != "none" and (quant == "8bit" or backend == "quanto"),
+        shifted=bool(family.shift_logits if family.shift_logits is not None else config.get("shift_logits", False)),
+    )
+
+
+# --- releasing and restoring a member's weights (whole-member swapping) -----------------------------------
+
+
+def _trim_host_heap(collect: bool = False) -> None:
+    """Hand freed heap pages back to the OS so that resident memory really drops (glibc keeps them otherwise)."""
+    if collect:  # a dropped model has reference cycles; swapped tensors are freed by reference counting
+        gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def _weight_tensors(model: torch.nn.Module) -> list[tuple[str, torch.Tensor]]:
+    """Every tensor a member's forward reads, by a stable name: parameters, buffers, and the tensors of
+    bitsandbytes 4-bit quantization states (absmax, code tables, nested state). Tied weights appear once.
+    Tensors already on the meta device (accelerate-offloaded layers) are not the member's to move."""
+    out, seen = [], set()
+
+    def add(name, t):
+        if isinstance(t, torch.Tensor) and id(t) not in seen and not t.is_meta and t.numel() > 0:
+            seen.add(id(t))
+            out.append((name, t))
+
+    for name, t in model.named_parameters():
+        add(name, t)
+        state = getattr(t, "quant_state", None)
+        if state is not None:
+            for attr in ("absmax", "code", "offset"):
+                add(f"{name}#qs.{attr}", getattr(state, attr, None))
+            nested = getattr(state, "state2", None)
+            if nested is not None:
+                for attr in ("absmax", "code"):
+                    add(f"{name}#qs2.{attr}", getattr(nested, attr, None))
+    for name, t in model.named_buffers():
+        add(name, t)
+    return out
+
+
+def _alias_key(t: torch.Tensor):
+    return (t.device, t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), tuple(t.stride()), t.dtype)
+
+
+class _Released(torch.nn.Module):
+    """Stands in for a member whose weights were released: computing with it is a scheduler bug, said plainly."""
+
+    def __init__(self, name: str):
+        super().__init__()
+        self.name = name
+
+    def forward(self, *args, **kwargs):
+        raise RuntimeError(f"member '{self.name}' is swapped out; the scheduler must make it resident first")
+
+
+class WeightStore:
+    """Where one member's weights wait while another member computes, and how they come back exactly.
+
+    - moved (no quantization, bitsandbytes 4-bit, packed as it is): on CUDA every tensor gets a pinned host copy
+      on its first release (weights never change, so later releases only drop the device copy) and comes back
+      with asynchronous copies; on the CPU a release drops the tensors and a restore re-reads them from the
+      memory-mapped checkpoint (verified identical at the first release) or from a spill file written once.
+    - reloaded (bitsandbytes 8-bit, whose parameters cannot move, bitsandbytes issue 1815; quanto): the model is
+      dropped and loaded again from its checkpoint, which costs a full load each time.
+    Tensors keep their Python identity (`t.data` is swapped), so tied weights, bitsandbytes quantization
+    states and accelerate hooks still point at the right objects after a restore."""
+
+    def __init__(self, member: Member, spill_dir: str | Path, reload=None):
+        self.member = member
+        self.spill_dir = Path(spill_dir)
+        self.reload_fn = reload
+        self.reload = reload is not None
+        self.resident = True
+        self.resident_bytes = measured_footprint(member.model)
+        self._tensors: list[tuple[str, torch.Tensor]] = []
+        self._aliases: dict[str, str] = {}  # name -> name of the tensor whose storage it shares
+        self._host: dict[str, torch.Tensor] = {}  # CUDA: pinned host copies
+        self._files: dict[str, tuple[str, str]] = {}  # CPU: name -> (file, key) to re-read it from
+        self._last: list | None = None  # the tensors as the last restore left them
+
+    # first release: decide where each tensor comes back from --------------------------------------------
+
+    @staticmethod
+    def _signature(tensors) -> list:
+        return [(name, id(t), t.data_ptr(), t.dtype, tuple(t.shape)) for name, t in tensors]
+
+    def _prepare(self, tensors) -> int:
+        """Record where every tensor comes back from; returns the bytes written or copied to do so."""
+        self._tensors = tensors
+        self._aliases, self._host, self._files = {}, {}, {}
+        first: dict = {}
+        unique = []
+        for name, t in self._tensors:
+            key = _alias_key(t)
+            if key in first:
+                self._aliases[name] = first[key]
+            else:
+                first[key] = name
+                unique.append((name, t))
+        moved = 0
+        if self.member.device.type == "cuda":
+            for name, t in unique:
+                host = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
+                host.copy_(t, non_blocking=True)
+                self._host[name] = host
+                moved += t.numel() * t.element_size()
+            torch.cuda.synchronize(self.member.device)
+            return moved
+        from safetensors.torch import save_file
+
+        sources: dict[str, tuple[str, tuple]] = {}
+        folder = Path(self.member.source)
+        for f in sorted(folder.glob("*.safetensors")) if folder.is_dir() else []:
+            for key, (dtype, shape) in safetensors_header(f).items():
+                sources.setdefault(key, (str(f), shape))
+        spill = {}
+        wanted: dict[str, list[str]] = {}
+        for name, t in unique:
+            where = sources.get(name)
+            if where is not None and tuple(t.shape) == tuple(where[1]) and t.is_contiguous():
+                wanted.setdefault(where[0], []).append(name)
+            else:
+                spill[name] = t
+        by_name = dict(unique)
+        for path, names in wanted.items():  # the checkpoint serves only tensors that are bit-identical in it
+            on_disk = read_safetensors(path, names)
+            for name in names:
+                t = by_name[name]
+                if on_disk[name].dtype == t.dtype and torch.equal(on_disk[name], t):
+                    self._files[name] = (path, name)
+                else:
+                    spill[name] = t
+            del on_disk
+        storages: dict[int, int] = {}
+        for v in spill.values():
+            storages[v.untyped_storage().data_ptr()] = storages.get(v.untyped_storage().data_ptr(), 0) + 1
+        spill = {  # safetensors refuses tensors that share storage: copy only those
+            k: (v.detach().clone() if storages[v.untyped_storage().data_ptr()] > 1 else v.detach().contiguous())
+            for k, v in spill.items()
+        }
+        if spill:
+            self.spill_dir.mkdir(parents=True, exist_ok=True)
+            path = self.spill_dir / f"{abs(hash((self.member.name, id(self)))):x}.safetensors"
+            save_file({k.replace("#", "::"): v for k, v in spill.items()}, str(path))
+            for name in spill:
+                self._files[name] = (str(path), name.replace("#", "::"))
+                moved += spill[name].numel() * spill[name].element_size()
+        return moved
+
+    # the two moves ---------------------------------------------------------------------------------------
+
+    def release(self) -> int:
+        """Free the member's weights on its device. Returns bytes copied off the device (first release only)."""
+        if not self.resident:
+            return 0
+        moved = 0
+        if self.reload:
+            self.member.model = _Released(self.member.name)
+        else:
+            # Snapshot again if anything changed since the last restore (bitsandbytes repacks 4-bit weights
+            # for its CPU kernel on the first forward, replacing the tensors it holds).
+            current = _weight_tensors(self.member.model)
+            if self._signature(current) != self._last:
+                moved = self._prepare(current)
+            for _, t in self._tensors:
+                t.data = torch.empty(0, dtype=t.dtype, device=t.device)
+        self.resident = False
+        if self.member.device.type == "cuda":
+            torch.cuda.empty_cache()
+        _trim_host_heap(collect=self.reload)
+        return moved
+
+    def restore(self) -> int:
+        """Bring the weights back, bit for bit. Returns the bytes placed on the device."""
+        if self.resident:
+            return 0
+        if self.reload:
+            if self.member.device.type == "cuda":
+                torch.cuda.synchronize(self.member.device)
+            self.member.model = self.reload_fn()
+            self.resident = True
+            return measured_footprint(self.member.model)
+        dev = self.member.device
+        restored: dict[str, torch.Tensor] = {}
+        moved = 0
+        if dev.type == "cuda":
+            for name, t in self._tensors:
+                if name in self._aliases:
+                    continue
+                restored[name] = self._host[name].to(dev, non_blocking=True)
+            torch.cuda.synchronize(dev)
+        else:
+            by_file: dict[str, dict[str, str]] = {}
+            for name, (path, key) in self._files.items():
+                by_file.setdefault(path, {})[key] = name
+            for path, names in by_file.items():
+                for key, tensor in read_safetensors(path, names).items():
+                    restored[names[key]] = tensor
+        for name, t in self._tensors:
+            new = restored[self._aliases.get(name, name)]
+            if name not in self._aliases:
+                moved += new.numel() * new.element_size()
+            t.data = new
+        self._last = self._signature(self._tensors)
+        self.resident = True
+        return moved
