@@ -1,5 +1,46 @@
-"""`tie-lite chat`. (Filled in by the chat work.)"""
+"""`tie-lite chat`: load the ensemble once, then serve the Gradio chat (127.0.0.1 unless --host)."""
+
+from __future__ import annotations
+
+import sys
 
 
 def add_chat_parser(sub) -> None:
-    pass
+    from tie_lite.cli import _int, add_decode_args, add_model_args, add_tie_args
+
+    p = sub.add_parser(
+        "chat", help="a local Gradio chat that shows the ensemble denoising",
+        description="Serve the tie-lite chat in the browser. The members load once, before the server starts; "
+                    "the decoding options below are the settings panel's starting values.",
+    )
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to bind (default 127.0.0.1: this machine only; 0.0.0.0 opens it to the network)")
+    p.add_argument("--port", type=_int, default=None, metavar="N", help="port (default: the first free from 7860)")
+    p.add_argument("--share", action="store_true", help="also open a public gradio.live link (off by default)")
+    add_model_args(p)
+    add_decode_args(p)
+    add_tie_args(p)
+    p.set_defaults(func=cmd_chat)
+
+
+def cmd_chat(args) -> int:
+    from tie_lite.cli import decode_settings, load_settings, tie_settings
+    from tie_lite.errors import UserError
+    from tie_lite.session import Ensemble
+
+    from . import app
+
+    if args.port is not None and not 0 < args.port < 65536:
+        raise UserError(f"--port {args.port} is not a port number (1-65535)")
+    decode, tie = decode_settings(args), tie_settings(args)
+    load = load_settings(args)
+    tie.validate(app.member_names(load.models))
+    print(f"tie-lite chat: loading {', '.join(load.models)} …", file=sys.stderr, flush=True)
+    ensemble = Ensemble(load)
+    print(f"tie-lite chat: loaded in {ensemble.load_seconds:.1f} s", file=sys.stderr, flush=True)
+    demo = app.build_app(ensemble, app.Defaults(load=load, decode=decode, tie=tie))
+    try:
+        app.serve(demo, host=args.host, port=args.port, share=args.share)
+    except OSError as exc:  # e.g. the port is taken
+        raise UserError(f"cannot start the server on {args.host}:{args.port or 'auto'}: {exc}") from None
+    return 0

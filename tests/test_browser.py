@@ -1,0 +1,139 @@
+"""The chat in a real browser: Debian's chromium driven by Playwright types a prompt, clicks Send, watches the
+canvas fill in and waits for the answer, saving screenshots along the way.
+
+Screenshots go to the test's tmp folder; set TIE_LITE_SCREENSHOTS=docs to refresh docs/chat-generating.png and
+docs/chat-answer.png. Where no chromium is present the test installs Debian's package (as root with apt-get,
+as CI runs) and skips, saying why, only when that is impossible."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+try:
+    from test_ui import MASK, PROMPT, ROOT, launch, tiny_models  # noqa: F401  (tiny_models: a fixture)
+except ImportError:  # tests/ as a package
+    from .test_ui import MASK, PROMPT, ROOT, launch, tiny_models  # noqa: F401
+
+CHROMIUM = "/usr/bin/chromium"
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+
+pytestmark = pytest.mark.filterwarnings("ignore:.*no_silent_downcasting", "ignore:The copy keyword is deprecated")
+
+
+def ensure_chromium() -> str | None:
+    """The browser's path, installing Debian's chromium where we may; None with the reason printed."""
+    if os.path.exists(CHROMIUM):
+        return CHROMIUM
+    if shutil.which("apt-get") and os.geteuid() == 0:
+        subprocess.run("apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium",
+                       shell=True, capture_output=True, timeout=900)
+    return CHROMIUM if os.path.exists(CHROMIUM) else None
+
+
+@pytest.fixture(scope="module")
+def page(tiny_models):  # noqa: F811
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        pytest.skip("playwright is not installed (pip install playwright)")
+    browser_path = ensure_chromium()
+    if browser_path is None:
+        pytest.skip(f"no browser: {CHROMIUM} is missing and Debian's chromium could not be installed "
+                    f"(needs root and apt-get)")
+    demo, url = launch()
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=browser_path, args=FLAGS)
+        tab = browser.new_page(viewport={"width": 1400, "height": 900})
+        tab.demo = demo
+        tab.goto(url)
+        tab.wait_for_selector("#tie-message textarea")
+        yield tab
+        browser.close()
+    demo.close()
+
+
+CHAT = "document.querySelector('#tie-chat').innerText"
+LEADERS = "(document.querySelector('#tie-leaders')?.innerText || '')"
+STATUS = "(document.querySelector('#tie-status')?.innerText || '')"
+PLOTTED = "(document.querySelector('#tie-scores img') !== null)"
+TWO_ROUNDS = f"({LEADERS}.split('\\n').filter(l => l.trim()).length >= 3)"  # header + two rounds
+
+
+def shots(tmp_path: Path) -> Path:
+    where = os.environ.get("TIE_LITE_SCREENSHOTS")
+    folder = (ROOT / where) if where else tmp_path
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def test_type_send_watch_and_answer(page, tmp_path):
+    from tie_lite.sampler import DecodeSettings
+    from tie_lite.tie import TieSettings
+
+    folder = shots(tmp_path)
+    page.locator("#tie-message textarea").fill(PROMPT)
+    page.locator("#tie-send").click()
+    page.wait_for_function(f"() => {CHAT}.includes('{MASK}')", timeout=120_000, polling=50)
+    page.screenshot(path=str(folder / "chat-generating.png"))
+    # a better picture: the canvas still filling in after a round has been scored (unless it finished first)
+    page.wait_for_function(f"() => ({CHAT}.includes('{MASK}') && {TWO_ROUNDS} && {PLOTTED}) || "
+                           f"{STATUS}.includes('answered')", timeout=300_000, polling=50)
+    if page.evaluate(f"() => {CHAT}.includes('{MASK}')"):
+        page.screenshot(path=str(folder / "chat-generating.png"))
+    page.wait_for_function(f"() => {STATUS}.includes('answered') && !{CHAT}.includes('{MASK}')", timeout=300_000)
+    page.wait_for_timeout(800)  # let the plot finish drawing
+    page.screenshot(path=str(folder / "chat-answer.png"))
+
+    expected = page.demo.tie_cache.ensemble.run([{"role": "user", "content": PROMPT}], DecodeSettings(),
+                                                TieSettings()).text
+    chat = page.locator("#tie-chat").inner_text()
+    assert all(line in chat for line in expected.splitlines()), (expected, chat)
+    summary = page.locator("#tie-summary").inner_text()
+    assert "final member" in summary and "peak memory" in summary and "swaps" in summary
+    assert "round" in page.locator("#tie-leaders").inner_text()
+    assert page.locator("#tie-send").is_enabled()
+    for shot in ("chat-generating.png", "chat-answer.png"):
+        assert (folder / shot).stat().st_size > 10_000
+
+
+def test_invalid_settings_show_a_message_not_a_trace(page):
+    page.get_by_text("Settings", exact=True).click()
+    field = page.locator("#tie-settings input[type=number]").first  # generation length
+    field.fill("50")
+    field.press("Tab")
+    page.wait_for_function("() => document.querySelector('#tie-check').innerText.includes('not a multiple')",
+                           timeout=30_000)
+    page.locator("#tie-message textarea").fill("What is 37+85?")
+    page.locator("#tie-send").click()
+    page.wait_for_function(f"() => {STATUS}.includes('not a multiple')", timeout=60_000)
+    status = page.locator("#tie-status").inner_text()
+    assert "Traceback" not in status and "⚠" in status
+    assert page.locator("#tie-message textarea").input_value() == "What is 37+85?"  # the message comes back
+    field.fill("48")
+    field.press("Tab")
+    page.wait_for_function("() => document.querySelector('#tie-check').innerText.includes('✓')", timeout=30_000)
+
+
+def test_stop_button_ends_the_generation(page):
+    runner = page.demo.tie_runner
+    page.reload()  # a fresh session: an empty chat, so the long canvas fits the members' context
+    page.wait_for_selector("#tie-message textarea")
+    page.get_by_text("Settings", exact=True).click()
+    field = page.locator("#tie-settings input[type=number]").first  # generation length
+    field.fill("192")  # long enough to catch it running
+    field.press("Tab")
+    page.wait_for_function("() => document.querySelector('#tie-check').innerText.includes('192 positions')",
+                           timeout=30_000)
+    page.locator("#tie-message textarea").fill(PROMPT)
+    page.locator("#tie-send").click()
+    page.wait_for_function(f"() => {CHAT}.includes('{MASK}')", timeout=120_000, polling=50)
+    page.locator("#tie-stop").click()
+    page.wait_for_function(f"() => {STATUS}.includes('stopped')", timeout=60_000)
+    assert "■ stopped" in page.locator("#tie-chat").inner_text()
+    assert runner.last_phase == "stopped" and not runner.running and runner.last_forwards < 192
+    assert page.locator("#tie-send").is_enabled() and not page.locator("#tie-stop").is_enabled()

@@ -1,0 +1,346 @@
+"""The chat (ui/app.py), `tie-lite chat` and the Spaces build, driven the way people and scripts use them:
+the app is launched in-process and called through gradio_client; the Space runs as its own process."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tie_lite.registry import DEFAULT_ENSEMBLE, models_dir
+
+ROOT = Path(__file__).resolve().parent.parent
+PROMPT = "What is (23+41)*7?"
+MASK = "░"
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+# gradio's own queue code trips pandas 3 deprecation warnings; they are not ours to fix
+pytestmark = pytest.mark.filterwarnings("ignore:.*no_silent_downcasting", "ignore:The copy keyword is deprecated")
+
+
+# --- fixtures (test_browser.py imports these) ----------------------------------------------------------
+
+
+def _members_complete(folder: Path) -> bool:
+    return all((folder / m / "config.json").is_file() and (folder / m / "model.safetensors").is_file()
+               for m in DEFAULT_ENSEMBLE)
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory):
+    """A frozen copy of the shipped members (the originals may be rewritten while they train), pointed to by
+    $TIE_LITE_MODELS for the session; where none exist yet, one-step members from scripts/train_tiny.py."""
+    from tie_lite.loading import load_member
+
+    src, dest = models_dir(), tmp_path_factory.mktemp("models")
+    old = os.environ.get("TIE_LITE_MODELS")
+    os.environ["TIE_LITE_MODELS"] = str(dest)
+    try:
+        if _members_complete(src):
+            for attempt in range(6):  # a checkpoint caught mid-write fails to load: copy again
+                for m in DEFAULT_ENSEMBLE:
+                    shutil.rmtree(dest / m, ignore_errors=True)
+                    shutil.copytree(src / m, dest / m, ignore=shutil.ignore_patterns("*.log"))
+                try:
+                    for m in DEFAULT_ENSEMBLE:
+                        load_member(m)
+                    break
+                except Exception:
+                    if attempt == 5:
+                        raise
+                    time.sleep(2)
+        else:
+            for m in DEFAULT_ENSEMBLE:
+                subprocess.run([sys.executable, str(ROOT / "scripts" / "train_tiny.py"), "--member", m, "--steps",
+                                "1", "--batch", "4", "--out", str(dest / m)], check=True, capture_output=True)
+        yield dest
+    finally:
+        if old is None:
+            os.environ.pop("TIE_LITE_MODELS", None)
+        else:
+            os.environ["TIE_LITE_MODELS"] = old
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch(**kwargs):
+    """Build the app on the default members and serve it on a free local port; (demo, url)."""
+    from tie_lite.session import Ensemble, LoadSettings
+    from ui.app import build_app, launch_app
+
+    demo = build_app(Ensemble(LoadSettings()), **kwargs)
+    port = free_port()
+    launch_app(demo, port=port, prevent_thread_lock=True, quiet=True)
+    return demo, f"http://127.0.0.1:{port}/"
+
+
+@pytest.fixture(scope="module")
+def served(tiny_models):
+    demo, url = launch()
+    yield demo, url
+    demo.close()
+
+
+@pytest.fixture(scope="module")
+def client(served):
+    from gradio_client import Client
+
+    return Client(served[1], verbose=False)
+
+
+def cli_generate(capsys, *args) -> dict:
+    """`tie-lite generate ... --json`, in-process (same command, without a second interpreter)."""
+    from tie_lite.cli import main
+
+    capsys.readouterr()
+    assert main(["generate", *args, "--json"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def wait_for(predicate, timeout: float, what: str):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def readable(message: str) -> None:
+    assert message and len(message.splitlines()) == 1, message
+    assert "Traceback" not in message and 'File "' not in message, message
+
+
+# --- the API through gradio_client -----------------------------------------------------------------------
+
+
+def test_chat_streams_the_canvas_and_ends_with_the_cli_answer(client, capsys):
+    job = client.submit(PROMPT, None, {"steps": 24}, api_name="/chat")
+    text = job.result(timeout=300)
+    outputs = job.outputs()
+    partial = [o for o in outputs if MASK in o]
+    assert len(set(partial)) >= 3, outputs  # the canvas fills in step by step
+    assert outputs[-1] == text and MASK not in text
+    masks = [o.count(MASK) for o in partial]
+    assert masks[0] > masks[-1]  # fewer masked positions as it goes
+
+    cli = cli_generate(capsys, PROMPT, "--steps", "24")
+    assert text == cli["text"]
+    assert "Answer:" in text and cli["answer"] is not None and text.rstrip().endswith(cli["answer"])
+
+
+def test_history_is_sent_as_earlier_turns(client, served):
+    from tie_lite.sampler import DecodeSettings
+    from tie_lite.tie import TieSettings
+
+    first = client.predict("What is 37+85?", api_name="/chat")
+    history = [{"role": "user", "content": "What is 37+85?"}, {"role": "assistant", "content": first}]
+    second = client.predict(PROMPT, history, api_name="/chat")
+    ensemble = served[0].tie_cache.ensemble
+    expected = ensemble.run(history + [{"role": "user", "content": PROMPT}], DecodeSettings(), TieSettings()).text
+    assert second == expected
+    # [user, bot] pairs (the older Gradio format) mean the same
+    assert client.predict(PROMPT, [["What is 37+85?", first]], api_name="/chat") == expected
+
+
+@pytest.mark.parametrize("settings, says", [
+    ({"gen_length": 50}, "not a multiple of"),
+    ({"steps": 7}, "must be a multiple of the number of blocks"),
+    ({"score": "verify", "models": ["tiny-char"]}, "at least two"),
+    ({"unmask": "sideways"}, "unknown --unmask"),
+    ({"temperature": "hot"}, "temperature 'hot' is not a number"),
+    ({"select": "best-model", "select_model": "nobody"}, "best-model needs a member name"),
+    ({"beam_width": 4}, "unknown setting 'beam_width'"),
+])
+def test_bad_settings_return_a_readable_error(client, settings, says):
+    from gradio_client.exceptions import AppError
+
+    with pytest.raises(AppError) as info:
+        client.predict(PROMPT, None, settings, api_name="/chat")
+    readable(str(info.value))
+    assert says in str(info.value)
+
+
+def test_an_empty_message_is_refused(client):
+    from gradio_client.exceptions import AppError
+
+    with pytest.raises(AppError, match="empty"):
+        client.predict("   ", api_name="/chat")
+
+
+def test_stop_cancels_a_running_generation(client, served):
+    from gradio_client.exceptions import AppError
+
+    runner = served[0].tie_runner
+    long = {"gen_length": 192, "block_size": 16}  # 192 steps a member: far longer than the test waits
+    job = client.submit(PROMPT, None, long, api_name="/chat")
+    wait_for(lambda: any(MASK in o for o in job.outputs()), 120, "the first canvas")
+    client.predict(api_name="/stop")
+    with pytest.raises(AppError, match="stopped"):
+        job.result(timeout=60)
+    assert runner.last_phase == "stopped" and not runner.running
+    assert runner.last_forwards < 192
+
+    # a client that drops its job (gradio_client's cancel) stops the engine as well
+    job = client.submit(PROMPT, None, long, api_name="/chat")
+    wait_for(lambda: any(MASK in o for o in job.outputs()), 120, "the first canvas")
+    job.cancel()
+    wait_for(lambda: not runner.running, 60, "the engine to stop after cancel")
+    assert runner.last_phase == "stopped" and runner.last_forwards < 192
+    # and the next request runs normally
+    assert "Answer:" in client.predict(PROMPT, None, {"steps": 24}, api_name="/chat")
+
+
+def test_models_load_once_and_reload_only_when_members_change(client, served):
+    cache = served[0].tie_cache
+    ensemble, loads = cache.ensemble, cache.loads
+    client.predict(PROMPT, None, {"steps": 24, "seed": 3, "score": "top1"}, api_name="/chat")
+    assert cache.ensemble is ensemble and cache.loads == loads  # decoding settings: same members
+    single = client.predict(PROMPT, None, {"models": ["tiny-char"], "steps": 24}, api_name="/chat")
+    assert cache.loads == loads + 1 and [m.name for m in cache.ensemble.members] == ["tiny-char"]
+    assert "Answer:" in single
+    client.predict(PROMPT, None, {"steps": 24}, api_name="/chat")
+    assert cache.loads == loads + 2 and [m.name for m in cache.ensemble.members] == list(DEFAULT_ENSEMBLE)
+
+
+# --- pieces, without a server ----------------------------------------------------------------------------
+
+
+def test_settings_panel_values_parse_and_describe():
+    from tie_lite.errors import UserError
+    from ui.app import Defaults, describe, parse_settings
+
+    values = Defaults().values() | {"gen_length": 64.0, "steps": 0, "free": True, "select": "most-selected"}
+    load, decode, tie = parse_settings(values)
+    assert load.models == DEFAULT_ENSEMBLE and decode.gen_length == 64 and decode.steps is None
+    assert decode.answer_length is None and tie.select == "most-selected"
+    assert describe(decode, tie, 2).startswith("✓ 64 positions in 4 blocks of 16")
+    for bad, says in [({"block_size": 2.5}, "block size 2.5 is not a whole number"), ({"gen_length": " "}, "empty"),
+                      ({"models": []}, "at least one member"), ({"quant": "3bit"}, "unknown quantization")]:
+        with pytest.raises(UserError, match=says):
+            parse_settings(Defaults().values() | bad)
+    public = Defaults(allowed_models=DEFAULT_ENSEMBLE)
+    assert parse_settings({"models": ["tiny-bpe"]}, public)[0].models == ("tiny-bpe",)
+    with pytest.raises(UserError, match="only runs the members"):
+        parse_settings({"models": ["/etc"]}, public)
+
+
+def test_history_formats_and_stopped_turns():
+    from ui.app import STOPPED, history_messages
+
+    gradio_style = [
+        {"role": "user", "content": [{"type": "text", "text": "What is 2+2?"}], "metadata": None},
+        {"role": "assistant", "content": [{"type": "text", "text": "2+2=4\nAnswer: 4"}]},
+        {"role": "user", "content": "What is 64*7?"},
+        {"role": "assistant", "content": f"{STOPPED}\n[tiny-char · round 1 · step 3]\n4░░"},
+    ]
+    assert history_messages(gradio_style, "And 3+3?") == [
+        {"role": "user", "content": "What is 2+2?"},
+        {"role": "assistant", "content": "2+2=4\nAnswer: 4"},
+        {"role": "user", "content": "And 3+3?"},
+    ]
+
+
+def test_chat_command_binds_locally_unless_told(tiny_models, monkeypatch):
+    import ui.app
+    from tie_lite.cli import main
+
+    calls = []
+    monkeypatch.setattr(ui.app, "serve", lambda demo, **kw: calls.append((demo, kw)))
+    assert main(["chat"]) == 0
+    demo, kw = calls[-1]
+    assert kw == {"host": "127.0.0.1", "port": None, "share": False}
+    assert demo.tie_cache.ensemble is not None  # loaded before the server starts, reused by every request
+    assert main(["chat", "--host", "0.0.0.0", "--port", "8123", "--share", "--score", "verify",
+                 "--gen-length", "32"]) == 0
+    demo, kw = calls[-1]
+    assert kw == {"host": "0.0.0.0", "port": 8123, "share": True}
+    assert demo.tie_defaults.tie.score == "verify" and demo.tie_defaults.decode.gen_length == 32
+    assert main(["chat", "--gen-length", "50"]) == 2  # bad defaults: one line, exit 2, no server
+
+
+def test_launch_queues_one_generation_at_a_time(served):
+    demo = served[0]
+    generation = [fn for fn in demo.fns.values() if fn.concurrency_id == "generation"]
+    assert generation and all(fn.concurrency_limit == 1 for fn in generation)
+    assert any(fn.api_name == "chat" for fn in generation)
+    stop = [fn for fn in demo.fns.values() if fn.api_name == "stop"]
+    assert stop and stop[0].concurrency_limit is None  # Stop is never queued behind the generation
+    assert demo.share is False and demo.server_name == "127.0.0.1"
+
+
+# --- the Space -----------------------------------------------------------------------------------------
+
+FAKE_SPACES = '''import functools, os
+def GPU(fn=None, **kw):
+    if fn is None:
+        return lambda f: GPU(f, **kw)
+    @functools.wraps(fn)
+    def wrapper(*a, **k):
+        open(os.environ["FAKE_SPACES_MARK"], "a").write(fn.__name__ + "\\n")
+        yield from fn(*a, **k)
+    return wrapper
+'''
+
+
+def test_built_space_imports_and_launches(tiny_models, tmp_path):
+    from gradio_client import Client
+    from gradio_client.exceptions import AppError
+
+    out = tmp_path / "space"
+    build = subprocess.run([sys.executable, str(ROOT / "scripts" / "build_space.py"), str(out)],
+                           capture_output=True, text=True, timeout=300)
+    assert build.returncode == 0, build.stderr
+    readme = (out / "README.md").read_text()
+    front = readme.split("---")[1]
+    for line in ("sdk: gradio", "app_file: app.py", "python_version:", "sdk_version:"):
+        assert line in front
+    requirements = (out / "requirements.txt").read_text().split()
+    assert any(r.startswith("torch") for r in requirements) and not any(r.startswith("gradio") for r in requirements)
+    for m in DEFAULT_ENSEMBLE:
+        assert (out / "models" / m / "model.safetensors").is_file()
+    assert (out / "tie_lite" / "session.py").is_file() and (out / "ui" / "app.py").is_file()
+
+    fake = tmp_path / "fake_site"  # the `spaces` package as Spaces has it: the app must wrap its handlers
+    fake.mkdir()
+    (fake / "spaces.py").write_text(FAKE_SPACES)
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k not in ("TIE_LITE_MODELS", "PYTHONPATH")}
+    env |= {"PYTHONPATH": str(fake), "GRADIO_SERVER_PORT": str(port), "GRADIO_SERVER_NAME": "127.0.0.1",
+            "FAKE_SPACES_MARK": str(tmp_path / "gpu_calls"), "GRADIO_ANALYTICS_ENABLED": "False"}
+    proc = subprocess.Popen([sys.executable, "app.py"], cwd=out, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    try:
+        def up():
+            if proc.poll() is not None:
+                raise AssertionError(f"the Space exited: {proc.stdout.read()}")
+            with socket.socket() as s:
+                return s.connect_ex(("127.0.0.1", port)) == 0
+        wait_for(up, 240, "the Space to listen")
+        space = Client(f"http://127.0.0.1:{port}/", verbose=False)
+        text = space.predict(PROMPT, api_name="/chat")
+        assert "Answer:" in text and MASK not in text
+        with pytest.raises(AppError, match="only runs the members"):  # a public demo loads nothing else
+            space.predict(PROMPT, None, {"models": ["tiny-char", "dream-7b-instruct"]}, api_name="/chat")
+        assert "chat" in (tmp_path / "gpu_calls").read_text().split()  # spaces.GPU wrapped the handler
+    finally:
+        proc.terminate()
+        try:
+            log, _ = proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            log, _ = proc.communicate()
+    assert f"from {out.resolve() / 'models'}" in log  # the Space's own copy of the package and models
+    assert "(spaces.GPU)" in log

@@ -1,0 +1,678 @@
+"""The tie-lite chat: a Gradio app on the same engine and event stream as `tie-lite generate`.
+
+    demo = build_app(Ensemble(LoadSettings()))        # or build_app() to load the defaults lazily
+    launch_app(demo, host="127.0.0.1", port=7860)
+
+The chat streams the denoising canvas (still-masked positions shown as ░) step by step, then the
+final answer; beside it the ensemble view (leader and scores per round, final member, swaps, memory);
+below it the settings. One generation runs at a time (a shared concurrency group for the chat and the
+API), models load once and reload only when the members or the quantization change, and Stop ends
+the running generation through the engine's `should_stop`.
+
+API (gradio_client):  /chat(message, history=None, settings=None) streams the canvas and returns the
+response text; /stop() stops the caller's running generation.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import queue
+import sys
+import threading
+import time
+import traceback
+from contextlib import closing
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable, Iterator
+
+import gradio as gr
+
+from tie_lite.errors import UserError
+from tie_lite.events import Cancelled, Final, Relay, RoundScores, StepFrame, Swap
+from tie_lite.registry import DEFAULT_ENSEMBLE, ENTRIES, resolve
+from tie_lite.sampler import UNMASK_POLICIES, DecodeSettings
+from tie_lite.scoring import SCORES
+from tie_lite.session import Ensemble, LoadSettings
+from tie_lite.tie import SELECTIONS, Result, TieSettings
+
+log = logging.getLogger("tie_lite.ui")
+
+MASK_SYMBOL = "░"
+STOPPED = "■ stopped"  # an assistant turn that starts with this was cut short; it is not sent as history
+QUANTS = ("none", "8bit", "4bit")
+BACKENDS = ("bitsandbytes", "quanto")
+PUBLIC_SELECTIONS = tuple(s for s in SELECTIONS if s != "oracle")
+PUBLIC_SCORES = tuple(s for s in SCORES if s != "oracle")
+GENERATION = "generation"  # the concurrency group: one generation at a time, chat and API together
+
+# The settings the panel and the API's `settings` dict share (API keys = these names).
+SETTING_KEYS = (
+    "models", "quant", "backend", "gen_length", "block_size", "steps", "unmask", "threshold", "topk",
+    "answer_length", "free", "interval", "score", "select", "select_model", "temperature", "seed",
+)
+LABELS = {
+    "models": "members", "gen_length": "generation length", "block_size": "block size", "steps": "steps",
+    "threshold": "threshold", "topk": "top-k", "answer_length": "answer length", "interval": "interval",
+    "temperature": "temperature", "seed": "seed",
+}
+
+
+# --- settings ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Defaults:
+    """What the panel starts with; launch-time load options (device, memory, trust) come from here too."""
+
+    load: LoadSettings = field(default_factory=LoadSettings)
+    decode: DecodeSettings = field(default_factory=DecodeSettings)
+    tie: TieSettings = field(default_factory=TieSettings)
+    allowed_models: tuple[str, ...] | None = None  # None: any registry name, folder or hub id (the local chat)
+
+    def values(self) -> dict:
+        d, t = self.decode, self.tie
+        return dict(
+            models=list(self.load.models), quant=self.load.quant, backend=self.load.backend,
+            gen_length=d.gen_length, block_size=d.block_size, steps=d.steps or 0, unmask=d.unmask,
+            threshold=d.threshold, topk=d.topk, answer_length=d.answer_length or 8, free=d.answer_length is None,
+            interval=t.interval, score=t.score, select=t.select, select_model=t.select_model, temperature=d.temperature,
+            seed=d.seed,
+        )
+
+
+def _whole(key: str, value: Any, minimum: int | None = None) -> int:
+    label = LABELS.get(key, key)
+    if value is None or (isinstance(value, str) and not value.strip()):
+        raise UserError(f"{label} is empty; enter a whole number")
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise UserError(f"{label} '{value}' is not a whole number") from None
+    if not math.isfinite(number) or number != int(number):
+        raise UserError(f"{label} {value} is not a whole number")
+    if minimum is not None and number < minimum:
+        raise UserError(f"{label} must be at least {minimum} (got {int(number)})")
+    return int(number)
+
+
+def _number(key: str, value: Any) -> float:
+    label = LABELS.get(key, key)
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise UserError(f"{label} '{value}' is not a number") from None
+    if not math.isfinite(number):
+        raise UserError(f"{label} must be a finite number")
+    return number
+
+
+def member_names(models) -> list[str]:
+    names = [resolve(m)[0] for m in models]
+    if len(set(names)) != len(names):  # the engine's own naming for repeated members
+        names = [f"{n}#{i + 1}" for i, n in enumerate(names)]
+    return names
+
+
+def parse_settings(values: dict, defaults: Defaults | None = None) -> tuple[LoadSettings, DecodeSettings, TieSettings]:
+    """Panel or API values -> validated engine settings. Raises UserError with one readable line."""
+    defaults = defaults or Defaults()
+    unknown = sorted(set(values) - set(SETTING_KEYS))
+    if unknown:
+        raise UserError(f"unknown setting {', '.join(map(repr, unknown))}; known: {', '.join(SETTING_KEYS)}")
+    v = defaults.values() | {k: val for k, val in values.items() if val is not None or k in ("steps", "select_model")}
+    models = v["models"]
+    if isinstance(models, str):
+        models = [m.strip() for m in models.split(",")]
+    models = tuple(str(m).strip() for m in (models or ()) if str(m).strip())
+    if not models:
+        raise UserError("choose at least one member")
+    if defaults.allowed_models is not None:
+        refused = [m for m in models if m not in defaults.allowed_models]
+        if refused:
+            raise UserError(f"this server only runs the members {', '.join(defaults.allowed_models)} "
+                            f"(not {', '.join(refused)})")
+    if v["quant"] not in QUANTS:
+        raise UserError(f"unknown quantization '{v['quant']}'; use one of {', '.join(QUANTS)}")
+    if v["backend"] not in BACKENDS:
+        raise UserError(f"unknown quantization backend '{v['backend']}'; use one of {', '.join(BACKENDS)}")
+    load = replace(defaults.load, models=models, quant=v["quant"], backend=v["backend"])
+    steps = v["steps"]
+    steps = None if steps in (None, "", 0, 0.0) else _whole("steps", steps, 1)
+    free = bool(v["free"])
+    decode = DecodeSettings(
+        gen_length=_whole("gen_length", v["gen_length"], 1),
+        block_size=_whole("block_size", v["block_size"], 1),
+        steps=steps,
+        temperature=_number("temperature", v["temperature"]),
+        unmask=str(v["unmask"]),
+        threshold=_number("threshold", v["threshold"]),
+        topk=_whole("topk", v["topk"]),
+        seed=_whole("seed", v["seed"]),
+        answer_length=None if free else _whole("answer_length", v["answer_length"], 1),
+    )
+    decode.validate()
+    select = str(v["select"])
+    tie = TieSettings(
+        interval=_whole("interval", v["interval"], 1),
+        score=str(v["score"]),
+        select=select,
+        select_model=(v["select_model"] or None) if select == "best-model" else None,
+    )
+    if tie.score == "oracle" or tie.select == "oracle":
+        raise UserError("oracle scoring needs the gold solution of an eval task; it is not available in the chat")
+    tie.validate(member_names(models))
+    return load, decode, tie
+
+
+def describe(decode: DecodeSettings, tie: TieSettings, members: int) -> str:
+    """One line saying what the settings will do (shown under the panel when they are valid)."""
+    blocks = decode.gen_length // decode.block_size
+    per_round = max(1, math.ceil(tie.interval / decode.steps_per_block))
+    rounds = math.ceil(blocks / per_round)
+    relay = f"relay every {per_round} block{'s' * (per_round > 1)} (≤ {rounds} round{'s' * (rounds > 1)})"
+    if members == 1:
+        relay = "one member: plain decoding"
+    return (f"✓ {decode.gen_length} positions in {blocks} block{'s' * (blocks > 1)} of {decode.block_size}, "
+            f"{decode.steps_per_block} steps a block; {relay}; score {tie.score}, final {tie.select}")
+
+
+def history_messages(history: Any, message: str | None = None) -> list[dict]:
+    """Chat history (Gradio messages, plain dicts or [user, bot] pairs) -> engine messages.
+
+    Turns cut short (an assistant reply starting with STOPPED) are left out with their question.
+    """
+    out: list[dict] = []
+    for item in history or []:
+        if isinstance(item, (list, tuple)) and len(item) == 2:
+            pairs = [("user", item[0]), ("assistant", item[1])]
+        elif isinstance(item, dict):
+            pairs = [(item.get("role"), item.get("content"))]
+        else:
+            raise UserError("history must be a list of {'role': ..., 'content': ...} messages or [user, bot] pairs")
+        for role, content in pairs:
+            text = _text(content)
+            if role not in ("user", "assistant") or text is None:
+                continue
+            if role == "assistant" and text.startswith(STOPPED):
+                if out and out[-1]["role"] == "user":
+                    out.pop()
+                continue
+            out.append({"role": role, "content": text})
+    if message is not None:
+        out.append({"role": "user", "content": message})
+    return out
+
+
+def _text(content: Any) -> str | None:
+    if content is None:
+        return None
+    if isinstance(content, str):
+        return content
+    if isinstance(content, dict):
+        return content.get("text") if content.get("type", "text") == "text" else None
+    if isinstance(content, (list, tuple)):
+        parts = [_text(c) for c in content]
+        parts = [p for p in parts if p]
+        return "\n".join(parts) if parts else None
+    return None
+
+
+# --- engine side: models loaded once, one generation at a time, events -> snapshots -----------------
+
+
+class ModelCache:
+    """Keeps one loaded ensemble; reloads only when the members or the quantization change."""
+
+    def __init__(self, ensemble: Ensemble | None = None):
+        self.ensemble = ensemble
+        self.loads = 0
+        self._lock = threading.Lock()
+
+    def get(self, settings: LoadSettings, on_load: Callable[[str], None] | None = None) -> Ensemble:
+        with self._lock:
+            if self.ensemble is None or self.ensemble.settings != settings:
+                self.ensemble = None  # let the old members go before the new ones load
+                self.ensemble = Ensemble(settings, on_load=on_load)
+                self.loads += 1
+            return self.ensemble
+
+
+@dataclass
+class Progress:
+    """What the views show, rebuilt from the event stream (one snapshot per yield)."""
+
+    phase: str = "starting"  # loading | decoding | done | stopped | error
+    message: str = ""
+    canvas: str = ""
+    member: str = ""
+    round: int = 0
+    forwards: int = 0
+    members: list[str] = field(default_factory=list)
+    rounds: list[dict] = field(default_factory=list)
+    relays: int = 0
+    swaps: int = 0
+    swap_bytes: int = 0
+    result: Result | None = None
+    started: float = field(default_factory=time.perf_counter)
+
+    @property
+    def finished(self) -> bool:
+        return self.phase in ("done", "stopped", "error")
+
+
+class Runner:
+    """Runs generations in a worker thread, one at a time, streaming Progress snapshots."""
+
+    def __init__(self, cache: ModelCache, min_interval: float = 0.05):
+        self.cache = cache
+        self.min_interval = min_interval  # coalesce step frames closer together than this
+        self._busy = threading.Lock()
+        self._stops: dict[str, set[threading.Event]] = {}
+        self._stops_lock = threading.Lock()
+        self.running = False
+        self.last_phase: str | None = None
+        self.last_forwards = 0
+
+    def stop(self, session: str | None) -> bool:
+        """Ask the generation of `session` to stop; True when one was running."""
+        with self._stops_lock:
+            events = list(self._stops.get(session or "", ()))
+        for e in events:
+            e.set()
+        return bool(events)
+
+    def stream(self, messages: list[dict], load: LoadSettings, decode: DecodeSettings, tie: TieSettings,
+               session: str | None = None) -> Iterator[Progress]:
+        stop = threading.Event()
+        with self._stops_lock:
+            self._stops.setdefault(session or "", set()).add(stop)
+        events: queue.Queue = queue.Queue()
+        worker = threading.Thread(target=self._work, args=(messages, load, decode, tie, stop, events),
+                                  name="tie-lite-generation", daemon=True)
+        progress = Progress(members=member_names(load.models))
+        worker.start()
+        try:
+            last_yield = 0.0
+            while True:
+                item = events.get()
+                pending_frame = False
+                while True:  # fold everything already waiting into the snapshot
+                    pending_frame = self._apply(progress, item) or pending_frame
+                    if progress.finished:
+                        break
+                    try:
+                        item = events.get_nowait()
+                    except queue.Empty:
+                        break
+                now = time.perf_counter()
+                if progress.finished or not pending_frame or now - last_yield >= self.min_interval:
+                    last_yield = now
+                    yield replace(progress, rounds=list(progress.rounds))
+                if progress.finished:
+                    return
+        finally:  # the consumer went away (Stop, a cancelled client job): end the engine run too
+            stop.set()
+            worker.join()
+            with self._stops_lock:
+                self._stops.get(session or "", set()).discard(stop)
+                if not self._stops.get(session or "", True):
+                    del self._stops[session or ""]
+
+    def _work(self, messages, load, decode, tie, stop: threading.Event, events: queue.Queue) -> None:
+        with self._busy:  # belt and braces beside the concurrency group: one generation per device
+            self.running = True
+            try:
+                ensemble = self.cache.get(load, on_load=lambda spec: events.put(("loading", spec)))
+                events.put(("decoding", None))
+
+                def on_event(event):
+                    if isinstance(event, StepFrame):  # render now: the trajectory keeps changing
+                        events.put(("frame", (event.round, event.member, event.forwards,
+                                              event.trajectory.render(MASK_SYMBOL))))
+                    elif not isinstance(event, Final):
+                        events.put(("event", event))
+
+                result = ensemble.run(messages, decode, tie, on_event=on_event, should_stop=stop.is_set)
+                events.put(("done", result))
+            except Cancelled as exc:
+                events.put(("stopped", exc.message))
+            except UserError as exc:
+                events.put(("error", str(exc)))
+            except Exception as exc:  # never a traceback in the UI: one line there, the rest in the log
+                log.error("generation failed:\n%s", traceback.format_exc())
+                first = (str(exc).strip().splitlines() or [""])[0]
+                events.put(("error", f"internal error ({type(exc).__name__}): {first}".rstrip(": ")))
+            finally:
+                self.running = False
+
+    def _apply(self, p: Progress, item) -> bool:
+        kind, data = item
+        if kind == "loading":
+            p.phase, p.message = "loading", f"loading {data}…"
+        elif kind == "decoding":
+            p.phase, p.message = "decoding", "decoding…"
+        elif kind == "frame":
+            p.round, p.member, p.forwards, p.canvas = data
+            self.last_forwards = p.forwards
+            return True
+        elif kind == "event":
+            if isinstance(data, RoundScores):
+                p.rounds.append({"round": data.round + 1, "leader": data.leader, "scores": dict(data.scores)})
+            elif isinstance(data, Relay):
+                p.relays += 1
+            elif isinstance(data, Swap):
+                p.swaps += 1
+                p.swap_bytes += data.bytes
+        elif kind == "done":
+            p.phase, p.result, p.message = "done", data, ""
+            p.members = list(data.members)
+            self.last_phase = "done"
+        elif kind in ("stopped", "error"):
+            p.phase, p.message = kind, data
+            self.last_phase = kind
+        return False
+
+
+# --- views ------------------------------------------------------------------------------------------
+
+
+def _mib(n: int | float) -> str:
+    return f"{n / 2**20:,.1f} MiB" if n < 2**30 else f"{n / 2**30:,.2f} GiB"
+
+
+def canvas_text(p: Progress) -> str:
+    """The streaming chat message: who is decoding, then the canvas (plain text: no markdown surprises)."""
+    return f"[{p.member or '…'} · round {p.round + 1} · step {p.forwards}]\n{p.canvas or MASK_SYMBOL}"
+
+
+def status_markdown(p: Progress) -> str:
+    if p.phase == "error":
+        return f"⚠ {p.message}"
+    if p.phase == "stopped":
+        return f"{STOPPED} after {p.forwards} steps of member {p.member or '–'}"
+    if p.phase == "done" and p.result is not None:
+        r = p.result
+        return f"✓ answered in {r.seconds:.1f} s ({r.steps} forward passes)"
+    if p.phase == "decoding" and p.member:
+        return f"◐ round {p.round + 1}: **{p.member}** decoding, step {p.forwards}"
+    return f"◐ {p.message or 'waiting…'}"
+
+
+def summary_markdown(p: Progress | None, cache: ModelCache | None = None) -> str:
+    if p is None:
+        ens = cache.ensemble if cache is not None else None
+        if ens is None:
+            return "**Ensemble** – models load with the first message."
+        members = ", ".join(f"{m.name} ({_mib(m.footprint_bytes)}, {m.quant})" for m in ens.members)
+        return f"**Ensemble** {members}  \nloaded in {ens.load_seconds:.1f} s · {ens.scheduler.strategy}"
+    lines = [f"**Ensemble** {' + '.join(p.members)}"]
+    if p.rounds:
+        last = p.rounds[-1]
+        changes = sum(a["leader"] != b["leader"] for a, b in zip(p.rounds, p.rounds[1:]))
+        lines.append(f"round {last['round']} led by **{last['leader']}** · {changes} leader change"
+                     f"{'s' * (changes != 1)} · {p.relays} relay{'s' * (p.relays != 1)}")
+    r = p.result
+    if r is not None:
+        answer = f" · answer **{r.answer}**" if r.answer is not None else ""
+        lines.append(f"final member **{r.final_member}**{answer}")
+        mem = r.memory or {}
+        lines.append(f"swaps {mem.get('swaps', p.swaps)} ({_mib(mem.get('bytes_moved', p.swap_bytes))} moved, "
+                     f"{mem.get('swap_seconds', 0.0):.2f} s) · plan {mem.get('strategy', '–')}")
+        weights = sum((mem.get("footprint_bytes") or {}).values())
+        peak = mem.get("peak_bytes")
+        if peak is not None:
+            lines.append(f"peak memory {_mib(peak)} · weights {_mib(weights)}")
+        lines.append(f"{r.steps} forward passes · {r.seconds:.2f} s")
+    else:
+        lines.append(f"swaps {p.swaps} ({_mib(p.swap_bytes)} moved)")
+    return "  \n".join(lines)
+
+
+def leaders_markdown(p: Progress | None) -> str:
+    if p is None or not p.rounds:
+        return ""
+    names = list(p.rounds[0]["scores"])
+    head = "| round | leader | " + " | ".join(names) + " |\n|---|---|" + "---|" * len(names) + "\n"
+    rows = "".join(
+        f"| {r['round']} | {r['leader']} | " + " | ".join(f"{r['scores'][n] + 0.0:.3f}" for n in names) + " |\n"
+        for r in p.rounds
+    )
+    return head + rows
+
+
+def scores_figure(p: Progress | None):
+    """Members' scores per round, the round's leader starred (a matplotlib Figure; None before round 1)."""
+    if p is None or not p.rounds:
+        return None
+    from matplotlib.figure import Figure  # no pyplot: figures are built in worker threads
+
+    fig = Figure(figsize=(5.6, 2.9), dpi=100, layout="constrained")
+    ax = fig.subplots()
+    rounds = [r["round"] for r in p.rounds]
+    for k, name in enumerate(p.rounds[0]["scores"]):
+        color = f"C{k}"
+        values = [r["scores"][name] + 0.0 for r in p.rounds]
+        ax.plot(rounds, values, marker="o", color=color, label=name, linewidth=2)
+        led = [(x, y) for x, y, r in zip(rounds, values, p.rounds) if r["leader"] == name]
+        if led:
+            ax.scatter(*zip(*led), marker="*", s=220, color=color, edgecolors="black", linewidths=0.6, zorder=3)
+    ax.set_xticks(rounds)
+    ax.set_xlim(min(rounds) - 0.3, max(rounds) + 0.3)
+    ax.set_xlabel("round  (★ leader, relayed to all)")
+    ax.set_ylabel("score (higher leads)")
+    ax.grid(alpha=0.3)
+    ax.set_title("members' scores per round", fontsize=10)
+    fig.legend(loc="outside right upper", fontsize=8, frameon=False)
+    return fig
+
+
+# --- the app ----------------------------------------------------------------------------------------
+
+CSS = """
+#tie-chat .message-content span.md { white-space: pre-wrap; }
+#tie-chat .bot .message-content span.md { font-family: var(--font-mono); letter-spacing: 0.02em; }
+#tie-status { min-height: 1.6em; }
+"""
+
+
+def build_app(ensemble: Ensemble | None = None, defaults: Defaults | None = None, *, gpu: Callable | None = None,
+              title: str = "tie-lite chat"):
+    """The Blocks app. `ensemble`: already loaded members to start with (else they load on the first
+    message); `defaults`: the panel's starting values and the launch-time load options; `gpu`: a
+    decorator for the generation handlers (`spaces.GPU` on Hugging Face Spaces)."""
+    defaults = defaults or Defaults(load=ensemble.settings if ensemble is not None else LoadSettings())
+    cache = ModelCache(ensemble)
+    runner = Runner(cache)
+    wrap = gpu or (lambda fn: fn)
+    start = defaults.values()
+
+    def session_of(request) -> str:
+        return getattr(request, "session_hash", None) or ""
+
+    def chat(message: str, history: list | None = None, settings: dict | None = None,
+             request: gr.Request = None) -> str:
+        if not isinstance(message, str) or not message.strip():
+            raise gr.Error("the message is empty")
+        if settings is not None and not isinstance(settings, dict):
+            raise gr.Error("settings must be a dict, e.g. {'gen_length': 48, 'score': 'verify'}")
+        try:
+            load, decode, tie = parse_settings(settings or {}, defaults)
+            messages = history_messages(history, message)
+        except UserError as exc:
+            raise gr.Error(str(exc), print_exception=False) from None
+        with closing(runner.stream(messages, load, decode, tie, session_of(request))) as stream:
+            for p in stream:
+                if p.phase == "decoding" and p.canvas:
+                    yield p.canvas
+                elif p.phase == "done":
+                    yield p.result.text
+                elif p.phase in ("error", "stopped"):
+                    why = p.message if p.phase == "error" else f"{STOPPED}: {p.message}"
+                    raise gr.Error(why, print_exception=False)
+
+    chat.__doc__ = ("Answer `message` (after `history`, a list of role/content messages) with the ensemble. Streams "
+                    "the canvas (still-masked positions as ░) and ends with the response text. `settings`: an "
+                    "optional dict with any of: " + ", ".join(SETTING_KEYS) + ".")
+
+    def stop(request: gr.Request = None) -> None:
+        runner.stop(session_of(request))
+
+    def settings_dict(values) -> dict:
+        return dict(zip(SETTING_KEYS, values))
+
+    def check(*values) -> str:
+        try:
+            load, decode, tie = parse_settings(settings_dict(values), defaults)
+        except UserError as exc:
+            return f"⚠ {exc}"
+        return describe(decode, tie, len(load.models))
+
+    def add_user(message, history):
+        if not (message or "").strip():
+            return gr.skip(), gr.skip()
+        return "", (history or []) + [{"role": "user", "content": message}]
+
+    def respond(request: gr.Request, history, *values):
+        """The chat's generation handler: streams into the chat and the ensemble view."""
+        history = list(history or [])
+        skip = gr.skip()
+        busy = (gr.update(interactive=False), gr.update(interactive=True))
+        idle = (gr.update(interactive=True), gr.update(interactive=False))
+        if not history or history[-1].get("role") != "user":
+            yield (skip, skip, skip, skip, skip, skip, skip) + idle
+            return
+        question = _text(history[-1].get("content")) or ""
+        try:
+            load, decode, tie = parse_settings(settings_dict(values), defaults)
+            messages = history_messages(history[:-1], question)
+        except UserError as exc:  # back to the textbox, the message in the status line
+            yield (history[:-1], question, f"⚠ {exc}", skip, skip, skip, f"⚠ {exc}") + idle
+            return
+        shown_rounds = -1
+        with closing(runner.stream(messages, load, decode, tie, session_of(request))) as stream:
+            for p in stream:
+                plot = leaders = skip
+                if len(p.rounds) != shown_rounds or p.finished:
+                    shown_rounds = len(p.rounds)
+                    plot, leaders = scores_figure(p), leaders_markdown(p)
+                if p.phase == "done":
+                    chat_value = history + [{"role": "assistant", "content": p.result.text}]
+                elif p.phase == "stopped":
+                    partial = canvas_text(p) if p.canvas else ""
+                    chat_value = history + [{"role": "assistant", "content": f"{STOPPED}\n{partial}".strip()}]
+                elif p.phase == "error":
+                    yield (history[:-1], question, status_markdown(p), summary_markdown(p), plot, leaders,
+                           skip) + idle
+                    return
+                elif p.canvas:
+                    chat_value = history + [{"role": "assistant", "content": canvas_text(p)}]
+                else:
+                    chat_value = skip
+                yield ((chat_value, skip, status_markdown(p), summary_markdown(p), plot, leaders, skip)
+                       + (idle if p.finished else busy))
+
+    with gr.Blocks(title=title, fill_width=True) as demo:
+        gr.Markdown(
+            "## tie-lite · an ensemble of masked diffusion LMs (TIE)\n"
+            "Each member denoises its own canvas (░ = still masked); every round the trajectory that scores best "
+            "is relayed to all members. Try an arithmetic question for the shipped tiny models."
+        )
+        with gr.Row(equal_height=False):
+            with gr.Column(scale=3):
+                chatbot = gr.Chatbot(label="chat", elem_id="tie-chat", height=430, buttons=["copy"],
+                                     render_markdown=False,  # plain text: '*' in arithmetic is not emphasis
+                                     feedback_options=None, placeholder="Ask e.g. What is (23+41)\\*7?")
+                with gr.Row():
+                    box = gr.Textbox(placeholder="What is (23+41)*7?", show_label=False, scale=5, lines=1,
+                                     max_lines=4, submit_btn=False, elem_id="tie-message")
+                    send = gr.Button("Send", variant="primary", scale=1, min_width=80, elem_id="tie-send")
+                    stop_btn = gr.Button("Stop", variant="stop", scale=1, min_width=80, interactive=False,
+                                         elem_id="tie-stop")
+                status = gr.Markdown("", elem_id="tie-status")
+                from tie_lite.tasks import TASKS
+
+                gr.Examples([[ex] for t in TASKS.values() for ex in t.examples[:2]], inputs=[box], label="examples")
+            with gr.Column(scale=2):
+                summary = gr.Markdown(summary_markdown(None, cache), elem_id="tie-summary")
+                plot = gr.Plot(scores_figure(None), label="scores per round", show_label=False,
+                               elem_id="tie-scores", format="png")
+                leaders = gr.Markdown("", elem_id="tie-leaders")
+        with gr.Accordion("Settings", open=False, elem_id="tie-settings"):
+            with gr.Row():
+                custom = defaults.allowed_models is None
+                models = gr.Dropdown(list(ENTRIES) if custom else list(defaults.allowed_models),
+                                     value=start["models"], multiselect=True, allow_custom_value=custom,
+                                     label="members", scale=3,
+                                     info="shipped or registry names, a local folder or a hub id" if custom else None)
+                quant = gr.Dropdown(list(QUANTS), value=start["quant"], label="quantization")
+                backend = gr.Dropdown(list(BACKENDS), value=start["backend"], label="quantization backend")
+            with gr.Row():
+                gen_length = gr.Number(start["gen_length"], label="generation length", precision=0)
+                block_size = gr.Number(start["block_size"], label="block size", precision=0)
+                steps = gr.Number(start["steps"], label="steps", info="0 = one token a step", precision=0)
+                answer_length = gr.Number(start["answer_length"], label="answer length", precision=0)
+                free = gr.Checkbox(start["free"], label="free layout (no answer marker)")
+            with gr.Row():
+                unmask = gr.Dropdown(list(UNMASK_POLICIES), value=start["unmask"], label="unmasking policy")
+                threshold = gr.Number(start["threshold"], label="threshold", info="for threshold unmasking")
+                topk = gr.Number(start["topk"], label="top-k", info="for top-k unmasking", precision=0)
+                temperature = gr.Number(start["temperature"], label="temperature", info="0 = greedy")
+                seed = gr.Number(start["seed"], label="seed", precision=0)
+            with gr.Row():
+                interval = gr.Number(start["interval"], label="interval", info="steps per round", precision=0)
+                score = gr.Dropdown(list(PUBLIC_SCORES), value=start["score"], label="score",
+                                    info="tcc: the paper's; verify: members re-check each round")
+                select = gr.Dropdown(list(PUBLIC_SELECTIONS), value=start["select"], label="final selection")
+                select_model = gr.Dropdown(member_names(start["models"]), value=start["select_model"],
+                                           allow_custom_value=True, label="best model", info="for best-model")
+            check_line = gr.Markdown(check(*[start[k] for k in SETTING_KEYS]), elem_id="tie-check")
+
+        controls = [models, quant, backend, gen_length, block_size, steps, unmask, threshold, topk, answer_length,
+                    free, interval, score, select, select_model, temperature, seed]
+        assert len(controls) == len(SETTING_KEYS)
+        for c in controls:
+            c.change(check, controls, check_line, queue=False, show_progress="hidden", api_visibility="private")
+        models.change(lambda m: gr.update(choices=member_names(m or [])), models, select_model, queue=False,
+                      api_visibility="private")
+
+        outputs = [chatbot, box, status, summary, plot, leaders, check_line, send, stop_btn]
+        generations = [
+            trigger(add_user, [box, chatbot], [box, chatbot], queue=False, api_visibility="private").then(
+                wrap(respond), [chatbot] + controls, outputs, concurrency_limit=1, concurrency_id=GENERATION,
+                show_progress="hidden", api_visibility="private")
+            for trigger in (send.click, box.submit)
+        ]
+        # Stop sets the run's should_stop flag, so the chat ends with the partial canvas marked stopped. Under
+        # a `gpu` decorator (ZeroGPU runs handlers in another process, out of the flag's reach) it also cancels
+        # the handler, whose closing stops the engine.
+        stop_btn.click(stop, None, None, api_name="stop", concurrency_limit=None, show_progress="hidden",
+                       cancels=generations if gpu is not None else None)
+        gr.api(wrap(chat), api_name="chat", concurrency_limit=1, concurrency_id=GENERATION)
+
+    demo.tie_runner = runner  # for tests and embedding: the generation runner and its model cache
+    demo.tie_cache = cache
+    demo.tie_defaults = defaults
+    return demo
+
+
+def serve(demo, host: str | None = "127.0.0.1", port: int | None = None, share: bool = False) -> None:
+    """Launch and block until Ctrl+C, saying where the chat is in our own words (`tie-lite chat`)."""
+    _, local_url, share_url = launch_app(demo, host=host, port=port, share=share, prevent_thread_lock=True,
+                                         quiet=True)
+    print(f"tie-lite chat: open {local_url} in a browser (Ctrl+C stops the server)", file=sys.stderr, flush=True)
+    if share:
+        print(f"tie-lite chat: public link {share_url or '(could not be created)'}", file=sys.stderr, flush=True)
+    elif host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"tie-lite chat: listening on {host}, reachable from other machines", file=sys.stderr, flush=True)
+    demo.block_thread()
+
+
+def launch_app(demo, host: str | None = "127.0.0.1", port: int | None = None, share: bool = False,
+               prevent_thread_lock: bool = False, quiet: bool = False, **kwargs):
+    """Queue (one generation at a time, bounded waiting line) and launch. host None: Gradio's own default
+    ($GRADIO_SERVER_NAME, else 127.0.0.1) — what Spaces needs."""
+    demo.queue(max_size=kwargs.pop("max_size", 32), default_concurrency_limit=1)
+    kwargs.setdefault("ssr_mode", False)
+    return demo.launch(server_name=host, server_port=port, share=share, prevent_thread_lock=prevent_thread_lock,
+                       quiet=quiet, theme=gr.themes.Soft(), css=CSS, footer_links=["api"], **kwargs)
