@@ -96,7 +96,7 @@ def test_answer_positions_wait_for_reasoning(shipped):
     while not traj.done:
         reasoning_left = bool(traj.masked[lay.reasoning].any())
         answer_before = traj.masked[lay.answer].clone()
-        traj.step(settings)
+        traj.step(settings, member.logits(traj.ids[None])[0])
         if reasoning_left:
             assert torch.equal(traj.masked[lay.answer], answer_before)
     assert traj.ids[lay.marker].tolist() == list(lay.marker_ids)

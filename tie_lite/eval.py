@@ -10,7 +10,9 @@ from collections import defaultdict
 from dataclasses import replace
 
 from .errors import UserError
+from .drive import run_many
 from .layout import TextState
+from .tie import tie_process
 
 BOUNDS = ("oracle-relay", "oracle-pick")  # diagnostics, labelled as bounds
 POSTGEN_INTERVAL = 10**9  # one round covering the whole generation
@@ -40,14 +42,20 @@ def evaluate(ensemble, task, n: int, seed: int, methods: list[str], decode, tie,
     problems = task.generate(n, seed)
     results, traces = {}, {}
     for method, (indices, settings) in plans.items():
-        correct, steps, seconds, changes, relays = 0, 0, 0.0, 0, 0
+        correct, steps, changes, relays = 0, 0, 0, 0
         stage_hits, stage_seen = defaultdict(int), defaultdict(int)
         change_at = defaultdict(int)
-        for p in problems:
-            gold = TextState(p.reasoning, True, p.answer, True)
-            start = time.perf_counter()
-            res = ensemble.run([{"role": "user", "content": p.prompt}], decode, settings, members=indices, gold=gold)
-            seconds += time.perf_counter() - start
+        ensemble.scheduler.select(indices)
+        processes = [
+            tie_process(ensemble.scheduler, [{"role": "user", "content": p.prompt}], decode, settings,
+                        gold=TextState(p.reasoning, True, p.answer, True))
+            for p in problems
+        ]
+        start = time.perf_counter()
+        outcomes = run_many(processes, ensemble.scheduler, on_done=lambda k, res: progress and progress(method))
+        seconds = time.perf_counter() - start
+        ensemble.scheduler.select(None)
+        for p, res in zip(problems, outcomes):
             check = task.check(p, res.text)
             correct += check.correct
             steps += res.steps
@@ -63,8 +71,6 @@ def evaluate(ensemble, task, n: int, seed: int, methods: list[str], decode, tie,
                 out.write(json.dumps({"method": method, "prompt": p.prompt, "output": res.text, "answer": check.answer,
                                       "gold": p.answer, "correct": check.correct, "stages": check.stages,
                                       "final_member": res.final_member, "rounds": res.rounds}) + "\n")
-            if progress is not None:
-                progress(method)
         results[method] = {
             "accuracy": round(100.0 * correct / n, 2),
             "stages": {s: round(100.0 * stage_hits[s] / stage_seen[s], 2) for s in sorted(stage_seen)},

@@ -8,10 +8,11 @@ first n % s steps one more), minus the forward passes LLaDA spends on steps that
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
+from .drive import Forward, run
 from .errors import UserError
 from .layout import Layout, TextState, make_layout
 from .loading import Member
@@ -82,7 +83,6 @@ class Trajectory:
     total_tcc: float = 0.0
     total_steps: int = 0
     total_top1: float = 0.0
-    history: list = field(default_factory=list)
 
     @classmethod
     def start(cls, member: Member, messages: list[dict], settings: DecodeSettings) -> Trajectory:
@@ -161,8 +161,8 @@ class Trajectory:
             idx = inside.nonzero().flatten()[:FREE_ANSWER_POSITIONS]
         return idx
 
-    def step(self, settings: DecodeSettings, logits: torch.Tensor | None = None) -> bool:
-        """One forward and one commit. Returns False when the trajectory was already complete."""
+    def step(self, settings: DecodeSettings, logits: torch.Tensor) -> bool:
+        """Commit from one forward's logits (for this canvas). False when it was already complete."""
         blk = self.current_block()
         if blk is None:
             return False
@@ -175,8 +175,6 @@ class Trajectory:
             candidates[lay.answer] = False  # answers are committed after all of the reasoning
         cand = candidates.nonzero().flatten()
         watched = self.scored_positions(masked, block)
-        if logits is None:
-            logits = self.member.logits(self.ids[None])[0]
         self.forwards += 1
 
         cand_logits = logits[cand]
@@ -226,16 +224,21 @@ class Trajectory:
         self.total_tcc += tcc
         self.total_steps += 1
 
-    def run_blocks(self, settings: DecodeSettings, blocks: int, on_step=None) -> None:
-        """Advance until `blocks` more blocks are complete (relays land on block boundaries) or done."""
+    def advance(self, settings: DecodeSettings, blocks: int, on_step=None):
+        """Process: advance until `blocks` more blocks are complete (relays land on block boundaries) or
+        done, yielding each canvas to forward (see drive.py)."""
         for _ in range(blocks):
             blk = self.current_block()
             while blk is not None and self.current_block() == blk:
-                self.step(settings)
+                logits = yield Forward(self.member, self.ids[None])
+                self.step(settings, logits[0])
                 if on_step is not None:
                     on_step(self)
             if self.done:
                 return
+
+    def run_blocks(self, settings: DecodeSettings, blocks: int, on_step=None) -> None:
+        run(self.advance(settings, blocks, on_step))
 
 
 def _gumbel_argmax(logits: torch.Tensor, temperature: float, generator: torch.Generator) -> torch.Tensor:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import torch
 
+from .drive import Forward
 from .errors import UserError
 from .layout import TextState
 from .sampler import Trajectory
@@ -26,24 +27,23 @@ def check_score(name: str, members: int) -> None:
         raise UserError("--score verify asks the other members to re-check a trajectory; give at least two --model")
 
 
-def round_scores(trajs: list[Trajectory], kind: str, order: list[int], use=None, gold: TextState | None = None):
-    """One score per trajectory. Cross-model forwards run member by member in `order` (whichever is
-    resident first), calling `use(j)` before member j computes, so scoring adds no swaps."""
+def round_scores(trajs: list[Trajectory], kind: str, order: list[int], gold: TextState | None = None):
+    """Process (see drive.py) returning one score per trajectory. Cross-model forwards go member by
+    member in `order` (whichever is resident first), so scoring adds no swaps."""
     if kind == "tcc":
         return [-t.round_tcc for t in trajs]
     if kind == "oracle":
         return [1.0 if matches_gold(t.state(), gold) else 0.0 for t in trajs]
     totals = [0.0] * len(trajs)
     for j in order:
-        if use is not None:
-            use(j)
-        for i, value in enumerate(member_view(trajs[j], trajs, kind)):
+        values = yield from member_view(trajs[j], trajs, kind)
+        for i, value in enumerate(values):
             totals[i] += value / len(order)
     return totals
 
 
-def member_view(judge: Trajectory, trajs: list[Trajectory], kind: str) -> list[float]:
-    """What `judge`'s member thinks of each trajectory, all of them in one batched forward."""
+def member_view(judge: Trajectory, trajs: list[Trajectory], kind: str):
+    """Process: what `judge`'s member thinks of each trajectory, all of them in one batched forward."""
     canvases, targets = [], []
     for t in trajs:
         if kind == "verify":
@@ -52,7 +52,7 @@ def member_view(judge: Trajectory, trajs: list[Trajectory], kind: str) -> list[f
         else:
             ids = translate(t, judge)
         canvases.append(ids)
-    logits = judge.member.logits(torch.stack(canvases))
+    logits = yield Forward(judge.member, torch.stack(canvases))
     judge.forwards += len(trajs)
     out = []
     for i, ids in enumerate(canvases):

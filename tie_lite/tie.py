@@ -7,6 +7,7 @@ import math
 import time
 from dataclasses import dataclass, field
 
+from .drive import run
 from .errors import UserError
 from .events import Cancelled, Final, Relay, RoundScores, StepFrame
 from .layout import TextState
@@ -65,6 +66,19 @@ def run_tie(
     gold: TextState | None = None,
 ) -> Result:
     """Decode `messages` with every member of `scheduler`, relaying the best trajectory every round."""
+    return run(tie_process(scheduler, messages, decode, tie, on_event, should_stop, gold), scheduler)
+
+
+def tie_process(
+    scheduler: Scheduler,
+    messages: list[dict],
+    decode: DecodeSettings,
+    tie: TieSettings = TieSettings(),
+    on_event=None,
+    should_stop=None,
+    gold: TextState | None = None,
+):
+    """The TIE loop as a process (drive.py): it yields the forwards it needs and returns the Result."""
     from .tasks import parse_answer
 
     start = time.perf_counter()
@@ -83,19 +97,17 @@ def run_tie(
     leaders: list[int] = []
     r = 0
     while True:
-        order = scheduler.order(r)
-        for i in order:
-            scheduler.use(i)
+        for i in scheduler.order(r):
 
             def on_step(t, i=i):
                 if should_stop is not None and should_stop():
                     raise Cancelled()
                 emit(StepFrame(r, names[i], t.forwards, t))
 
-            trajs[i].run_blocks(decode, blocks_per_round, on_step)
+            yield from trajs[i].advance(decode, blocks_per_round, on_step)
         finished = any(t.done for t in trajs)
         if len(trajs) > 1:
-            scores = round_scores(trajs, tie.score, scheduler.scoring_order(), scheduler.use, gold)
+            scores = yield from round_scores(trajs, tie.score, scheduler.scoring_order(), gold)
         else:
             scores = [-t.round_tcc for t in trajs]
         leader = max(range(len(trajs)), key=lambda i: (scores[i], -i))
@@ -111,11 +123,13 @@ def run_tie(
         for t in trajs:
             t.begin_round()
         r += 1
-    for i, t in enumerate(trajs):  # a member with another tokenizer may need a little longer
+    for t in trajs:  # a member with another tokenizer may need a little longer
         if not t.done:
-            scheduler.use(i)
-            t.run_blocks(decode, t.layout.num_blocks)
-    final = select_final(trajs, names, leaders, tie, scheduler, gold)
+            yield from t.advance(decode, t.layout.num_blocks)
+    verify = None
+    if tie.select == "verify" and len(trajs) > 1:  # members re-check what each response committed last round
+        verify = scores if tie.score == "verify" else (yield from round_scores(trajs, "verify", scheduler.scoring_order()))
+    final = select_final(trajs, names, leaders, tie, verify, gold)
     text = trajs[final].text()
     result = Result(
         text=text,
@@ -133,7 +147,7 @@ def run_tie(
     return result
 
 
-def select_final(trajs, names, leaders, tie: TieSettings, scheduler: Scheduler, gold) -> int:
+def select_final(trajs, names, leaders, tie: TieSettings, verify_scores, gold) -> int:
     """Which completed response to return."""
     m = len(trajs)
     if m == 1:
@@ -146,9 +160,8 @@ def select_final(trajs, names, leaders, tie: TieSettings, scheduler: Scheduler, 
         from .scoring import matches_gold
 
         return next((i for i, t in enumerate(trajs) if matches_gold(t.state(), gold)), 0)
-    if tie.select == "verify":  # the members re-check what each response committed in the last round
-        scores = round_scores(trajs, "verify", scheduler.scoring_order(), scheduler.use)
-        return max(range(m), key=lambda i: (scores[i], -i))
+    if tie.select == "verify":
+        return max(range(m), key=lambda i: (verify_scores[i], -i))
 
     def key(i):  # lowest normalized TCC over the whole decode, then the higher mean top-1 probability
         t = trajs[i]
