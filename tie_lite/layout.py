@@ -148,7 +148,9 @@ class Layout:
     def render(self, tokenizer, ids: torch.Tensor, mask_symbol: str = "░") -> str:
         """The canvas with still-masked positions shown as `mask_symbol` (for streaming views)."""
         pieces = []
-        for t in ids[self.prompt_len :].tolist():
+        for pos, t in enumerate(ids.tolist()[self.prompt_len :], start=self.prompt_len):
+            if self.has_answer and pos == self.marker.start:
+                pieces.append("\n")
             if t == self.mask_id:
                 pieces.append(mask_symbol)
             elif t not in self.eos_ids:
