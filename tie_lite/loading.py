@@ -313,7 +313,11 @@ _TORCH_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float1
 
 def read_safetensors(path: str | Path, keys) -> dict[str, torch.Tensor]:
     """Named tensors of one .safetensors file, read straight into fresh tensors (one copy from the page cache)."""
-    out = {}
+    return dict(iter_safetensors(path, keys))
+
+
+def iter_safetensors(path: str | Path, keys):
+    """(name, tensor) for the named tensors of one .safetensors file, in file order, one fresh tensor at a time."""
     with open(path, "rb", buffering=0) as f:
         header, base = _raw_header(f)
         for key in sorted(keys, key=lambda k: header[k]["data_offsets"][0]):
@@ -327,8 +331,7 @@ def read_safetensors(path: str | Path, keys) -> dict[str, torch.Tensor]:
                 if not got:
                     raise OSError(f"{path}: file ended while reading {key}")
                 done += got
-            out[key] = raw.view(_TORCH_DTYPES[info["dtype"]]).view(tuple(info["shape"]))
-    return out
+            yield key, raw.view(_TORCH_DTYPES[info["dtype"]]).view(tuple(info["shape"]))
 
 
 def checkpoint_tensors(source: str) -> dict[str, tuple[str, tuple[int, ...]]] | None:
@@ -625,14 +628,13 @@ class WeightStore:
                 spill[name] = t
         by_name = dict(unique)
         for path, names in wanted.items():  # the checkpoint serves only tensors that are bit-identical in it
-            on_disk = read_safetensors(path, names)
-            for name in names:
+            for name, on_disk in iter_safetensors(path, names):  # one at a time: no second copy of the model
                 t = by_name[name]
-                if on_disk[name].dtype == t.dtype and torch.equal(on_disk[name], t):
+                if on_disk.dtype == t.dtype and torch.equal(on_disk, t):
                     self._files[name] = (path, name)
                 else:
                     spill[name] = t
-            del on_disk
+                del on_disk
         storages: dict[int, int] = {}
         for v in spill.values():
             storages[v.untyped_storage().data_ptr()] = storages.get(v.untyped_storage().data_ptr(), 0) + 1
@@ -696,7 +698,7 @@ class WeightStore:
             for name, (path, key) in self._files.items():
                 by_file.setdefault(path, {})[key] = name
             for path, names in by_file.items():
-                for key, tensor in read_safetensors(path, names).items():
+                for key, tensor in iter_safetensors(path, names):
                     restored[names[key]] = tensor
         for name, t in self._tensors:
             new = restored[self._aliases.get(name, name)]

@@ -149,6 +149,12 @@ def make_plan(needs: list[Need], budget: int, *, device: str = "cpu", budget_sou
                     f"layer + {format_size(working)} working memory); raise {flag}, use --quant 4bit, or lower "
                     f"--gen-length"
                 )
+            if device == "cpu" and quant != "none":
+                raise UserError(
+                    f"{flag} {format_size(budget)} is too small for '{n.name}' alone at --quant {quant} "
+                    f"({format_size(n.weight_bytes)} + {format_size(working)} working memory), and layer offload on "
+                    f"the CPU needs --quant none; raise {flag} to at least {format_size(n.weight_bytes + working)}"
+                )
             placement.append("offload")
             on_device = max(0, capacity - n.layer_bytes) / max(1, n.weight_bytes)  # accelerate keeps room for one
             warnings.append(

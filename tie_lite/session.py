@@ -3,17 +3,26 @@
 from __future__ import annotations
 
 import resource
+import shutil
+import tempfile
 import time
+import weakref
 from dataclasses import dataclass
 
 import torch
 
 from .errors import UserError
-from .loading import Member, load_member
+from .loading import (Member, SizeEstimate, WeightStore, _weight_tensors, estimate_member, load_member,
+                      load_member_offloaded, resolve_device)
 from .registry import DEFAULT_ENSEMBLE
-from .scheduler import Scheduler
+from .scheduler import Scheduler, format_size, make_plan, parse_size
 from .sampler import DecodeSettings
 from .tie import Result, TieSettings, run_tie
+
+CROSS_MODEL = ("top1", "entropy", "margin", "verify")
+# The load-time plan (placement, offload) assumes the smallest request unless told the lengths to expect;
+# every request then re-checks the budget with its own lengths and says plainly when it does not fit.
+PLAN_TOKENS = 32
 
 
 @dataclass(frozen=True)
@@ -28,29 +37,72 @@ class LoadSettings:
 
 
 class Ensemble:
-    """Loaded members plus their scheduler; reused across requests."""
+    """Loaded members plus their scheduler; reused across requests.
 
-    def __init__(self, settings: LoadSettings, on_load=None):
+    With no budget on the CPU every member stays resident. With --max-memory (or on CUDA, where the free
+    device memory is the budget) the members load under a plan: resident when they all fit, else whole
+    members swap (one resident at a time when only one fits), and a member that alone does not fit is
+    loaded with accelerate layer offload."""
+
+    def __init__(self, settings: LoadSettings, on_load=None, *, plan_tokens: int | None = None):
+        """`plan_tokens`: positions one forward will compute (prompt + generation, times M with cross-model
+        scores), so the load-time plan leaves working memory for them; by default the smallest request's."""
         if not settings.models:
             raise UserError("give at least one --model")
         self.settings = settings
+        budget = parse_size(settings.max_memory)
+        device = resolve_device(settings.device)
+        self.device = device
+        self.budget = budget
+        self.budget_source = "--max-memory" if budget is not None else None
+        if budget is None and device.type == "cuda":
+            budget, self.budget_source = int(torch.cuda.mem_get_info(device)[0]), "free device memory"
+            self.budget = budget
+        self.estimates: list[SizeEstimate] = []
+        self.plan = None
+        self.baseline_bytes = current_bytes(device)
+        kwargs = dict(quant=settings.quant, backend=settings.backend, device=settings.device,
+                      trust_remote_code=settings.trust_remote_code, allow_pickle=settings.allow_pickle)
         start = time.perf_counter()
-        members: list[Member] = []
-        for spec in settings.models:
+        if budget is None:
+            members: list[Member] = []
+            for spec in settings.models:
+                if on_load is not None:
+                    on_load(spec)
+                members.append(load_member(spec, **kwargs))
+            self.scheduler = Scheduler(members)
+        else:
+            self.scheduler = self._load_planned(budget, kwargs, on_load, plan_tokens or PLAN_TOKENS)
+        self.load_seconds = time.perf_counter() - start
+
+    def _load_planned(self, budget: int, kwargs: dict, on_load, tokens: int) -> Scheduler:
+        s = self.settings
+        self.estimates = [estimate_member(spec, quant=s.quant, backend=s.backend, device=self.device.type)
+                          for spec in s.models]
+        needs = _needs(self.estimates, tokens, 1)
+        self.plan = plan = make_plan(needs, budget, device=self.device.type, budget_source=self.budget_source,
+                                     quant=s.quant)
+        self._spill = tempfile.mkdtemp(prefix="tie-lite-swap-")
+        weakref.finalize(self, shutil.rmtree, self._spill, True)
+        sched = Scheduler([], strategy=plan.strategy, capacity=None if plan.strategy == "resident" else plan.capacity_bytes,
+                          stores=[], sizes=[])
+        sched.budget_bytes = budget
+        for k, spec in enumerate(s.models):
             if on_load is not None:
                 on_load(spec)
-            members.append(
-                load_member(
-                    spec,
-                    quant=settings.quant,
-                    backend=settings.backend,
-                    device=settings.device,
-                    trust_remote_code=settings.trust_remote_code,
-                    allow_pickle=settings.allow_pickle,
-                )
-            )
-        self.load_seconds = time.perf_counter() - start
-        self.scheduler = Scheduler(members)
+            sched.reserve(plan.device_bytes(k))  # make room before loading, so loading honours the budget too
+            if plan.placement[k] == "offload":
+                def load(spec=spec, k=k):
+                    return load_member_offloaded(spec, device_bytes=plan.capacity_bytes,
+                                                 offload_folder=f"{self._spill}/offload-{k}", **kwargs)
+            else:
+                def load(spec=spec):
+                    return load_member(spec, **kwargs)
+            member = load()
+            reload = (lambda load=load: load().model) if self.estimates[k].reload else None
+            on_device = sum(t.numel() * t.element_size() for _, t in _weight_tensors(member.model))
+            sched.add(member, WeightStore(member, self._spill, reload=reload), size=on_device)
+        return sched
 
     @property
     def members(self) -> list[Member]:
@@ -59,18 +111,137 @@ class Ensemble:
     def run(self, messages, decode: DecodeSettings, tie: TieSettings, on_event=None, should_stop=None, gold=None,
             members: list[int] | None = None) -> Result:
         """Decode with every member, or with the members at `members` (a member alone is TIE with M = 1)."""
-        device = self.members[0].device
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
+        device = self.device
         self.scheduler.select(members)
-        result = run_tie(self.scheduler, messages, decode, tie, on_event, should_stop, gold)
+        working = self.fit_request(messages, decode, tie)
+        for attempt in range(2):
+            reset_peak(device)
+            self.scheduler.on_event = on_event
+            try:
+                result = run_tie(self.scheduler, messages, decode, tie, on_event, should_stop, gold)
+                break
+            except torch.OutOfMemoryError:
+                self._replan_after_oom(working, decode, retry=attempt == 0)
+                self.scheduler.select(members)
+            except RuntimeError as exc:
+                if "can't allocate memory" not in str(exc):
+                    raise
+                raise UserError(f"out of host memory on the CPU ({str(exc).splitlines()[0][:80]}); pass a smaller "
+                                f"--max-memory so members swap, a shorter --gen-length, or fewer --model") from None
+            finally:
+                self.scheduler.on_event = None
         result.memory["peak_bytes"] = peak_bytes(device)
+        result.memory["baseline_bytes"] = self.baseline_bytes
         result.memory["footprint_bytes"] = {m.name: m.footprint_bytes for m in self.members}
         return result
 
+    # --- budget checks per request ---------------------------------------------------------------------
+
+    def _working(self, messages, decode: DecodeSettings, tie: TieSettings) -> int:
+        if not self.estimates:
+            return 0
+        index = self.scheduler._index
+        total_len = max(len(m.prompt_ids(messages)) for m in self.members) + decode.gen_length
+        cross = (tie.score in CROSS_MODEL or tie.select == "verify") and len(index) > 1
+        batch = len(index) if cross else 1
+        return max(self.estimates[j].working_bytes(total_len, batch) for j in index)
+
+    def fit_request(self, messages, decode: DecodeSettings, tie: TieSettings) -> int:
+        """Re-check the plan against this request's lengths: a longer generation needs more working memory,
+        which can turn a resident plan into swapping, or not fit at all (a UserError saying what to change).
+        `run` calls it; a caller driving processes itself (eval) calls it with its longest prompt first.
+        Returns the working memory it planned for."""
+        if self.budget is None:
+            return 0
+        sched = self.scheduler
+        working = self._working(messages, decode, tie)
+        capacity = self.budget - working
+        sizes = [sched.sizes[j] for j in sched._index]
+        if max(sizes) > capacity:
+            k = sizes.index(max(sizes))
+            raise UserError(
+                f"--gen-length {decode.gen_length} needs about {format_size(working)} of working memory, which "
+                f"leaves {format_size(max(0, capacity))} of {self.budget_source} {format_size(self.budget)} for "
+                f"weights, less than '{self.members[k].name}' needs ({format_size(sizes[k])}); lower --gen-length, "
+                f"raise --max-memory, or use --quant 4bit"
+            )
+        if sched.swapping:
+            sched.set_capacity(capacity)
+        elif sum(sched.sizes) > capacity:
+            sched.set_capacity(capacity, strategy="swap")
+        return working
+
+    def _replan_after_oom(self, working: int, decode: DecodeSettings, retry: bool) -> None:
+        """Out of device memory mid-run: shrink the budget to what is really usable and swap, or say what to change."""
+        sched = self.scheduler
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+            free = int(torch.cuda.mem_get_info(self.device)[0])
+        else:
+            import psutil
+
+            free = int(psutil.virtual_memory().available)
+        usable = free + sched.resident_bytes
+        largest = max(sched.sizes[j] for j in sched._index)
+        budget = int(min(self.budget or usable, usable) * 0.9)
+        capacity = budget - working
+        if retry and self.estimates and capacity >= largest:
+            self.budget, self.budget_source = budget, "re-planned budget"
+            sched.budget_bytes = budget
+            sched.set_capacity(capacity, strategy="swap" if sched.strategy == "resident" else sched.strategy)
+            return
+        needed = largest + working
+        flag = "--max-memory" + (f" {format_size(int(usable * 0.85)).replace(' ', '')}" if usable > needed else "")
+        raise UserError(
+            f"out of memory on {self.device.type}: this run needs about {format_size(needed)} "
+            f"({format_size(largest)} for the largest member + {format_size(working)} working memory at "
+            f"--gen-length {decode.gen_length}) and about {format_size(usable)} is usable; "
+            + (f"pass {flag} so members swap, " if usable > needed else "")
+            + "use --quant 4bit or a shorter --gen-length"
+        )
+
+
+def _needs(estimates, total_len: int, batch: int):
+    from .plan import needs_for
+
+    return needs_for(estimates, total_len, batch)
+
+
+def current_bytes(device: torch.device) -> int:
+    """Memory in use now: device memory allocated on CUDA, resident set size of this process on the CPU."""
+    if device.type == "cuda":
+        return int(torch.cuda.memory_allocated(device))
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+
+
+def reset_peak(device: torch.device) -> None:
+    """Start a fresh peak for this request (Linux lets a process reset its own resident high-water mark)."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+
 
 def peak_bytes(device: torch.device) -> int:
-    """Peak device memory on CUDA; peak resident memory of this process on the CPU."""
+    """Peak device memory on CUDA; peak resident memory of this process on the CPU (since reset_peak)."""
     if device.type == "cuda":
         return int(torch.cuda.max_memory_allocated(device))
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
