@@ -459,7 +459,7 @@ class SizeEstimate:
         logits = b * n * d["vocab"] * (4 + (act if act != 4 else 0) + (4 if self.shifted else 0))
         states = b * n * (6 * d["hidden"] + 3 * d["intermediate"]) * act
         attention = b * d["heads"] * n * n * 4
-        sampler = 2 * n * d["vocab"] * 8  # softmax and float64 Gumbel noise over candidate positions
+        sampler = min(n, 32) * d["vocab"] * 8  # float32 softmax + float64 Gumbel noise over one block's candidates
         dequant = d["hidden"] * max(d["hidden"], d["intermediate"]) * act if self.quant != "none" else 0
         return int(logits + states + attention + sampler + dequant)
 
