@@ -183,7 +183,7 @@ def _load_member(
     if dev.type == "cuda" and qconfig is None:
         kwargs["dtype"] = torch.bfloat16
     if offload is not None:
-        if qconfig is not None and quant == "8bit" and backend == "bitsandbytes":
+        if qconfig is not None and backend == "bitsandbytes":  # offloaded layers stay unquantized (the plan warns)
             qconfig.llm_int8_enable_fp32_cpu_offload = True
         kwargs.update(offload)
     auto = getattr(transformers, family.auto_class)
@@ -543,6 +543,30 @@ def _weight_tensors(model: torch.nn.Module) -> list[tuple[str, torch.Tensor]]:
     return out
 
 
+def _local_folder(source: str) -> Path | None:
+    """A member's checkpoint folder on this machine: the folder itself, or a hub id's snapshot in the HF cache."""
+    path = Path(source)
+    if path.is_dir():
+        return path
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(source, local_files_only=True, allow_patterns=["*.safetensors", "*.json"]))
+    except Exception:
+        return None
+
+
+def swap_dir() -> str:
+    """Where CPU swapping spills what the checkpoint cannot give back ($TIE_LITE_SWAP_DIR, else the temp dir;
+    point it at a disk when /tmp is a RAM-backed tmpfs, or spilled weights still occupy memory)."""
+    import os
+    import tempfile
+
+    base = os.environ.get("TIE_LITE_SWAP_DIR") or tempfile.gettempdir()
+    Path(base).mkdir(parents=True, exist_ok=True)
+    return tempfile.mkdtemp(prefix="tie-lite-swap-", dir=base)
+
+
 def _alias_key(t: torch.Tensor):
     return (t.device, t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), tuple(t.stride()), t.dtype)
 
@@ -614,8 +638,8 @@ class WeightStore:
         from safetensors.torch import save_file
 
         sources: dict[str, tuple[str, tuple]] = {}
-        folder = Path(self.member.source)
-        for f in sorted(folder.glob("*.safetensors")) if folder.is_dir() else []:
+        folder = _local_folder(self.member.source)
+        for f in sorted(folder.glob("*.safetensors")) if folder is not None else []:
             for key, (dtype, shape) in safetensors_header(f).items():
                 sources.setdefault(key, (str(f), shape))
         spill = {}

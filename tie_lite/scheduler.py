@@ -388,9 +388,10 @@ class Scheduler:
             "bytes_moved": self.bytes_moved,
             "swap_seconds": round(self.swap_seconds, 4),
         }
+        if self.budget_bytes is not None:
+            out["budget_bytes"] = self.budget_bytes
         if self.swapping:
             out["reloads"] = self.reloads
-            out["budget_bytes"] = self.budget_bytes
             out["capacity_bytes"] = self.capacity
             out["resident_peak_bytes"] = self.peak_resident_bytes
         return out

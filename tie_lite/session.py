@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import resource
 import shutil
-import tempfile
 import time
 import weakref
 from dataclasses import dataclass
@@ -13,7 +12,7 @@ import torch
 
 from .errors import UserError
 from .loading import (Member, SizeEstimate, WeightStore, _weight_tensors, estimate_member, load_member,
-                      load_member_offloaded, resolve_device)
+                      load_member_offloaded, resolve_device, swap_dir)
 from .registry import DEFAULT_ENSEMBLE
 from .scheduler import Scheduler, format_size, make_plan, parse_size
 from .sampler import DecodeSettings
@@ -82,7 +81,7 @@ class Ensemble:
         needs = _needs(self.estimates, tokens, 1)
         self.plan = plan = make_plan(needs, budget, device=self.device.type, budget_source=self.budget_source,
                                      quant=s.quant)
-        self._spill = tempfile.mkdtemp(prefix="tie-lite-swap-")
+        self._spill = swap_dir()
         weakref.finalize(self, shutil.rmtree, self._spill, True)
         sched = Scheduler([], strategy=plan.strategy, capacity=None if plan.strategy == "resident" else plan.capacity_bytes,
                           stores=[], sizes=[])
