@@ -588,7 +588,8 @@ class WeightStore:
     - moved (no quantization, bitsandbytes 4-bit, packed as it is): on CUDA every tensor gets a pinned host copy
       on its first release (weights never change, so later releases only drop the device copy) and comes back
       with asynchronous copies; on the CPU a release drops the tensors and a restore re-reads them from the
-      memory-mapped checkpoint (verified identical at the first release) or from a spill file written once.
+      checkpoint's safetensors file (each tensor verified bit-identical at the first release) or from a spill
+      file written once (in $TIE_LITE_SWAP_DIR) for tensors the checkpoint does not hold as they are.
     - reloaded (bitsandbytes 8-bit, whose parameters cannot move, bitsandbytes issue 1815; quanto): the model is
       dropped and loaded again from its checkpoint, which costs a full load each time.
     Tensors keep their Python identity (`t.data` is swapped), so tied weights, bitsandbytes quantization
@@ -630,7 +631,7 @@ class WeightStore:
         if self.member.device.type == "cuda":
             for name, t in unique:
                 host = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
-                host.copy_(t, non_blocking=True)
+                host.copy_(t.detach(), non_blocking=True)  # detach: a plain view of bitsandbytes' parameter
                 self._host[name] = host
                 moved += t.numel() * t.element_size()
             torch.cuda.synchronize(self.member.device)
