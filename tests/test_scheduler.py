@@ -346,3 +346,17 @@ def test_llada_and_dream_swap_and_offload_match_resident(tmp_path):
     assert offloaded.plan.placement == ["offload"]
     out = offloaded.run(prompt, decode, tie)
     assert out.text == alone.text and set(out.text) != {"!"}
+
+
+def test_batch_limit_keeps_batched_forwards_in_the_budget():
+    models = ("tiny-char", "tiny-bpe")
+    decode, tie = DecodeSettings(), TieSettings()
+    assert Ensemble(LoadSettings(models=models)).batch_limit(PROMPT, decode, tie) == 64  # no budget
+    est = [estimate_member(m) for m in models]
+    tokens = 60 + decode.gen_length
+    budget = max(e.weight_bytes for e in est) + 4 * max(e.working_bytes(tokens) for e in est)
+    ensemble = Ensemble(LoadSettings(models=models, max_memory=str(budget)))
+    ensemble.scheduler.select(None)
+    b = ensemble.batch_limit(PROMPT, decode, tie)
+    assert 1 <= b < 64
+    assert max(ensemble.scheduler.sizes) + ensemble._working(PROMPT, decode, tie, times=b) <= budget

@@ -136,14 +136,26 @@ class Ensemble:
 
     # --- budget checks per request ---------------------------------------------------------------------
 
-    def _working(self, messages, decode: DecodeSettings, tie: TieSettings) -> int:
+    def _working(self, messages, decode: DecodeSettings, tie: TieSettings, times: int = 1) -> int:
         if not self.estimates:
             return 0
         index = self.scheduler._index
         total_len = max(len(m.prompt_ids(messages)) for m in self.members) + decode.gen_length
         cross = (tie.score in CROSS_MODEL or tie.select == "verify") and len(index) > 1
-        batch = len(index) if cross else 1
+        batch = (len(index) if cross else 1) * times
         return max(self.estimates[j].working_bytes(total_len, batch) for j in index)
+
+    def batch_limit(self, messages, decode: DecodeSettings, tie: TieSettings, limit: int = 64) -> int:
+        """How many canvases like this request's one forward may stack under the budget (eval's batching
+        driver): at least 1, at most `limit`. Call after `scheduler.select`; it also applies `fit_request`."""
+        working = self.fit_request(messages, decode, tie)
+        if self.budget is None or working == 0:
+            return limit
+        largest = max(self.scheduler.sizes[j] for j in self.scheduler._index)
+        b = 1
+        while b < limit and largest + self._working(messages, decode, tie, times=b + 1) <= self.budget:
+            b += 1
+        return b
 
     def fit_request(self, messages, decode: DecodeSettings, tie: TieSettings) -> int:
         """Re-check the plan against this request's lengths: a longer generation needs more working memory,
