@@ -156,10 +156,10 @@ def main():
     ap.add_argument("--member", choices=sorted(MEMBERS), required=True)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, required=True)
-    ap.add_argument("--steps", type=int, default=3500)
+    ap.add_argument("--steps", type=int, default=3000)
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--lr", type=float, default=2e-3)
-    ap.add_argument("--hidden", type=int, default=96)
+    ap.add_argument("--hidden", type=int, default=128, help="a multiple of 64 (bitsandbytes 4-bit CPU kernels need it)")
     ap.add_argument("--layers", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--checkpoint-every", type=int, default=0, help="also save every N steps (to watch training)")
@@ -179,7 +179,7 @@ def main():
                 texts += [f"User: {p.prompt}\nBot: ", p.reasoning, ANSWER_MARKER, p.answer]
         tok = bpe_tokenizer(texts)
     config = TieTinyConfig(
-        vocab_size=len(tok),
+        vocab_size=-(-len(tok) // 32) * 32,  # padded for quantized kernels
         hidden_size=args.hidden,
         num_hidden_layers=args.layers,
         num_attention_heads=4,

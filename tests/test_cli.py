@@ -32,7 +32,7 @@ def test_generate_json_ensemble_reports_rounds():
     data = json.loads(out.stdout)
     assert data["members"] == ["tiny-char", "tiny-bpe"]
     assert data["final_member"] in data["members"]
-    assert len(data["rounds"]) == 3 and all(set(r["scores"]) == set(data["members"]) for r in data["rounds"])
+    assert len(data["rounds"]) == 4 and all(set(r["scores"]) == set(data["members"]) for r in data["rounds"])
     assert data["leader_changes"] == sum(a["leader"] != b["leader"] for a, b in zip(data["rounds"], data["rounds"][1:]))
 
 

@@ -5,6 +5,7 @@ import random
 
 import pytest
 
+from tie_lite.tasks.arithmetic import product_step
 from tie_lite.tasks import EVAL_SEED, TASKS, VALIDATION_SEED, get_task, parse_answer
 
 
@@ -27,6 +28,18 @@ def test_one_stage_cases_and_phrasings_are_generated(name):
     assert len({p.prompt.split(" ")[0] for p in problems}) >= 4  # several phrasings
 
 
+def test_product_steps_are_written_as_tens_and_units():
+    assert product_step(64, 7) == "64*7=420+28=448"
+    task = TASKS["product-sum"]
+    p = next(p for p in task.generate(50, 1) if len(p.stages) == 2)
+    bad = p.reasoning.split(";")
+    a, rest = bad[0].split("*")
+    b = int(rest.split("=")[0])
+    tens = (int(a) - int(a) % 10) * b
+    bad[0] = f"{a}*{b}={tens + 10}+{int(a) % 10 * b}={int(a) * b}"  # a wrong partial product
+    assert task.check(p, ";".join(bad) + f"\nAnswer: {p.answer}").stages["products"] is False
+
+
 def test_checker_rejects_wrong_and_malformed_answers():
     task = TASKS["sum-product"]
     p = next(p for p in task.generate(50, 1) if len(p.stages) == 2)
@@ -45,14 +58,14 @@ def test_checker_tells_which_stage_went_wrong():
     a_b, s = first.split("=")
     bad_sum = int(s) + 10
     factor = int(second.split("*")[1].split("=")[0])
-    text = f"{a_b}={bad_sum};{bad_sum}*{factor}={bad_sum * factor}\nAnswer: {bad_sum * factor}"
+    text = f"{a_b}={bad_sum};{product_step(bad_sum, factor)}\nAnswer: {bad_sum * factor}"
     check = task.check(p, text)
     assert check.stages == {"sum": False, "product": True} and not check.correct
 
     task = TASKS["product-sum"]
     p = next(p for p in task.generate(50, 1) if len(p.stages) == 2)
     e1, e2, _ = p.reasoning.split(";")
-    x, y = int(e1.split("=")[1]), int(e2.split("=")[1])
+    x, y = int(e1.split("=")[-1]), int(e2.split("=")[-1])
     text = f"{e1};{e2};{x}+{y}={x + y + 1}\nAnswer: {x + y + 1}"
     assert task.check(p, text).stages == {"products": True, "sum": False}
 

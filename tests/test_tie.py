@@ -49,8 +49,8 @@ def test_rounds_relay_the_leader_and_emit_events(shipped):
                      on_event=events.append)
     rounds = [e for e in events if isinstance(e, RoundScores)]
     relays = [e for e in events if isinstance(e, Relay)]
-    assert len(rounds) == 3 == len(result.rounds)  # 48 positions, one block of 16 per round
-    assert len(relays) == 2
+    assert len(rounds) == 4 == len(result.rounds)  # 64 positions, one block of 16 per round
+    assert len(relays) == 3
     assert [r.leader for r in rounds] == [r["leader"] for r in result.rounds]
     assert all(max(r.scores, key=r.scores.get) == r.leader for r in rounds)
     assert any(isinstance(e, StepFrame) for e in events)

@@ -10,7 +10,7 @@ import warnings
 
 from .errors import UserError
 
-DEFAULTS = dict(gen_length=48, block_size=16, answer_length=8, interval=16, score="tcc", select="lowest-tcc")
+DEFAULTS = dict(gen_length=64, block_size=16, answer_length=8, interval=16, score="tcc", select="lowest-tcc")
 
 
 class Parser(argparse.ArgumentParser):

@@ -23,7 +23,7 @@ FREE_ANSWER_POSITIONS = 8  # free layout: how many masked positions past the cur
 
 @dataclass(frozen=True)
 class DecodeSettings:
-    gen_length: int = 48
+    gen_length: int = 64
     block_size: int = 16
     steps: int | None = None  # None: one token per step (steps == gen_length)
     temperature: float = 0.0

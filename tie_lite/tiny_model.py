@@ -23,7 +23,7 @@ class TieTinyConfig(PretrainedConfig):
         num_hidden_layers: int = 3,
         num_attention_heads: int = 4,
         intermediate_size: int = 384,
-        max_position_embeddings: int = 256,
+        max_position_embeddings: int = 256,  # context limit (rotary positions)
         mask_token_id: int | None = None,
         shift_logits: bool = False,
         **kwargs,
@@ -40,6 +40,21 @@ class TieTinyConfig(PretrainedConfig):
         super().__init__(**kwargs)
 
 
+def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    x1, x2 = x[..., :half], x[..., half:]
+    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
+
+
+def rotary(length: int, head_dim: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rotary position angles: attention sees relative offsets, which is what copying digits and
+    lining up columns needs when the numbers sit at different places in differently worded prompts."""
+    half = head_dim // 2
+    freqs = 1.0 / (10000 ** (torch.arange(half, device=device, dtype=torch.float32) / half))
+    angles = torch.arange(length, device=device, dtype=torch.float32)[:, None] * freqs[None]
+    return angles.cos(), angles.sin()
+
+
 class _Block(nn.Module):
     def __init__(self, config: TieTinyConfig):
         super().__init__()
@@ -54,7 +69,7 @@ class _Block(nn.Module):
         self.up_proj = nn.Linear(d, config.intermediate_size)
         self.down_proj = nn.Linear(config.intermediate_size, d)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         b, t, d = x.shape
         h = self.norm1(x)
 
@@ -62,6 +77,7 @@ class _Block(nn.Module):
             return z.view(b, t, self.heads, d // self.heads).transpose(1, 2)
 
         q, k, v = split(self.q_proj(h)), split(self.k_proj(h)), split(self.v_proj(h))
+        q, k = _rotate(q, cos, sin), _rotate(k, cos, sin)
         # No causal mask: masked diffusion models attend in both directions.
         a = F.scaled_dot_product_attention(q, k, v)
         x = x + self.o_proj(a.transpose(1, 2).reshape(b, t, d))
@@ -76,7 +92,6 @@ class TieTinyForMaskedLM(PreTrainedModel):
     def __init__(self, config: TieTinyConfig):
         super().__init__(config)
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
-        self.embed_positions = nn.Embedding(config.max_position_embeddings, config.hidden_size)
         self.layers = nn.ModuleList(_Block(config) for _ in range(config.num_hidden_layers))
         self.norm = nn.LayerNorm(config.hidden_size)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
@@ -98,10 +113,11 @@ class TieTinyForMaskedLM(PreTrainedModel):
         return self.lm_head
 
     def forward(self, input_ids: torch.Tensor, labels: torch.Tensor | None = None, **_) -> MaskedLMOutput:
-        positions = torch.arange(input_ids.shape[1], device=input_ids.device)
-        x = self.embed_tokens(input_ids) + self.embed_positions(positions)[None]
+        cos, sin = rotary(input_ids.shape[1], self.config.hidden_size // self.config.num_attention_heads, input_ids.device)
+        x = self.embed_tokens(input_ids)
+        cos, sin = cos.to(x.dtype), sin.to(x.dtype)
         for layer in self.layers:
-            x = layer(x)
+            x = layer(x, cos, sin)
         logits = self.lm_head(self.norm(x))
         return MaskedLMOutput(logits=logits)
 

@@ -29,16 +29,31 @@ class Check:
     stages: dict[str, bool]  # stage name -> written step is right (given the values written before it)
 
 
-_EQ = re.compile(r"(-?\d+)\s*([+*])\s*(-?\d+)\s*=\s*(-?\d+)")
+_SUM = re.compile(r"^(\d+)\+(\d+)=(\d+)$")
+_PRODUCT = re.compile(r"^(\d+)\*(\d+)=(\d+)\+(\d+)=(\d+)$")
 
 
-def _equations(text: str) -> list[tuple[int, str, int, int]]:
-    return [(int(a), op, int(b), int(c)) for a, op, b, c in _EQ.findall(text)]
+def product_step(a: int, b: int) -> str:
+    """a*b written out as tens and units: 64*7=420+28=448."""
+    tens, units = (a - a % 10) * b, (a % 10) * b
+    return f"{a}*{b}={tens}+{units}={a * b}"
+
+
+def _equations(text: str) -> list[tuple[int, str, int, int, bool]]:
+    """Steps of a worked solution as (left, op, right, value, written right)."""
+    eqs = []
+    for step in re.sub(r"\s", "", text).split(";"):
+        if m := _SUM.match(step):
+            a, b, c = map(int, m.groups())
+            eqs.append((a, "+", b, c, a + b == c))
+        elif m := _PRODUCT.match(step):
+            a, b, x, y, c = map(int, m.groups())
+            eqs.append((a, "*", b, c, step == product_step(a, b)))
+    return eqs
 
 
 def _holds(eq) -> bool:
-    a, op, b, c = eq
-    return (a + b if op == "+" else a * b) == c
+    return eq[4]
 
 
 def parse_answer(text: str) -> str | None:
@@ -100,14 +115,14 @@ class SumThenProduct(ArithmeticTask):
             if rng.random() < 0.5:
                 return self._problem(rng, f"{a}+{b}", [f"{a}+{b}={a + b}"], a + b, ("sum",))
             p = rng.randint(10, 198)
-            return self._problem(rng, f"{p}*{c}", [f"{p}*{c}={p * c}"], p * c, ("product",))
+            return self._problem(rng, f"{p}*{c}", [product_step(p, c)], p * c, ("product",))
         r = rng.random()
         if r < mix.get("trivial_product", 0.0):
             c = 1
         elif r < mix.get("trivial_product", 0.0) + mix.get("trivial_sum", 0.0):
             b = 0
         s = a + b
-        return self._problem(rng, f"({a}+{b})*{c}", [f"{a}+{b}={s}", f"{s}*{c}={s * c}"], s * c, ("sum", "product"))
+        return self._problem(rng, f"({a}+{b})*{c}", [f"{a}+{b}={s}", product_step(s, c)], s * c, ("sum", "product"))
 
     def stage_results(self, problem, eqs):
         gold = _equations(problem.reasoning)
@@ -138,7 +153,7 @@ class ProductsThenSum(ArithmeticTask):
         a, b, c, d = rng.randint(10, 99), rng.randint(2, 9), rng.randint(10, 99), rng.randint(2, 9)
         if rng.random() < mix.get("one_stage", 0.15):
             if rng.random() < 0.5:
-                return self._problem(rng, f"{a}*{b}", [f"{a}*{b}={a * b}"], a * b, ("products",))
+                return self._problem(rng, f"{a}*{b}", [product_step(a, b)], a * b, ("products",))
             p, q = rng.randint(20, 891), rng.randint(20, 891)
             return self._problem(rng, f"{p}+{q}", [f"{p}+{q}={p + q}"], p + q, ("sum",))
         r = rng.random()
@@ -147,7 +162,7 @@ class ProductsThenSum(ArithmeticTask):
         elif r < mix.get("trivial_product", 0.0) + mix.get("trivial_sum", 0.0):
             c = 0
         p, q = a * b, c * d
-        steps = [f"{a}*{b}={p}", f"{c}*{d}={q}", f"{p}+{q}={p + q}"]
+        steps = [product_step(a, b), product_step(c, d), f"{p}+{q}={p + q}"]
         return self._problem(rng, f"{a}*{b}+{c}*{d}", steps, p + q, ("products", "sum"))
 
     def stage_results(self, problem, eqs):
