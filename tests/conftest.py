@@ -1,6 +1,10 @@
 import os
 
 import pytest
+import torch
+
+# Tiny members on a shared 2-core machine: thread hand-offs cost more than they gain.
+torch.set_num_threads(1)
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 

@@ -116,6 +116,12 @@ def tie_settings(args):
                        select_model=select[1] if len(select) > 1 else None)
 
 
+def plan_tokens(args) -> int:
+    """Positions one forward computes, for the load-time memory plan (cross-model scores stack M canvases)."""
+    members = len(args.model or [0, 0])
+    return (64 + args.gen_length) * (members if args.score in ("top1", "entropy", "margin", "verify") else 1)
+
+
 def quiet_libraries() -> None:
     """Library chatter (weight-loading bars, bitsandbytes casts) would bury our own output."""
     warnings.filterwarnings("ignore")
@@ -123,6 +129,9 @@ def quiet_libraries() -> None:
     import transformers
 
     transformers.utils.logging.set_verbosity_error()
+    import logging
+
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
     transformers.utils.logging.disable_progress_bar()
 
 
@@ -137,7 +146,8 @@ def cmd_generate(args) -> int:
         raise UserError("the prompt is empty; pass some text, e.g. tie-lite generate \"What is (23+41)*7?\"")
     loading = tqdm(total=len(args.model or [0, 0]), desc="loading", unit="model", file=sys.stderr, leave=False,
                    disable=not sys.stderr.isatty())
-    ensemble = Ensemble(load_settings(args), on_load=lambda spec: (loading.set_postfix_str(spec), loading.update(0)))
+    ensemble = Ensemble(load_settings(args), on_load=lambda spec: (loading.set_postfix_str(spec), loading.update(0)),
+                        plan_tokens=plan_tokens(args))
     loading.update(loading.total - loading.n)
     loading.close()
     bar = tqdm(desc="decoding", unit="step", file=sys.stderr, leave=False, disable=not sys.stderr.isatty())

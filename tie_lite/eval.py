@@ -46,13 +46,16 @@ def evaluate(ensemble, task, n: int, seed: int, methods: list[str], decode, tie,
         stage_hits, stage_seen = defaultdict(int), defaultdict(int)
         change_at = defaultdict(int)
         ensemble.scheduler.select(indices)
+        longest = max(problems, key=lambda p: len(p.prompt))
+        batch = ensemble.batch_limit([{"role": "user", "content": longest.prompt}], decode, settings)
         processes = [
             tie_process(ensemble.scheduler, [{"role": "user", "content": p.prompt}], decode, settings,
                         gold=TextState(p.reasoning, True, p.answer, True))
             for p in problems
         ]
         start = time.perf_counter()
-        outcomes = run_many(processes, ensemble.scheduler, on_done=lambda k, res: progress and progress(method))
+        outcomes = run_many(processes, ensemble.scheduler, on_done=lambda k, res: progress and progress(method),
+                            max_batch=batch)
         seconds = time.perf_counter() - start
         ensemble.scheduler.select(None)
         for p, res in zip(problems, outcomes):
@@ -148,7 +151,7 @@ def add_eval_parser(sub) -> None:
 def cmd_eval(args) -> int:
     from tqdm import tqdm
 
-    from .cli import decode_settings, load_settings, tie_settings
+    from .cli import decode_settings, load_settings, plan_tokens, tie_settings
     from .session import Ensemble
     from .tasks import TASKS, get_task
 
@@ -161,7 +164,7 @@ def cmd_eval(args) -> int:
     if args.n < 1:
         raise UserError("--n must be at least 1")
     decode, tie = decode_settings(args), tie_settings(args)
-    ensemble = Ensemble(load_settings(args))
+    ensemble = Ensemble(load_settings(args), plan_tokens=plan_tokens(args))
     names = [m.name for m in ensemble.members]
     methods = args.methods.split(",") if args.methods else names + (["postgen", "tie"] if len(names) > 1 else [])
     for method in methods:

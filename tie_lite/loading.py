@@ -192,7 +192,7 @@ def _load_member(
         tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=family.trust_remote_code)
     except UserError:
         raise
-    except (OSError, ValueError, RuntimeError, ImportError) as exc:
+    except Exception as exc:  # broken checkpoints and remote code fail in many ways; the user needs one line
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UserError(f"cannot load model '{name}' with --quant {quant}: {first}") from None
     if qconfig is None and offload is None:
@@ -240,6 +240,9 @@ def _storages(t: torch.Tensor):
             yield from _storages(getattr(t, n))
         return
     yield t.untyped_storage()
+    scb = getattr(t, "SCB", None)  # bitsandbytes 8-bit row scales live beside the weight, not as buffers
+    if isinstance(scb, torch.Tensor):
+        yield scb.untyped_storage()
     state = getattr(t, "quant_state", None)
     if state is not None:  # bitsandbytes 4-bit: absmax and nested quantization state live beside the weight
         for value in vars(state).values():

@@ -34,12 +34,11 @@ def round_scores(trajs: list[Trajectory], kind: str, order: list[int], gold: Tex
         return [-t.round_tcc for t in trajs]
     if kind == "oracle":
         return [1.0 if matches_gold(t.state(), gold) else 0.0 for t in trajs]
-    totals = [0.0] * len(trajs)
+    views = {}
     for j in order:
-        values = yield from member_view(trajs[j], trajs, kind)
-        for i, value in enumerate(values):
-            totals[i] += value / len(order)
-    return totals
+        views[j] = yield from member_view(trajs[j], trajs, kind)
+    # summed in member order whatever the forward order, so swapped runs match resident ones bit for bit
+    return [sum(views[j][i] for j in sorted(views)) / len(views) for i in range(len(trajs))]
 
 
 def member_view(judge: Trajectory, trajs: list[Trajectory], kind: str):
