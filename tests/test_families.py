@@ -140,7 +140,7 @@ def test_first_commit_uses_the_aligned_prediction(members, name):
     traj = Trajectory.start(member, HI, FREE)
     before = traj.ids.clone()
     raw = member.model(input_ids=before[None]).logits.detach().float()[0]
-    traj.step(FREE)
+    traj.step(FREE, member.logits(before[None])[0])
     (pos,) = (traj.ids != before).nonzero().flatten().tolist()
     source = pos - 1 if member.shifted else pos
     assert traj.ids[pos] == raw[source].argmax()
