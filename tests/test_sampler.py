@@ -31,7 +31,7 @@ def reference_order(member, prompt_ids, gen_length, block_size, steps):
             conf = torch.where(allowed, conf, torch.tensor(-float("inf")))
             if count == 0:
                 continue
-            chosen = torch.topk(conf, count).indices
+            chosen = torch.sort(conf, descending=True, stable=True).indices[:count]  # ties: leftmost first
             x[chosen] = pred[chosen]
             commits.append(sorted((int(p), int(pred[p])) for p in chosen))
     return commits, x

@@ -193,7 +193,8 @@ class Trajectory:
             left = max(1, settings.steps_per_block - self.block_step)
             count = math.ceil(int(masked[block].sum()) / left)
         count = min(count, cand.numel())
-        chosen = torch.topk(confidence, count).indices
+        # stable: among equally confident positions the leftmost goes first (saturated EOS runs tie often)
+        chosen = torch.sort(confidence, descending=True, stable=True).indices[:count]
         self._record(logits, watched)
         self.ids[cand[chosen]] = x0[chosen]
         self.block_step += 1
