@@ -71,14 +71,22 @@ def shots(tmp_path: Path) -> Path:
     return folder
 
 
-def test_type_send_watch_and_answer(page, tmp_path):
+def test_type_send_watch_and_answer(page, tmp_path, monkeypatch):
+    import time
+
     from tie_lite.sampler import DecodeSettings
     from tie_lite.tie import TieSettings
+
+    for member in page.demo.tie_cache.ensemble.members:  # the shipped members are fast: slow each forward
+        fast = member.logits                             # so the browser sees the canvas mid-denoising
+        monkeypatch.setattr(member, "logits", lambda ids, fast=fast: (time.sleep(0.03), fast(ids))[1])
 
     folder = shots(tmp_path)
     page.locator("#tie-message textarea").fill(PROMPT)
     page.locator("#tie-send").click()
-    page.wait_for_function(f"() => {CHAT}.includes('{MASK}')", timeout=120_000, polling=50)
+    # streaming itself is asserted through gradio_client in test_ui.py; here the canvas may finish first
+    page.wait_for_function(f"() => {CHAT}.includes('{MASK}') || {STATUS}.includes('answered')", timeout=120_000,
+                           polling=20)
     page.screenshot(path=str(folder / "chat-generating.png"))
     # a better picture: the canvas still filling in after a round has been scored (unless it finished first)
     page.wait_for_function(f"() => ({CHAT}.includes('{MASK}') && {TWO_ROUNDS} && {PLOTTED}) || "
