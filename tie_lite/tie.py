@@ -156,10 +156,9 @@ def select_final(trajs, names, leaders, tie: TieSettings, verify_scores, gold) -
         return names.index(tie.select_model)
     if tie.select == "most-selected":
         return max(range(m), key=lambda i: (leaders.count(i), -i))
-    if tie.select == "oracle":
-        from .scoring import matches_gold
-
-        return next((i for i, t in enumerate(trajs) if matches_gold(t.state(), gold)), 0)
+    if tie.select == "oracle":  # a response whose answer is the gold one, if any member has it
+        gold_answer = gold.answer.replace(" ", "")
+        return next((i for i, t in enumerate(trajs) if t.state().answer.replace(" ", "") == gold_answer), 0)
     if tie.select == "verify":
         return max(range(m), key=lambda i: (verify_scores[i], -i))
 
