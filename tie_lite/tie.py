@@ -56,17 +56,9 @@ class Result:
         return 100.0 * self.leader_changes / (len(self.rounds) - 1) if len(self.rounds) > 1 else None
 
 
-def run_tie(
-    scheduler: Scheduler,
-    messages: list[dict],
-    decode: DecodeSettings,
-    tie: TieSettings = TieSettings(),
-    on_event=None,
-    should_stop=None,
-    gold: TextState | None = None,
-) -> Result:
-    """Decode `messages` with every member of `scheduler`, relaying the best trajectory every round."""
-    return run(tie_process(scheduler, messages, decode, tie, on_event, should_stop, gold), scheduler)
+def run_tie(scheduler: Scheduler, *args, **kwargs) -> Result:
+    """Decode one request to its Result, computing each forward as the loop asks (see tie_process)."""
+    return run(tie_process(scheduler, *args, **kwargs), scheduler)
 
 
 def tie_process(
