@@ -97,8 +97,8 @@ def test_acceleration_section(ensemble, decode):
     assert figures["threshold_forward_reduction"] >= 1
 
 
-def test_memory_section_runs_every_strategy(decode):
-    mem = bench.memory_section(bench.SHIPPED, decode, repeats=1, requests=1, threads=1, log=quiet)
+def test_memory_section_runs_every_strategy(prompts, decode):
+    mem = bench.memory_section(bench.SHIPPED, prompts[:1], decode, repeats=1, requests=1, threads=1, log=quiet)
     runs = mem["strategies"]
     assert set(runs) == {"resident", "swap", "offload"}
     assert runs["resident"]["strategy"] == "resident"
@@ -106,7 +106,8 @@ def test_memory_section_runs_every_strategy(decode):
     assert runs["swap"]["budget_bytes"] < mem["weights_bytes"] + mem["working_bytes"]
     for name in ("swap", "offload"):
         assert runs[name]["same_output_as_resident"] is True
-        assert runs[name]["vs_resident"] > 0
+        assert runs[name]["vs_resident"] > 0 and runs[name]["vs_resident_fresh_process"] > 0
+        assert runs[name]["interleaved"]["pairs"] == 1
     assert bench.headline({"memory": mem})["swap_vs_resident_ratio"] > 0
     assert "| swap |" in "\n".join(bench.memory_markdown(mem))
 
