@@ -163,12 +163,12 @@ class Trajectory:
 
     def step(self, settings: DecodeSettings, logits: torch.Tensor) -> bool:
         """Commit from one forward's logits (for this canvas). False when it was already complete."""
-        blk = self.current_block()
-        if blk is None:
-            return False
         lay = self.layout
-        block = lay.block(blk)
-        masked = self.masked
+        masked = self.masked  # once per step: the block, the candidates and the watched positions share it
+        gen = masked[lay.prompt_len :]
+        if not gen.any():
+            return False
+        block = lay.block(int(gen.nonzero()[0]) // lay.block_size)
         candidates = torch.zeros_like(masked)
         candidates[block] = masked[block]
         if lay.has_answer and masked[lay.reasoning].any():
@@ -198,7 +198,7 @@ class Trajectory:
         self._record(logits, watched)
         self.ids[cand[chosen]] = x0[chosen]
         self.block_step += 1
-        if not self.masked[block].any():
+        if not (self.ids[block] == lay.mask_id).any():
             self.block_step = 0
         return True
 
