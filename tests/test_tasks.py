@@ -115,3 +115,32 @@ def test_list_tasks(capsys):
 
     assert main(["eval", "--list-tasks"]) == 0
     assert capsys.readouterr().out.split() == list(TASKS)
+
+
+def test_eval_compares_round_scores_in_one_run(capsys):
+    """`--score tcc,verify` turns `tie` into one row per score; the members run once."""
+    from tie_lite.cli import main
+
+    code = main(["eval", "--task", "sum-product", "--n", "2", "--seed", "5", "--json", "--score", "tcc,verify",
+                 "--methods", "tiny-char,tie"])
+    assert code == 0
+    data = json.loads(capsys.readouterr().out)
+    assert list(data["results"]) == ["tiny-char", "tie:tcc", "tie:verify"]
+
+
+def test_eval_rejects_an_unknown_score_in_a_list(capsys):
+    from tie_lite.cli import main
+
+    code = main(["eval", "--task", "sum-product", "--n", "2", "--score", "tcc,bogus"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "bogus" in err and len(err.splitlines()) == 1
+
+
+@pytest.mark.parametrize("name", sorted(TASKS))
+def test_one_stage_mix_chooses_the_stage(name):
+    """Training mixes can make a member practise one stage: one_stage_sum=1 gives plain sums only."""
+    task = TASKS[name]
+    sums = task.generate(200, 9, dict(one_stage=1.0, one_stage_sum=1.0))
+    products = task.generate(200, 9, dict(one_stage=1.0, one_stage_sum=0.0))
+    assert {p.stages for p in sums} == {("sum",)}
+    assert {p.stages for p in products} == {("products",) if name == "product-sum" else ("product",)}

@@ -119,7 +119,8 @@ def tie_settings(args):
 def plan_tokens(args) -> int:
     """Positions one forward computes, for the load-time memory plan (cross-model scores stack M canvases)."""
     members = len(args.model or [0, 0])
-    return (64 + args.gen_length) * (members if args.score in ("top1", "entropy", "margin", "verify") else 1)
+    cross = any(s in ("top1", "entropy", "margin", "verify") for s in args.score.split(","))
+    return (64 + args.gen_length) * (members if cross else 1)
 
 
 def quiet_libraries() -> None:

@@ -23,17 +23,20 @@ def method_settings(method: str, names: list[str], tie):
     if method in names:
         return [names.index(method)], replace(tie, score="tcc", select="lowest-tcc")
     everyone = list(range(len(names)))
-    if len(names) < 2 and method in ("postgen", "tie") + BOUNDS:
+    if len(names) < 2 and (method in ("postgen", "tie") + BOUNDS or method.startswith("tie:")):
         raise UserError(f"method '{method}' ensembles members; give at least two --model")
     if method == "tie":
         return everyone, tie
+    if method.startswith("tie:"):  # TIE with another round score, e.g. tie:verify
+        return everyone, replace(tie, score=method[4:])
     if method == "postgen":
         return everyone, replace(tie, interval=POSTGEN_INTERVAL)
     if method == "oracle-relay":
         return everyone, replace(tie, score="oracle", select="oracle")
     if method == "oracle-pick":
         return everyone, replace(tie, interval=POSTGEN_INTERVAL, score="tcc", select="oracle")
-    raise UserError(f"unknown method '{method}'; use member names ({', '.join(names)}), postgen, tie, {', '.join(BOUNDS)}")
+    raise UserError(f"unknown method '{method}'; use member names ({', '.join(names)}), postgen, tie, tie:SCORE, "
+                    f"{', '.join(BOUNDS)}")
 
 
 def evaluate(ensemble, task, n: int, seed: int, methods: list[str], decode, tie, out=None, progress=None):
@@ -136,8 +139,8 @@ def add_eval_parser(sub) -> None:
     e.add_argument("--task", help="task name (see --list-tasks)")
     e.add_argument("--n", type=int, default=100, help="problems per method")
     e.add_argument("--seed", type=int, default=2, help="problem seed (1 = validation, 2 = evaluation)")
-    e.add_argument("--methods", help="comma list: member names, postgen, tie, oracle-relay, oracle-pick "
-                                     "(default: every member, postgen and tie)")
+    e.add_argument("--methods", help="comma list: member names, postgen, tie, tie:SCORE (e.g. tie:verify), "
+                                     "oracle-relay, oracle-pick (default: every member, postgen and tie)")
     e.add_argument("--json", action="store_true")
     e.add_argument("--out", help="write one JSON line per problem and method")
     e.add_argument("--plot", help="write a PNG: accuracy per method and when leaders change")
@@ -163,10 +166,15 @@ def cmd_eval(args) -> int:
     task = get_task(args.task)
     if args.n < 1:
         raise UserError("--n must be at least 1")
+    tokens = plan_tokens(args)
+    scores = [s.strip() for s in args.score.split(",") if s.strip()] or [args.score]
+    args.score = scores[0]  # --score a,b compares round scores: `tie` becomes tie:a, tie:b
     decode, tie = decode_settings(args), tie_settings(args)
-    ensemble = Ensemble(load_settings(args), plan_tokens=plan_tokens(args))
+    ensemble = Ensemble(load_settings(args), plan_tokens=tokens)
     names = [m.name for m in ensemble.members]
     methods = args.methods.split(",") if args.methods else names + (["postgen", "tie"] if len(names) > 1 else [])
+    if len(scores) > 1:
+        methods = [x for m in methods for x in ([f"tie:{s}" for s in scores] if m == "tie" else [m])]
     for method in methods:
         method_settings(method, names, tie)[1].validate(names if method not in names else [method])
     bar = tqdm(total=args.n * len(methods), desc="eval", unit="problem", file=sys.stderr,
@@ -185,6 +193,6 @@ def cmd_eval(args) -> int:
         print(json.dumps({"task": task.name, "n": args.n, "seed": args.seed, "settings": {"score": tie.score,
                           "select": tie.select, "interval": tie.interval}, "results": results}, indent=2))
     else:
-        print(f"{task.name}: n={args.n}, seed {args.seed}, score {tie.score}, select {tie.select}")
+        print(f"{task.name}: n={args.n}, seed {args.seed}, score {','.join(scores)}, select {tie.select}")
         print(table(results))
     return 0

@@ -112,7 +112,7 @@ class SumThenProduct(ArithmeticTask):
         a, b, c = rng.randint(10, 99), rng.randint(10, 99), rng.randint(2, 9)
         r = rng.random()
         if r < mix.get("one_stage", 0.15):
-            if rng.random() < 0.5:
+            if rng.random() < mix.get("one_stage_sum", 0.5):
                 return self._problem(rng, f"{a}+{b}", [f"{a}+{b}={a + b}"], a + b, ("sum",))
             p = rng.randint(10, 198)
             return self._problem(rng, f"{p}*{c}", [product_step(p, c)], p * c, ("product",))
@@ -152,7 +152,7 @@ class ProductsThenSum(ArithmeticTask):
         mix = mix or {}
         a, b, c, d = rng.randint(10, 99), rng.randint(2, 9), rng.randint(10, 99), rng.randint(2, 9)
         if rng.random() < mix.get("one_stage", 0.15):
-            if rng.random() < 0.5:
+            if rng.random() >= mix.get("one_stage_sum", 0.5):
                 return self._problem(rng, f"{a}*{b}", [product_step(a, b)], a * b, ("products",))
             p, q = rng.randint(20, 891), rng.randint(20, 891)
             return self._problem(rng, f"{p}+{q}", [f"{p}+{q}={p + q}"], p + q, ("sum",))
