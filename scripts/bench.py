@@ -49,7 +49,7 @@ from tie_lite.session import Ensemble, LoadSettings  # noqa: E402
 from tie_lite.tie import TieSettings  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
-SHIPPED = ("tiny-char", "tiny-bpe")
+SHIPPED = ("tiny-sp", "tiny-bpe")
 GOALS = {
     "engine_overhead_ratio": ("<=", 1.05, "engine vs reference loop (identical output)"),
     "tie_overhead_ratio": ("<=", 1.10, "TIE(tcc) vs sum of single decodes"),

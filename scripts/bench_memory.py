@@ -70,13 +70,13 @@ def child(cfg: dict) -> dict:
 
 
 def synthetic_members(root: Path, hidden: int, count: int) -> list[str]:
-    """Random tie-tiny checkpoints (3 layers of width `hidden`) with the shipped character tokenizer."""
+    """Random tie-tiny checkpoints (3 layers of width `hidden`) with the shipped tiny-sp tokenizer."""
     import torch
 
     from tie_lite.registry import resolve
     from tie_lite.tiny_model import TieTinyConfig, TieTinyForMaskedLM
 
-    src = Path(resolve("tiny-char")[1])
+    src = Path(resolve("tiny-sp")[1])
     base = json.loads((src / "config.json").read_text())
     out = []
     for k in range(count):
@@ -129,7 +129,7 @@ def main() -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     tmp = Path(tempfile.mkdtemp(prefix="bench-memory-"))
     try:
-        models = synthetic_members(tmp, args.synthetic, args.members) if args.synthetic else (args.model or ["tiny-char", "tiny-bpe"])
+        models = synthetic_members(tmp, args.synthetic, args.members) if args.synthetic else (args.model or ["tiny-sp", "tiny-bpe"])
         tokens = 40 + args.gen_length  # the prompts are ~20-40 tokens under the chat template
         plans = budgets(models, args.quant, args.device, tokens)
         if args.only:

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Measure a shipped member on every task and write its model card (README.md in its folder).
 
-    python scripts/model_card.py tiny-char --n 500
+    python scripts/model_card.py tiny-sp --n 500
 """
 
 from __future__ import annotations
@@ -18,13 +18,14 @@ from tie_lite.tasks import EVAL_SEED, TASKS
 from tie_lite.tie import TieSettings
 
 ABOUT = {
-    "tiny-char": "character-level tokenizer (one token per printable character), logits read at the same "
-                 "position (LLaDA convention); training mix: 60% of two-stage problems have a trivial "
-                 "multiplication (factors of 1), so it practises the additions",
+    "tiny-sp": "SentencePiece-style BPE tokenizer (spaces written as '▁' as in LLaMA-family tokenizers, digits "
+               "split one by one, trained with `tokenizers` on the task text), logits read at the same position "
+               "(LLaDA convention); training mix: 60% of two-stage problems have a trivial multiplication "
+               "(factors of 1) and most one-stage problems are sums, so it practises the additions",
     "tiny-bpe": "byte-level BPE tokenizer (320 tokens, digits split one by one, trained with `tokenizers` on "
                 "the task text), shifted logits (Dream convention: the prediction for position i is read at "
-                "i-1); training mix: 60% of two-stage problems have a trivial addition (adding 0), so it "
-                "practises the multiplications",
+                "i-1); training mix: 60% of two-stage problems have a trivial addition (adding 0) and most "
+                "one-stage problems are products, so it practises the multiplications",
 }
 
 
@@ -56,16 +57,18 @@ ensemble member, not as a good calculator on its own.
 
 - Architecture: bidirectional transformer (`tie-tiny`, registered with transformers' Auto classes, no
   remote code), {config.num_hidden_layers} layers, width {config.hidden_size}, {config.num_attention_heads} heads,
-  MLP {config.intermediate_size}, learned positions up to {config.max_position_embeddings};
+  MLP {config.intermediate_size}, rotary positions, context {config.max_position_embeddings} tokens;
   {meta['params']:,} parameters, {size:.1f} MB on disk (fp32 safetensors).
 - Tokenizer and conventions: {ABOUT.get(name, '')}.
 - Mask token id {member.mask_id}, end of text `[EOS]` (id {member.eos_ids[0]}).
 - Data: problems drawn from the task generators with training seeds (>= 1,000,000), never the
   validation (1) or evaluation (2) problems. Layout as in decoding: prompt (chat template
-  `User: ...\\nBot: `), worked reasoning, EOS padding, `Answer:`, answer, EOS padding; 20% of examples
-  in the free layout (no fixed marker). Mix: `{json.dumps(meta['mix'])}`.
+  `User: ...\\nBot: `), worked reasoning, EOS padding, `Answer:`, answer, EOS padding;
+  {100 * meta.get('free_fraction', 0.2):.0f}% of examples in the free layout (no fixed marker). Mix (see
+  `scripts/train_tiny.py`): `{json.dumps(meta['mix'])}`.
 - Training: {meta['steps']} steps of batch {meta['batch']}, AdamW lr {meta['lr']}, cosine schedule;
-  {meta['train_seconds'] / 60:.0f} minutes on this project's 2-core CPU machine (alongside the other member).
+  {meta['train_seconds'] / 60:.0f} minutes on one core of this project's 2-core CPU machine (the other member
+  trained on the other core).
   Reproduce: `python scripts/train_tiny.py --member {name} --seed {meta['seed']} --out models/{name}`.
 
 ## Measured accuracy

@@ -14,4 +14,4 @@ def shipped():
     """The shipped default members, loaded once (fp32, CPU)."""
     from tie_lite.loading import load_member
 
-    return {name: load_member(name) for name in ("tiny-char", "tiny-bpe")}
+    return {name: load_member(name) for name in ("tiny-sp", "tiny-bpe")}

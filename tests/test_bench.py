@@ -75,7 +75,7 @@ def test_engine_and_tie_sections(ensemble, prompts, decode):
     fw = tie["forwards_per_prompt"]
     # cross-model scores add forwards (every trajectory through every member each round); tcc adds none
     assert fw["tie:top1"] > fw["tie:tcc"] and fw["tie:verify"] > fw["tie:tcc"]
-    assert {k for k in fw if k.startswith("single:")} == {"single:tiny-char#0", "single:tiny-bpe#1"}
+    assert {k for k in fw if k.startswith("single:")} == {"single:tiny-sp#0", "single:tiny-bpe#1"}
 
     data = {"sections": {"engine": engine, "tie": tie}}
     figures = bench.headline(data["sections"])
@@ -88,7 +88,7 @@ def test_acceleration_section(ensemble, decode):
     assert set(acc["policies"]) == {"low_confidence", "threshold", "topk"}
     assert acc["headline_method"] == "tie"
     low, thr, topk = (acc["policies"][p] for p in ("low_confidence", "threshold", "topk"))
-    for method in ("tiny-char", "tiny-bpe", "tie"):
+    for method in ("tiny-sp", "tiny-bpe", "tie"):
         assert 0 <= low[method]["accuracy"] <= 100
         assert thr[method]["forwards"] <= low[method]["forwards"]
         assert topk[method]["forward_reduction"] >= 1
@@ -125,14 +125,14 @@ def test_growth_section_and_plot(tmp_path, prompts):
 def test_long_context_copy_keeps_the_model(tmp_path):
     from tie_lite.loading import load_member
 
-    src = load_member("tiny-char")
+    src = load_member("tiny-sp")
     trained = src.max_length
-    path = bench.long_context_copy("tiny-char", trained + 40, tmp_path)
+    path = bench.long_context_copy("tiny-sp", trained + 40, tmp_path)
     copy = load_member(path)
     assert copy.max_length == trained + 40
     ids = torch.tensor([[5, 6, 7, src.mask_id, src.mask_id]])
     assert torch.equal(copy.logits(ids), src.logits(ids))  # the same model on the trained context
-    assert bench.long_context_copy("tiny-char", 16, tmp_path) == "tiny-char"
+    assert bench.long_context_copy("tiny-sp", 16, tmp_path) == "tiny-sp"
 
 
 def test_reports_from_json(tmp_path):

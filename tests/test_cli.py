@@ -16,10 +16,10 @@ def tie_lite(*args, env=None):
 
 
 def test_generate_json_single_member():
-    out = tie_lite("generate", "What is (23+41)*7?", "--model", "tiny-char", "--json")
+    out = tie_lite("generate", "What is (23+41)*7?", "--model", "tiny-sp", "--json")
     assert out.returncode == 0, out.stderr
     data = json.loads(out.stdout)  # nothing but the JSON on stdout
-    assert data["members"] == ["tiny-char"]
+    assert data["members"] == ["tiny-sp"]
     assert "Answer:" in data["text"] and data["answer"] == data["text"].rsplit("Answer:", 1)[1].strip()
     assert data["steps"] > 0
     assert data["timings"]["total_s"] >= data["timings"]["load_s"] > 0
@@ -30,7 +30,7 @@ def test_generate_json_ensemble_reports_rounds():
     out = tie_lite("generate", "What is 23*4+56*7?", "--json", "--score", "verify")
     assert out.returncode == 0, out.stderr
     data = json.loads(out.stdout)
-    assert data["members"] == ["tiny-char", "tiny-bpe"]
+    assert data["members"] == ["tiny-sp", "tiny-bpe"]
     assert data["final_member"] in data["members"]
     assert len(data["rounds"]) == 4 and all(set(r["scores"]) == set(data["members"]) for r in data["rounds"])
     assert data["leader_changes"] == sum(a["leader"] != b["leader"] for a, b in zip(data["rounds"], data["rounds"][1:]))
@@ -61,10 +61,10 @@ def test_generate_plain_output():
         (["generate", "hi", "--interval", "0"], "--interval"),
         (["generate", "hi", "--score", "vibes"], "--score"),
         (["generate", "hi", "--select", "loudest"], "--select"),
-        (["generate", "hi", "--model", "tiny-char", "--score", "verify"], "at least two"),
-        (["generate", "hi", "--gen-length", "16", "--answer-length", "12"], "no room"),
+        (["generate", "hi", "--model", "tiny-sp", "--score", "verify"], "at least two"),
+        (["generate", "hi", "--gen-length", "16", "--answer-length", "16"], "no room"),
         (["eval", "--task", "nope"], "unknown task"),
-        (["eval", "--task", "sum-product", "--model", "tiny-char", "--methods", "tie"], "at least two"),
+        (["eval", "--task", "sum-product", "--model", "tiny-sp", "--methods", "tie"], "at least two"),
     ],
 )
 def test_bad_input_is_one_line_exit_2(args, needle, capsys):
@@ -90,4 +90,4 @@ def test_bad_input_through_the_real_entry_point():
 def test_models_lists_the_shipped_defaults():
     out = tie_lite("models")
     assert out.returncode == 0
-    assert "tiny-char" in out.stdout and "(default)" in out.stdout
+    assert "tiny-sp" in out.stdout and "(default)" in out.stdout

@@ -52,7 +52,7 @@ def engine_order(member, settings):
     return commits, traj
 
 
-@pytest.mark.parametrize("name", ["tiny-char", "tiny-bpe"])
+@pytest.mark.parametrize("name", ["tiny-sp", "tiny-bpe"])
 @pytest.mark.parametrize("gen_length,block_size,steps", [(32, 32, 32), (32, 8, 32), (32, 8, 16), (48, 16, 12), (40, 8, 20)])
 def test_greedy_low_confidence_matches_reference(shipped, name, gen_length, block_size, steps):
     member = shipped[name]
@@ -65,7 +65,7 @@ def test_greedy_low_confidence_matches_reference(shipped, name, gen_length, bloc
 
 
 def test_threshold_commits_confident_positions_and_at_least_one(shipped):
-    member = shipped["tiny-char"]
+    member = shipped["tiny-sp"]
     settings = DecodeSettings(gen_length=32, block_size=8, unmask="threshold", threshold=0.9, answer_length=None)
     traj = Trajectory.start(member, MESSAGES, settings)
     before = traj.masked.clone()
@@ -79,7 +79,7 @@ def test_threshold_commits_confident_positions_and_at_least_one(shipped):
 
 
 def test_threshold_and_topk_use_fewer_forwards(shipped):
-    member = shipped["tiny-char"]
+    member = shipped["tiny-sp"]
     one = Trajectory.start(member, MESSAGES, DecodeSettings(answer_length=8))
     one.run_blocks(DecodeSettings(), 99)
     for settings in (DecodeSettings(unmask="threshold", threshold=0.5), DecodeSettings(unmask="topk", topk=2)):
@@ -103,7 +103,7 @@ def test_answer_positions_wait_for_reasoning(shipped):
 
 
 def test_temperature_sampling_is_seeded(shipped):
-    member = shipped["tiny-char"]
+    member = shipped["tiny-sp"]
 
     def run(seed):
         settings = DecodeSettings(temperature=1.0, seed=seed)

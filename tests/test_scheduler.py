@@ -119,10 +119,10 @@ def test_estimates_match_measured_footprints(tmp_path):
 def test_plan_command_json_and_bad_input(capsys):
     from tie_lite.cli import main
 
-    assert main(["plan", "--max-memory", "2MiB", "--json"]) == 0
+    assert main(["plan", "--max-memory", "2MiB", "--score", "tcc", "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert data["strategy"] in ("swap", "offload") and data["budget_bytes"] == 2 * MiB
-    assert [m["name"] for m in data["members"]] == ["tiny-char", "tiny-bpe"]
+    assert [m["name"] for m in data["members"]] == ["tiny-sp", "tiny-bpe"]
     assert all(m["exact"] and m["weight_bytes"] > 0 for m in data["members"])
     assert main(["plan"]) == 0
     assert "resident" in capsys.readouterr().out
@@ -141,10 +141,10 @@ def test_plan_command_json_and_bad_input(capsys):
 
 
 def random_checkpoint(path, *, hidden, layers, seed, inter=None):
-    """A random tie-tiny checkpoint with the shipped character tokenizer (outputs are noise, but exact)."""
+    """A random tie-tiny checkpoint with the shipped tiny-sp tokenizer (outputs are noise, but exact)."""
     from tie_lite.tiny_model import TieTinyConfig, TieTinyForMaskedLM
 
-    src = resolve("tiny-char")[1]
+    src = resolve("tiny-sp")[1]
     base = json.loads(open(f"{src}/config.json").read())
     torch.manual_seed(seed)
     cfg = TieTinyConfig(vocab_size=base["vocab_size"], hidden_size=hidden, num_hidden_layers=layers,
@@ -158,10 +158,10 @@ def random_checkpoint(path, *, hidden, layers, seed, inter=None):
 
 
 def perturbed_copy(path, seed):
-    """tiny-char with noise on its weights: a different member that shares its tokenizer."""
+    """tiny-sp with noise on its weights: a different member that shares its tokenizer."""
     from safetensors.torch import load_file, save_file
 
-    src = resolve("tiny-char")[1]
+    src = resolve("tiny-sp")[1]
     shutil.copytree(src, path)
     gen = torch.Generator().manual_seed(seed)
     weights = load_file(f"{src}/model.safetensors")
@@ -184,7 +184,7 @@ def swap_budget(models, decode, tie_score="tcc", quant="none"):
 
 @pytest.mark.parametrize("score", ["tcc", "top1"])
 def test_shipped_pair_under_swap_budget_matches_resident(score):
-    models, decode, tie = ["tiny-char", "tiny-bpe"], DecodeSettings(), TieSettings(score=score)
+    models, decode, tie = ["tiny-sp", "tiny-bpe"], DecodeSettings(), TieSettings(score=score)
     resident, budget, tokens = swap_budget(models, decode, score)
     free = resident.run(PROMPT, decode, tie)
     assert free.memory["strategy"] == "resident" and free.memory["swaps"] == 0
@@ -208,7 +208,7 @@ def test_shipped_pair_under_swap_budget_matches_resident(score):
 
 
 def test_three_members_sharing_a_tokenizer_swap_m_minus_1_per_round(tmp_path):
-    models = ["tiny-char", perturbed_copy(tmp_path / "a", 1), perturbed_copy(tmp_path / "b", 2)]
+    models = ["tiny-sp", perturbed_copy(tmp_path / "a", 1), perturbed_copy(tmp_path / "b", 2)]
     decode, tie = DecodeSettings(gen_length=32), TieSettings()
     resident, budget, tokens = swap_budget(models, decode)
     free = resident.run(PROMPT, decode, tie)
@@ -219,7 +219,7 @@ def test_three_members_sharing_a_tokenizer_swap_m_minus_1_per_round(tmp_path):
 
 
 def test_8bit_members_swap_by_reloading():
-    models, decode, tie = ["tiny-char", "tiny-bpe"], DecodeSettings(gen_length=32), TieSettings()
+    models, decode, tie = ["tiny-sp", "tiny-bpe"], DecodeSettings(gen_length=32), TieSettings()
     resident, budget, tokens = swap_budget(models, decode, quant="8bit")
     free = resident.run(PROMPT, decode, tie)
     out = Ensemble(LoadSettings(models=tuple(models), quant="8bit", max_memory=str(budget)), plan_tokens=tokens).run(PROMPT, decode, tie)
@@ -287,7 +287,7 @@ def test_bad_budgets_are_one_line_user_errors():
     if not torch.cuda.is_available():
         with pytest.raises(UserError, match="no CUDA GPU"):
             Ensemble(LoadSettings(device="cuda", max_memory="8GiB"))
-    big = Ensemble(LoadSettings(models=("tiny-char",), max_memory="3MiB"))
+    big = Ensemble(LoadSettings(models=("tiny-sp",), max_memory="3MiB"))
     with pytest.raises(UserError, match="--gen-length 1024 needs about"):  # this request's logits do not fit
         big.run(PROMPT, DecodeSettings(gen_length=1024), TieSettings())
 
@@ -348,7 +348,7 @@ def test_llada_and_dream_swap_and_offload_match_resident(tmp_path):
 
 
 def test_batch_limit_keeps_batched_forwards_in_the_budget():
-    models = ("tiny-char", "tiny-bpe")
+    models = ("tiny-sp", "tiny-bpe")
     decode, tie = DecodeSettings(), TieSettings()
     assert Ensemble(LoadSettings(models=models)).batch_limit(PROMPT, decode, tie) == 64  # no budget
     est = [estimate_member(m) for m in models]

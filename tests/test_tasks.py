@@ -90,11 +90,11 @@ def test_eval_json_and_outputs(tmp_path, capsys):
 
     out, plot = tmp_path / "trace.jsonl", tmp_path / "acc.png"
     code = main(["eval", "--task", "product-sum", "--n", "3", "--seed", "5", "--json", "--out", str(out),
-                 "--plot", str(plot), "--methods", "tiny-char,tiny-bpe,postgen,tie,oracle-relay,oracle-pick"])
+                 "--plot", str(plot), "--methods", "tiny-sp,tiny-bpe,postgen,tie,oracle-relay,oracle-pick"])
     assert code == 0
     data = json.loads(capsys.readouterr().out)
     assert data["task"] == "product-sum" and data["n"] == 3 and data["seed"] == 5
-    assert set(data["results"]) == {"tiny-char", "tiny-bpe", "postgen", "tie", "oracle-relay", "oracle-pick"}
+    assert set(data["results"]) == {"tiny-sp", "tiny-bpe", "postgen", "tie", "oracle-relay", "oracle-pick"}
     for r in data["results"].values():
         assert set(r) >= {"accuracy", "mean_steps", "seconds"}
     assert data["results"]["oracle-relay"]["bound"] and not data["results"]["tie"]["bound"]
@@ -106,7 +106,7 @@ def test_eval_json_and_outputs(tmp_path, capsys):
     for line in lines:
         by.setdefault(line["prompt"], {})[line["method"]] = line["correct"]
     for res in by.values():
-        if res["tiny-char"] or res["tiny-bpe"]:
+        if res["tiny-sp"] or res["tiny-bpe"]:
             assert res["oracle-pick"]
 
 
@@ -122,10 +122,10 @@ def test_eval_compares_round_scores_in_one_run(capsys):
     from tie_lite.cli import main
 
     code = main(["eval", "--task", "sum-product", "--n", "2", "--seed", "5", "--json", "--score", "tcc,verify",
-                 "--methods", "tiny-char,tie"])
+                 "--methods", "tiny-sp,tie"])
     assert code == 0
     data = json.loads(capsys.readouterr().out)
-    assert list(data["results"]) == ["tiny-char", "tie:tcc", "tie:verify"]
+    assert list(data["results"]) == ["tiny-sp", "tie:tcc", "tie:verify"]
 
 
 def test_eval_rejects_an_unknown_score_in_a_list(capsys):

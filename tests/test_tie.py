@@ -58,7 +58,7 @@ def test_rounds_relay_the_leader_and_emit_events(shipped):
 
 
 def test_text_relay_round_trip_between_shipped_tokenizers(shipped):
-    char, bpe = shipped["tiny-char"], shipped["tiny-bpe"]
+    char, bpe = shipped["tiny-sp"], shipped["tiny-bpe"]
     settings = DecodeSettings()
     src = Trajectory.start(char, PROMPT, settings)
     src.run_blocks(settings, 2)  # two blocks committed: a block boundary
@@ -76,7 +76,7 @@ def test_text_relay_round_trip_between_shipped_tokenizers(shipped):
 
 
 def test_same_tokenizer_relays_ids_exactly(shipped):
-    char = shipped["tiny-char"]
+    char = shipped["tiny-sp"]
     settings = DecodeSettings()
     a, b = Trajectory.start(char, PROMPT, settings), Trajectory.start(char, PROMPT, settings)
     a.run_blocks(settings, 1)
@@ -86,7 +86,7 @@ def test_same_tokenizer_relays_ids_exactly(shipped):
 
 def test_free_layout_watches_the_next_masked_positions_past_the_block(shipped):
     settings = DecodeSettings(gen_length=48, block_size=16, answer_length=None)
-    t = Trajectory.start(shipped["tiny-char"], PROMPT, settings)
+    t = Trajectory.start(shipped["tiny-sp"], PROMPT, settings)
     lay = t.layout
     watched = t.scored_positions(t.masked, lay.block(0))
     assert watched.tolist() == list(range(lay.block(1).start, lay.block(1).start + 8))
@@ -98,7 +98,7 @@ def test_free_layout_watches_the_next_masked_positions_past_the_block(shipped):
 
 
 def test_verify_masks_exactly_the_rounds_commitments_across_tokenizers(shipped):
-    char, bpe = shipped["tiny-char"], shipped["tiny-bpe"]
+    char, bpe = shipped["tiny-sp"], shipped["tiny-bpe"]
     settings = DecodeSettings()
     t = Trajectory.start(char, PROMPT, settings)
     t.run_blocks(settings, 1)

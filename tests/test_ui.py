@@ -158,7 +158,7 @@ def test_history_is_sent_as_earlier_turns(client, served):
 @pytest.mark.parametrize("settings, says", [
     ({"gen_length": 50}, "not a multiple of"),
     ({"steps": 7}, "must be a multiple of the number of blocks"),
-    ({"score": "verify", "models": ["tiny-char"]}, "at least two"),
+    ({"select": "verify", "models": ["tiny-sp"]}, "at least two"),
     ({"unmask": "sideways"}, "unknown --unmask"),
     ({"temperature": "hot"}, "temperature 'hot' is not a number"),
     ({"select": "best-model", "select_model": "nobody"}, "best-model needs a member name"),
@@ -208,8 +208,8 @@ def test_models_load_once_and_reload_only_when_members_change(client, served):
     ensemble, loads = cache.ensemble, cache.loads
     client.predict(PROMPT, None, {"steps": 24, "seed": 3, "score": "top1"}, api_name="/chat")
     assert cache.ensemble is ensemble and cache.loads == loads  # decoding settings: same members
-    single = client.predict(PROMPT, None, {"models": ["tiny-char"], "steps": 24}, api_name="/chat")
-    assert cache.loads == loads + 1 and [m.name for m in cache.ensemble.members] == ["tiny-char"]
+    single = client.predict(PROMPT, None, {"models": ["tiny-sp"], "steps": 24}, api_name="/chat")
+    assert cache.loads == loads + 1 and [m.name for m in cache.ensemble.members] == ["tiny-sp"]
     assert "Answer:" in single
     client.predict(PROMPT, None, {"steps": 24}, api_name="/chat")
     assert cache.loads == loads + 2 and [m.name for m in cache.ensemble.members] == list(DEFAULT_ENSEMBLE)
@@ -244,7 +244,7 @@ def test_history_formats_and_stopped_turns():
         {"role": "user", "content": [{"type": "text", "text": "What is 2+2?"}], "metadata": None},
         {"role": "assistant", "content": [{"type": "text", "text": "2+2=4\nAnswer: 4"}]},
         {"role": "user", "content": "What is 64*7?"},
-        {"role": "assistant", "content": f"{STOPPED}\n[tiny-char · round 1 · step 3]\n4░░"},
+        {"role": "assistant", "content": f"{STOPPED}\n[tiny-sp · round 1 · step 3]\n4░░"},
     ]
     assert history_messages(gradio_style, "And 3+3?") == [
         {"role": "user", "content": "What is 2+2?"},
@@ -333,7 +333,7 @@ def test_built_space_imports_and_launches(tiny_models, tmp_path):
         text = space.predict(PROMPT, api_name="/chat")
         assert "Answer:" in text and MASK not in text
         with pytest.raises(AppError, match="only runs the members"):  # a public demo loads nothing else
-            space.predict(PROMPT, None, {"models": ["tiny-char", "dream-7b-instruct"]}, api_name="/chat")
+            space.predict(PROMPT, None, {"models": ["tiny-sp", "dream-7b-instruct"]}, api_name="/chat")
         assert "chat" in (tmp_path / "gpu_calls").read_text().split()  # spaces.GPU wrapped the handler
     finally:
         proc.terminate()

@@ -10,7 +10,7 @@ import warnings
 
 from .errors import UserError
 
-DEFAULTS = dict(gen_length=64, block_size=16, answer_length=8, interval=16, score="tcc", select="lowest-tcc")
+DEFAULTS = dict(gen_length=64, block_size=16, answer_length=8, interval=16, score="verify", select="lowest-tcc")
 
 
 class Parser(argparse.ArgumentParser):
@@ -38,7 +38,7 @@ def _number(text: str) -> float:
 def add_model_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("models")
     g.add_argument("--model", action="append", metavar="ID_OR_PATH",
-                   help="a shipped name (tiny-char, tiny-bpe), a registry name, a folder or a hub id; repeat for "
+                   help="a shipped name (tiny-sp, tiny-bpe), a registry name, a folder or a hub id; repeat for "
                         "an ensemble (default: the shipped pair)")
     g.add_argument("--quant", default="none", help="none | 8bit | 4bit (default none)")
     g.add_argument("--quant-backend", default="bitsandbytes", help="bitsandbytes | quanto (quanto: pip install 'tie-lite[quanto]')")
@@ -68,7 +68,9 @@ def add_tie_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("ensemble (TIE)")
     g.add_argument("--interval", type=_int, default=DEFAULTS["interval"], metavar="N",
                    help="steps per round before scoring and relay (rounded up to whole blocks)")
-    g.add_argument("--score", default=DEFAULTS["score"], help="tcc | top1 | entropy | margin | verify")
+    g.add_argument("--score", default=None,
+                   help="tcc | top1 | entropy | margin | verify (default: verify with two or more members, "
+                        "which measured best on the validation seed; a single member needs no score)")
     g.add_argument("--select", default=DEFAULTS["select"], nargs="+", metavar="RULE",
                    help="final selection: lowest-tcc | verify | most-selected | best-model NAME")
 
@@ -109,6 +111,8 @@ def decode_settings(args):
 def tie_settings(args):
     from .tie import TieSettings
 
+    if args.score is None:  # one member is plain decoding: no round score to compute
+        args.score = DEFAULTS["score"] if len(args.model or [0, 0]) > 1 else "tcc"
     select = args.select if isinstance(args.select, list) else [args.select]
     if args.interval == 0:
         raise UserError("--interval must be at least 1 step")
@@ -119,7 +123,8 @@ def tie_settings(args):
 def plan_tokens(args) -> int:
     """Positions one forward computes, for the load-time memory plan (cross-model scores stack M canvases)."""
     members = len(args.model or [0, 0])
-    cross = any(s in ("top1", "entropy", "margin", "verify") for s in args.score.split(","))
+    score = args.score or (DEFAULTS["score"] if members > 1 else "tcc")
+    cross = any(s in ("top1", "entropy", "margin", "verify") for s in score.split(","))
     return (64 + args.gen_length) * (members if cross else 1)
 
 

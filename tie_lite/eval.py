@@ -154,7 +154,9 @@ def add_eval_parser(sub) -> None:
 def cmd_eval(args) -> int:
     from tqdm import tqdm
 
-    from .cli import decode_settings, load_settings, plan_tokens, tie_settings
+    from .cli import DEFAULTS, decode_settings, load_settings, plan_tokens, tie_settings
+
+    DEFAULT_SCORE = DEFAULTS["score"]
     from .session import Ensemble
     from .tasks import TASKS, get_task
 
@@ -167,6 +169,8 @@ def cmd_eval(args) -> int:
     if args.n < 1:
         raise UserError("--n must be at least 1")
     tokens = plan_tokens(args)
+    if args.score is None:
+        args.score = DEFAULT_SCORE if len(args.model or [0, 0]) > 1 else "tcc"
     scores = [s.strip() for s in args.score.split(",") if s.strip()] or [args.score]
     args.score = scores[0]  # --score a,b compares round scores: `tie` becomes tie:a, tie:b
     decode, tie = decode_settings(args), tie_settings(args)

@@ -115,6 +115,8 @@ def render(plan: Plan, estimates: list[SizeEstimate], total_len: int, batch: int
 
 def cmd_plan(args) -> int:
     models = args.model or list(_default_models())
+    if args.score is None:
+        args.score = "verify" if len(models) > 1 else "tcc"
     plan, estimates = build_plan(models, quant=args.quant, backend=args.quant_backend, device=args.device,
                                  max_memory=args.max_memory, gen_length=args.gen_length,
                                  prompt_length=args.prompt_length, score=args.score)
@@ -164,7 +166,7 @@ def add_plan_parser(sub) -> None:
     p.add_argument("--gen-length", type=_int, default=48, metavar="N", help="generated positions (default 48)")
     p.add_argument("--prompt-length", type=_int, default=DEFAULT_PROMPT_LENGTH, metavar="N",
                    help=f"prompt tokens to plan for (default {DEFAULT_PROMPT_LENGTH})")
-    p.add_argument("--score", default="tcc", help="tcc | top1 | entropy | margin | verify (cross-model scores "
-                   "forward every trajectory through every member)")
+    p.add_argument("--score", default=None, help="tcc | top1 | entropy | margin | verify (cross-model scores "
+                   "forward every trajectory through every member; default as for generate)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_plan)

@@ -23,7 +23,7 @@ class Entry:
 ENTRIES = {
     e.name: e
     for e in (
-        Entry("tiny-char", "tiny-char", True, "shipped; character tokenizer, practises the additions"),
+        Entry("tiny-sp", "tiny-sp", True, "shipped; SentencePiece-style BPE, LLaDA-style logits, practises the additions"),
         Entry("tiny-bpe", "tiny-bpe", True, "shipped; byte-level BPE, Dream-style shifted logits, practises the products"),
         Entry("llada-8b-instruct", "GSAI-ML/LLaDA-8B-Instruct", False, "LLaDA family; needs --trust-remote-code"),
         Entry("llada-1.5", "GSAI-ML/LLaDA-1.5", False, "LLaDA family; needs --trust-remote-code"),
@@ -32,7 +32,7 @@ ENTRIES = {
     )
 }
 
-DEFAULT_ENSEMBLE = ("tiny-char", "tiny-bpe")
+DEFAULT_ENSEMBLE = ("tiny-sp", "tiny-bpe")
 
 
 def resolve(spec: str) -> tuple[str, str]:

@@ -67,7 +67,7 @@ class Defaults:
 
     load: LoadSettings = field(default_factory=LoadSettings)
     decode: DecodeSettings = field(default_factory=DecodeSettings)
-    tie: TieSettings = field(default_factory=TieSettings)
+    tie: TieSettings = field(default_factory=lambda: TieSettings(score="verify"))  # best on the validation seed
     allowed_models: tuple[str, ...] | None = None  # None: any registry name, folder or hub id (the local chat)
 
     def values(self) -> dict:
@@ -155,7 +155,7 @@ def parse_settings(values: dict, defaults: Defaults | None = None) -> tuple[Load
     select = str(v["select"])
     tie = TieSettings(
         interval=_whole("interval", v["interval"], 1),
-        score=str(v["score"]),
+        score=str(v["score"]) if len(models) > 1 else "tcc",  # one member: plain decoding, nothing to score
         select=select,
         select_model=(v["select_model"] or None) if select == "best-model" else None,
     )
