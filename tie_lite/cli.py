@@ -124,7 +124,9 @@ def plan_tokens(args) -> int:
     """Positions one forward computes, for the load-time memory plan (cross-model scores stack M canvases)."""
     members = len(args.model or [0, 0])
     score = args.score or (DEFAULTS["score"] if members > 1 else "tcc")
-    cross = any(s in ("top1", "entropy", "margin", "verify") for s in score.split(","))
+    from .scoring import CROSS_MODEL
+
+    cross = any(s in CROSS_MODEL for s in score.split(","))
     return (64 + args.gen_length) * (members if cross else 1)
 
 

@@ -115,13 +115,14 @@ def plot(results: dict, traces: dict, path: str, title: str) -> None:
         ax.annotate(f"{results[m]['accuracy']:.1f}", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
                     ha="center", va="bottom", fontsize=8)
     ax.set_xticks(range(len(methods)), [m + ("\n(bound)" if results[m]["bound"] else "") for m in methods],
-                  rotation=20, fontsize=8)
+                  rotation=30, ha="right", fontsize=8)
     ax.set_ylabel("accuracy %")
     ax.set_ylim(0, 100)
     ax.set_title(title)
     for m, trace in traces.items():
         if trace and not results[m]["bound"]:
             ax2.plot([k + 1 for k in trace], [100 * v for v in trace.values()], marker="o", label=m)
+    ax2.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     ax2.set_xlabel("round (relay after it)")
     ax2.set_ylabel("% problems whose leader changed")
     ax2.set_title("when leaders change over decoding")

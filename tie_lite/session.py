@@ -16,9 +16,9 @@ from .loading import (Member, SizeEstimate, WeightStore, _weight_tensors, estima
 from .registry import DEFAULT_ENSEMBLE
 from .scheduler import Scheduler, format_size, make_plan, parse_size
 from .sampler import DecodeSettings
+from .scoring import CROSS_MODEL
 from .tie import Result, TieSettings, run_tie
 
-CROSS_MODEL = ("top1", "entropy", "margin", "verify")
 # The load-time plan (placement, offload) assumes the smallest request unless told the lengths to expect;
 # every request then re-checks the budget with its own lengths and says plainly when it does not fit.
 PLAN_TOKENS = 32
