@@ -41,6 +41,10 @@ def main():
     member = ensemble.members[0]
     config = member.model.config
     meta = json.loads((folder / "training.json").read_text())
+    threads = meta.get("threads", 1)
+    where = ("both cores of this project's 2-core CPU machine" if threads > 1 else
+             "one core of this project's 2-core CPU machine (the other member trained on the other core)")
+    threads_flag = f" --threads {threads}" if threads > 1 else ""
     decode = DecodeSettings()
     rows = []
     for task in TASKS.values():
@@ -67,9 +71,8 @@ ensemble member, not as a good calculator on its own.
   {100 * meta.get('free_fraction', 0.2):.0f}% of examples in the free layout (no fixed marker). Mix (see
   `scripts/train_tiny.py`): `{json.dumps(meta['mix'])}`.
 - Training: {meta['steps']} steps of batch {meta['batch']}, AdamW lr {meta['lr']}, cosine schedule;
-  {meta['train_seconds'] / 60:.0f} minutes on one core of this project's 2-core CPU machine (the other member
-  trained on the other core).
-  Reproduce: `python scripts/train_tiny.py --member {name} --seed {meta['seed']} --out models/{name}`.
+  {meta['train_seconds'] / 60:.0f} minutes on {where}.
+  Reproduce: `python scripts/train_tiny.py --member {name} --seed {meta['seed']} --out models/{name}{threads_flag}`.
 
 ## Measured accuracy
 

@@ -245,7 +245,7 @@ def main():
     save(model, tok, args.out)
     meta = dict(member=args.member, seed=args.seed, steps=args.steps, batch=args.batch, lr=args.lr,
                 mix=mix, free_fraction=data.free_fraction, layers=args.layers, hidden=args.hidden,
-                train_seconds=round(time.time() - start), params=model.num_parameters())
+                threads=args.threads, train_seconds=round(time.time() - start), params=model.num_parameters())
     (args.out / "training.json").write_text(json.dumps(meta, indent=2) + "\n")
     print(json.dumps(meta))
 
