@@ -124,10 +124,9 @@ def plan_tokens(args) -> int:
     """Positions one forward computes, for the load-time memory plan (cross-model scores stack M canvases)."""
     members = len(args.model or [0, 0])
     score = args.score or (DEFAULTS["score"] if members > 1 else "tcc")
-    from .scoring import CROSS_MODEL
+    from .scoring import needs_cross_model
 
-    cross = any(s in CROSS_MODEL for s in score.split(","))
-    return (64 + args.gen_length) * (members if cross else 1)
+    return (64 + args.gen_length) * (members if needs_cross_model(score, members) else 1)
 
 
 def quiet_libraries() -> None:

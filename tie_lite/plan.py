@@ -7,7 +7,7 @@ import sys
 
 from .errors import UserError
 from .loading import SizeEstimate, estimate_member
-from .scoring import CROSS_MODEL
+from .scoring import needs_cross_model
 from .scheduler import Need, Plan, format_size, make_plan, parse_size
 
 DEFAULT_PROMPT_LENGTH = 64
@@ -66,7 +66,7 @@ def build_plan(models: list[str], *, quant: str = "none", backend: str = "bitsan
     if budget is None:
         budget, source = device_budget(device)
     estimates = [estimate_member(spec, quant=quant, backend=backend, device=device) for spec in models]
-    cross = score in CROSS_MODEL and len(models) > 1
+    cross = needs_cross_model(score, len(models))
     batch = len(models) if cross else 1
     needs = needs_for(estimates, prompt_length + gen_length, batch)
     plan = make_plan(needs, budget, device=device, budget_source=source, cross_model=cross, quant=quant)

@@ -20,6 +20,12 @@ SCORES = ("tcc", "top1", "entropy", "margin", "verify")
 CROSS_MODEL = ("top1", "entropy", "margin", "verify")
 
 
+def needs_cross_model(scores: str, members: int, select: str | None = None) -> bool:
+    """Whether a request forwards every trajectory through every member (M canvases a forward).
+    `scores` may be a comma list (eval compares several in one run)."""
+    return members > 1 and (any(s in CROSS_MODEL for s in scores.split(",")) or select == "verify")
+
+
 def check_score(name: str, members: int) -> None:
     if name not in SCORES + ("oracle",):
         raise UserError(f"unknown --score '{name}'; use one of {', '.join(SCORES)}")

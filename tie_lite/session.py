@@ -16,7 +16,7 @@ from .loading import (Member, SizeEstimate, WeightStore, _weight_tensors, estima
 from .registry import DEFAULT_ENSEMBLE
 from .scheduler import Scheduler, format_size, make_plan, parse_size
 from .sampler import DecodeSettings
-from .scoring import CROSS_MODEL
+from .scoring import needs_cross_model
 from .tie import Result, TieSettings, run_tie
 
 # The load-time plan (placement, offload) assumes the smallest request unless told the lengths to expect;
@@ -141,7 +141,7 @@ class Ensemble:
             return 0
         index = self.scheduler._index
         total_len = max(len(m.prompt_ids(messages)) for m in self.members) + decode.gen_length
-        cross = (tie.score in CROSS_MODEL or tie.select == "verify") and len(index) > 1
+        cross = needs_cross_model(tie.score, len(index), tie.select)
         batch = (len(index) if cross else 1) * times
         return max(self.estimates[j].working_bytes(total_len, batch) for j in index)
 
