@@ -11,7 +11,7 @@ from tie_lite.scheduler import Scheduler
 from tie_lite.scoring import verify_canvas
 from tie_lite.tie import TieSettings, run_tie
 
-PROMPT = [{"role": "user", "content": "What is 23*4+56*7?"}]
+PROMPT = [{"role": "user", "content": "What is 23*4+17*5?"}]
 
 
 def plain(member, settings):
@@ -121,6 +121,36 @@ def test_verify_masks_exactly_the_rounds_commitments_across_tokenizers(shipped):
     assert torch.equal(tokens2, t.ids[committed])
 
 
+def test_verify_scores_the_decision_to_end_not_the_padding_after_it(shipped):
+    """A round that finishes the response commits end-of-text padding: it is masked again (it would give
+    the first end-of-text away) but only the first end-of-text of each region is scored, so a handful of
+    answer digits is not outweighed by a dozen certain paddings."""
+    char, bpe = shipped["tiny-sp"], shipped["tiny-bpe"]
+    settings = DecodeSettings()
+    t = Trajectory.start(char, PROMPT, settings)
+    t.run_blocks(settings, 2)
+    t.begin_round()
+    before = t.state()
+    t.run_blocks(settings, 99)
+    after = t.state()
+    assert t.done
+    eos = torch.tensor(char.eos_ids)
+    committed = ((t.round_start == char.mask_id) & (t.ids != char.mask_id)).nonzero().flatten()
+    for judge in (Trajectory.start(char, PROMPT, settings), Trajectory.start(bpe, PROMPT, settings)):
+        ids, positions, tokens = verify_canvas(judge, t)
+        lay = judge.layout
+        scored_eos = positions[torch.isin(tokens, torch.tensor(lay.eos_ids))].tolist()
+        regions = [lay.reasoning, lay.answer]
+        assert sorted(sum(r.start <= p < r.stop for p in scored_eos) for r in regions) == [1, 1]  # one per region
+        masked = (ids == lay.mask_id).nonzero().flatten()
+        assert len(masked) > len(positions)  # the padding is masked too, just not scored
+        text = judge.member.tokenizer.decode(tokens.tolist(), skip_special_tokens=True)
+        assert text.replace(" ", "") == (after.reasoning[len(before.reasoning):] + after.answer).replace(" ", "")
+    same = verify_canvas(Trajectory.start(char, PROMPT, settings), t)
+    padding = torch.isin(t.ids[committed], eos) & torch.isin(t.ids[committed - 1], eos)
+    assert padding.any() and same[1].tolist() == committed[~padding].tolist()
+
+
 @pytest.mark.parametrize("score", ["top1", "entropy", "margin", "verify"])
 def test_cross_model_scores_run_and_pick_the_best(shipped, score):
     result = run_tie(Scheduler(list(shipped.values())), PROMPT, DecodeSettings(), TieSettings(score=score))
@@ -130,7 +160,7 @@ def test_cross_model_scores_run_and_pick_the_best(shipped, score):
 
 
 def test_oracle_relay_follows_the_gold(shipped):
-    gold = TextState("23*4=92;56*7=392;92+392=484", True, "484", True)
+    gold = TextState("23*4=80+12=92;17*5=50+35=85;92+85=177", True, "177", True)
     result = run_tie(Scheduler(list(shipped.values())), PROMPT, DecodeSettings(), TieSettings(score="oracle", select="oracle"),
                      gold=gold)
     assert all(set(r["scores"].values()) <= {0.0, 1.0} for r in result.rounds)

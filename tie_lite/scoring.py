@@ -3,7 +3,8 @@
 - tcc: minus the token change count at the watched answer positions over the round (no extra forward).
 - top1 / entropy / margin: cross-model, every trajectory forwarded through every member, averaged.
 - verify: put masks back on what each trajectory committed during the round and ask every member how
-  likely those tokens are (mean log-probability), averaged over members and positions.
+  likely those tokens are (mean log-probability), averaged over members and positions; end-of-text
+  padding is re-masked but not scored (only the first end-of-text of a region is a decision).
 - oracle: 1 when everything the trajectory committed matches the gold worked solution (a diagnostic bound).
 """
 
@@ -105,16 +106,24 @@ def _confidence_stat(judge: Trajectory, ids: torch.Tensor, logits: torch.Tensor,
 
 
 def verify_canvas(judge: Trajectory, t: Trajectory):
-    """Canvas for `judge` with `t`'s round commitments masked again, and the (positions, tokens) to score."""
+    """Canvas for `judge` with `t`'s round commitments masked again, and the (positions, tokens) to score:
+    every committed token but end-of-text padding (an end-of-text after another one in its region), which
+    follows from the first and would otherwise outweigh the answer digits it sits next to."""
     if t.member.tokenizer_key == judge.member.tokenizer_key and t.layout == judge.layout:
         mask_id = t.layout.mask_id
         committed = (t.round_start == mask_id) & (t.ids != mask_id)
         positions = committed.nonzero().flatten()
         ids = t.ids.clone()
         ids[positions] = mask_id
-        return ids, positions, t.ids[positions]
-    before = t.layout.read_state(t.member.tokenizer, t.round_start)
-    return judge.layout.write_span(judge.member.tokenizer, judge.prompt_ids, before, t.state())
+        tokens = t.ids[positions]
+    else:
+        before = t.layout.read_state(t.member.tokenizer, t.round_start)
+        ids, positions, tokens = judge.layout.write_span(judge.member.tokenizer, judge.prompt_ids, before, t.state())
+    full = ids.clone()
+    full[positions] = tokens
+    eos = torch.tensor(judge.layout.eos_ids)
+    padding = torch.isin(tokens, eos) & torch.isin(full[positions - 1], eos)
+    return ids, positions[~padding], tokens[~padding]
 
 
 def matches_gold(state: TextState, gold: TextState | None) -> bool:

@@ -115,12 +115,14 @@ def tie_process(
         for t in trajs:
             t.begin_round()
         r += 1
-    for t in trajs:  # a member with another tokenizer may need a little longer
-        if not t.done:
-            yield from t.advance(decode, t.layout.num_blocks)
+    unfinished = [t for t in trajs if not t.done]
+    for t in unfinished:  # the others complete their own responses, after the last relay
+        yield from t.advance(decode, t.layout.num_blocks)
     verify = None
-    if tie.select == "verify" and len(trajs) > 1:  # members re-check what each response committed last round
-        verify = scores if tie.score == "verify" else (yield from round_scores(trajs, "verify", scheduler.scoring_order()))
+    if tie.select == "verify" and len(trajs) > 1:
+        # members re-check what each response committed since the last relay, completion included
+        reuse = tie.score == "verify" and not unfinished
+        verify = scores if reuse else (yield from round_scores(trajs, "verify", scheduler.scoring_order()))
     final = select_final(trajs, names, leaders, tie, verify, gold)
     text = trajs[final].text()
     result = Result(
