@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 PROMPTS = ["What is (23+41)*7?", "What is (15+62)*3?", "What is 12*4+31*2?", "What is (8+77)*5?",
-           "What is 23*4+56*7?", "What is (40+9)*6?"]
+           "What is 23*4+17*5?", "What is (40+9)*6?"]
 
 
 def child(cfg: dict) -> dict:

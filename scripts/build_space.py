@@ -76,7 +76,7 @@ TIE (Trajectory-based Iterative Ensembling): each member denoises its own canvas
 trajectory that scores best is relayed to every member. The chat shows the canvas filling in (░ =
 still masked), which member leads each round and the members' scores.
 
-Try: `What is (23+41)*7?` or `What is 23*4+56*7?`
+Try: `What is (23+41)*7?` or `What is 23*4+17*5?`
 
 Runs on the CPU. On GPU hardware set the Space variable `TIE_LITE_DEVICE=cuda`. Use it from code:
 

@@ -20,12 +20,16 @@ from tie_lite.tie import TieSettings
 ABOUT = {
     "tiny-sp": "SentencePiece-style BPE tokenizer (spaces written as '▁' as in LLaMA-family tokenizers, digits "
                "split one by one, trained with `tokenizers` on the task text), logits read at the same position "
-               "(LLaDA convention); training mix: 60% of two-stage problems have a trivial multiplication "
-               "(factors of 1) and most one-stage problems are sums, so it practises the additions",
+               "(LLaDA convention); training mix: most two-stage problems have a trivial multiplication "
+               "(factors of 1) and most one-stage problems are sums, so it practises the additions; in half of the "
+               "`a*b+c*d` problems the products are given (written in, never masked), so it also learns to add "
+               "values it reads from its own worked steps",
     "tiny-bpe": "byte-level BPE tokenizer (320 tokens, digits split one by one, trained with `tokenizers` on "
                 "the task text), shifted logits (Dream convention: the prediction for position i is read at "
-                "i-1); training mix: 60% of two-stage problems have a trivial addition (adding 0) and most "
-                "one-stage problems are products, so it practises the multiplications",
+                "i-1); training mix: most two-stage problems have a trivial addition (adding 0) and most "
+                "one-stage problems are products, so it practises the multiplications; in half of the `(a+b)*c` "
+                "problems the sum is given (written in, never masked), so it also learns to multiply a value it "
+                "reads from its own worked steps",
 }
 
 

@@ -13,7 +13,11 @@ The two members differ the way real ensemble members do: tokenizer (SentencePiec
 for spaces vs GPT-style byte-level BPE, each trained on the task text, digits one by one), logit
 convention (tiny-bpe reads position i's prediction at i-1, as Dream does) and, above all, training
 mix: tiny-sp practises the additions (most products are by 1), tiny-bpe the multiplications (most
-sums add 0), over the same ranges.
+sums add 0), over the same ranges. A trivial stage leaves the next stage's operands in the prompt
+("37*1+28*1"), and a member that only practised that learned to read them there: 95% on plain sums,
+30% on the sum of two products it had to read from its own worked steps. So in half of the problems
+whose first stage is the other member's, that stage is given instead: written in with real operands
+and never masked, the member learns its own stage from the response without learning the other.
 A character-level member (char_tokenizer) was tried first: with prompts three times as long in
 tokens it learned the additions far more slowly (8% of sums right after 10,000 steps, where the
 subword members were past 50%), so both shipped members use subword tokenizers.
@@ -46,10 +50,14 @@ CHAT_TEMPLATE = (
 
 MEMBERS = {
     # one_stage_sum: the share of one-stage problems that are plain sums (the rest plain products).
+    # given/given_share: that share of the two-stage problems whose first stage is `given` have real
+    # operands with the first stage's steps written in and never masked: the member practises its own
+    # stage on operands it must read from the response, not from the prompt, without practising `given`.
     "tiny-sp": dict(tokenizer="sp", shift_logits=False,
-                      mix=dict(trivial_product=0.6, one_stage=0.25, one_stage_sum=0.8)),
+                    mix=dict(trivial_product=0.7, one_stage=0.25, one_stage_sum=0.8, given="products",
+                             given_share=0.5)),
     "tiny-bpe": dict(tokenizer="bpe", shift_logits=True,
-                     mix=dict(trivial_sum=0.6, one_stage=0.25, one_stage_sum=0.2)),
+                     mix=dict(trivial_sum=0.7, one_stage=0.25, one_stage_sum=0.2, given="sum", given_share=0.5)),
 }
 
 
@@ -129,37 +137,47 @@ class Examples:
         self.marker = tokenizer.encode(ANSWER_MARKER, add_special_tokens=False)
 
     def problem(self, task):
+        """A training problem and whether its first stage is given (written in, never masked)."""
+        share = self.mix.get("given_share", 0.0) * (1 - self.mix.get("one_stage", 0.15))
         while True:
-            p = task.sample(self.rng, self.mix)
+            p, given = None, False
+            if self.rng.random() < share:  # real operands; kept when the task's first stage is the given one
+                p = task.sample(self.rng, dict(one_stage=0.0))
+                given = p.stages[0] == self.mix.get("given")
+            if not given:
+                p = task.sample(self.rng, self.mix)
             if p.reasoning not in self.held:
-                return p
+                return p, given
 
     def batch(self, size: int):
         enc = lambda s: self.tok.encode(s, add_special_tokens=False)  # noqa: E731
         rows = []
         task = self.rng.choice(list(TASKS.values()))  # one task a batch: rows of similar length, less padding
         for _ in range(size):
-            p = self.problem(task)
+            p, given = self.problem(task)
             prompt = chat_prompt_ids(self.tok, [{"role": "user", "content": p.prompt}])
             reasoning, answer = enc(p.reasoning), enc(p.answer)
+            fixed = 0  # leading reasoning tokens that are given, never masked
+            if given:
+                head = enc(p.reasoning.rsplit(";", 1)[0] + ";")
+                fixed = len(head) if reasoning[: len(head)] == head else 0
             answer_pad = self.rng.randint(0, 10 - len(answer)) if len(answer) < 10 else 0
-            rows.append((prompt, reasoning, answer, answer_pad, self.rng.random() < self.free_fraction))
-        need = max(len(pr) + len(r) + len(self.marker) + len(a) + ap for pr, r, a, ap, _ in rows)
+            rows.append((prompt, reasoning, fixed, answer, answer_pad, self.rng.random() < self.free_fraction))
+        need = max(len(pr) + len(r) + len(self.marker) + len(a) + ap for pr, r, _, a, ap, _ in rows)
         total = need + self.rng.randint(0, 8)
         ids, maskable = [], []
-        for prompt, reasoning, answer, answer_pad, free in rows:
+        for prompt, reasoning, fixed, answer, answer_pad, free in rows:
             if free:  # no fixed marker: everything after the prompt is generated, EOS to the end
                 resp = reasoning + self.marker + answer
                 resp = resp + [self.eos] * (total - len(prompt) - len(resp))
                 ids.append(prompt + resp)
-                maskable.append([0] * len(prompt) + [1] * len(resp))
+                maskable.append([0] * (len(prompt) + fixed) + [1] * (len(resp) - fixed))
             else:  # answer layout: reasoning, EOS padding, fixed marker, answer, EOS padding
                 tail = answer + [self.eos] * answer_pad
                 pad = total - len(prompt) - len(reasoning) - len(self.marker) - len(tail)
                 ids.append(prompt + reasoning + [self.eos] * pad + self.marker + tail)
-                maskable.append(
-                    [0] * len(prompt) + [1] * (len(reasoning) + pad) + [0] * len(self.marker) + [1] * len(tail)
-                )
+                maskable.append([0] * (len(prompt) + fixed) + [1] * (len(reasoning) - fixed + pad)
+                                + [0] * len(self.marker) + [1] * len(tail))
         return torch.tensor(ids), torch.tensor(maskable, dtype=torch.bool)
 
 

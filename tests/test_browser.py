@@ -15,11 +15,12 @@ from pathlib import Path
 import pytest
 
 try:
-    from test_ui import MASK, PROMPT, ROOT, launch, tiny_models  # noqa: F401  (tiny_models: a fixture)
+    from test_ui import MASK, ROOT, launch, tiny_models  # noqa: F401  (tiny_models: a fixture)
 except ImportError:  # tests/ as a package
-    from .test_ui import MASK, PROMPT, ROOT, launch, tiny_models  # noqa: F401
+    from .test_ui import MASK, ROOT, launch, tiny_models  # noqa: F401
 
 CHROMIUM = "/usr/bin/chromium"
+PROMPT = "What is (48+18)*4?"  # each shipped member alone gets it wrong (298, 256); relayed, 264
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*no_silent_downcasting", "ignore:The copy keyword is deprecated")
@@ -74,9 +75,6 @@ def shots(tmp_path: Path) -> Path:
 def test_type_send_watch_and_answer(page, tmp_path, monkeypatch):
     import time
 
-    from tie_lite.sampler import DecodeSettings
-    from tie_lite.tie import TieSettings
-
     for member in page.demo.tie_cache.ensemble.members:  # the shipped members are fast: slow each forward
         fast = member.logits                             # so the browser sees the canvas mid-denoising
         monkeypatch.setattr(member, "logits", lambda ids, fast=fast: (time.sleep(0.03), fast(ids))[1])
@@ -97,8 +95,9 @@ def test_type_send_watch_and_answer(page, tmp_path, monkeypatch):
     page.wait_for_timeout(800)  # let the plot finish drawing
     page.screenshot(path=str(folder / "chat-answer.png"))
 
-    expected = page.demo.tie_cache.ensemble.run([{"role": "user", "content": PROMPT}], DecodeSettings(),
-                                                TieSettings()).text
+    defaults = page.demo.tie_defaults  # what the chat runs with: the CLI's defaults (score verify)
+    expected = page.demo.tie_cache.ensemble.run([{"role": "user", "content": PROMPT}], defaults.decode,
+                                                defaults.tie).text
     chat = page.locator("#tie-chat").inner_text()
     assert all(line in chat for line in expected.splitlines()), (expected, chat)
     summary = page.locator("#tie-summary").inner_text()

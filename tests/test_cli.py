@@ -27,7 +27,7 @@ def test_generate_json_single_member():
 
 
 def test_generate_json_ensemble_reports_rounds():
-    out = tie_lite("generate", "What is 23*4+56*7?", "--json", "--score", "verify")
+    out = tie_lite("generate", "What is 23*4+17*5?", "--json", "--score", "verify")
     assert out.returncode == 0, out.stderr
     data = json.loads(out.stdout)
     assert data["members"] == ["tiny-sp", "tiny-bpe"]

@@ -124,6 +124,10 @@ def test_plan_command_json_and_bad_input(capsys):
     assert data["strategy"] in ("swap", "offload") and data["budget_bytes"] == 2 * MiB
     assert [m["name"] for m in data["members"]] == ["tiny-sp", "tiny-bpe"]
     assert all(m["exact"] and m["weight_bytes"] > 0 for m in data["members"])
+    assert data["lengths"]["batch"] == 1
+    # a final selection by verify forwards every response through every member: M canvases a forward
+    assert main(["plan", "--score", "tcc", "--select", "verify", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["lengths"]["batch"] == 2
     assert main(["plan"]) == 0
     assert "resident" in capsys.readouterr().out
     assert main(["plan", "--max-memory", "10xB"]) == 2

@@ -75,7 +75,7 @@ def test_validation_and_evaluation_seeds_differ():
     for task in TASKS.values():
         val = {p.reasoning for p in task.generate(300, VALIDATION_SEED) if len(p.stages) == 2}
         ev = {p.reasoning for p in task.generate(300, EVAL_SEED) if len(p.stages) == 2}
-        assert len(val & ev) < 5
+        assert len(val & ev) < 15  # the expression spaces hold ~10^4 problems: chance overlap only
 
 
 def test_unknown_task_is_a_user_error():

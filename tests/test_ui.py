@@ -126,7 +126,12 @@ def readable(message: str) -> None:
 # --- the API through gradio_client -----------------------------------------------------------------------
 
 
-def test_chat_streams_the_canvas_and_ends_with_the_cli_answer(client, capsys):
+def test_chat_streams_the_canvas_and_ends_with_the_cli_answer(client, served, capsys, monkeypatch):
+    import time
+
+    for member in served[0].tie_cache.ensemble.members:  # the shipped members finish in ~0.2 s: slow each
+        fast = member.logits                             # forward so frames are not all coalesced into one
+        monkeypatch.setattr(member, "logits", lambda ids, fast=fast: (time.sleep(0.01), fast(ids))[1])
     job = client.submit(PROMPT, None, {"steps": 24}, api_name="/chat")
     text = job.result(timeout=300)
     outputs = job.outputs()
@@ -142,14 +147,11 @@ def test_chat_streams_the_canvas_and_ends_with_the_cli_answer(client, capsys):
 
 
 def test_history_is_sent_as_earlier_turns(client, served):
-    from tie_lite.sampler import DecodeSettings
-    from tie_lite.tie import TieSettings
-
     first = client.predict("What is 37+85?", api_name="/chat")
     history = [{"role": "user", "content": "What is 37+85?"}, {"role": "assistant", "content": first}]
     second = client.predict(PROMPT, history, api_name="/chat")
-    ensemble = served[0].tie_cache.ensemble
-    expected = ensemble.run(history + [{"role": "user", "content": PROMPT}], DecodeSettings(), TieSettings()).text
+    ensemble, defaults = served[0].tie_cache.ensemble, served[0].tie_defaults  # the chat's own defaults
+    expected = ensemble.run(history + [{"role": "user", "content": PROMPT}], defaults.decode, defaults.tie).text
     assert second == expected
     # [user, bot] pairs (the older Gradio format) mean the same
     assert client.predict(PROMPT, [["What is 37+85?", first]], api_name="/chat") == expected

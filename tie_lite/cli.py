@@ -126,7 +126,8 @@ def plan_tokens(args) -> int:
     score = args.score or (DEFAULTS["score"] if members > 1 else "tcc")
     from .scoring import needs_cross_model
 
-    return (64 + args.gen_length) * (members if needs_cross_model(score, members) else 1)
+    select = args.select[0] if isinstance(args.select, list) else args.select
+    return (64 + args.gen_length) * (members if needs_cross_model(score, members, select) else 1)
 
 
 def quiet_libraries() -> None:

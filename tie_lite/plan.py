@@ -54,7 +54,7 @@ def needs_for(estimates: list[SizeEstimate], total_len: int, batch: int) -> list
 
 def build_plan(models: list[str], *, quant: str = "none", backend: str = "bitsandbytes", device: str = "cpu",
                max_memory: str | int | None = None, gen_length: int = 48, prompt_length: int = DEFAULT_PROMPT_LENGTH,
-               score: str = "tcc") -> tuple[Plan, list[SizeEstimate]]:
+               score: str = "tcc", select: str | None = None) -> tuple[Plan, list[SizeEstimate]]:
     """Estimates for every member and the plan for them, without loading any weights."""
     if not models:
         raise UserError("give at least one --model")
@@ -66,7 +66,7 @@ def build_plan(models: list[str], *, quant: str = "none", backend: str = "bitsan
     if budget is None:
         budget, source = device_budget(device)
     estimates = [estimate_member(spec, quant=quant, backend=backend, device=device) for spec in models]
-    cross = needs_cross_model(score, len(models))
+    cross = needs_cross_model(score, len(models), select)
     batch = len(models) if cross else 1
     needs = needs_for(estimates, prompt_length + gen_length, batch)
     plan = make_plan(needs, budget, device=device, budget_source=source, cross_model=cross, quant=quant)
@@ -119,7 +119,7 @@ def cmd_plan(args) -> int:
         args.score = "verify" if len(models) > 1 else "tcc"
     plan, estimates = build_plan(models, quant=args.quant, backend=args.quant_backend, device=args.device,
                                  max_memory=args.max_memory, gen_length=args.gen_length,
-                                 prompt_length=args.prompt_length, score=args.score)
+                                 prompt_length=args.prompt_length, score=args.score, select=args.select)
     total_len = args.prompt_length + args.gen_length
     batch = len(models) if plan.cross_model else 1
     if args.json:
@@ -168,5 +168,7 @@ def add_plan_parser(sub) -> None:
                    help=f"prompt tokens to plan for (default {DEFAULT_PROMPT_LENGTH})")
     p.add_argument("--score", default=None, help="tcc | top1 | entropy | margin | verify (cross-model scores "
                    "forward every trajectory through every member; default as for generate)")
+    p.add_argument("--select", default="lowest-tcc", help="final selection (verify forwards every response "
+                   "through every member too; default lowest-tcc)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_plan)

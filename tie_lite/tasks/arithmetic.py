@@ -63,10 +63,32 @@ def parse_answer(text: str) -> str | None:
     return text.rsplit(ANSWER_MARKER, 1)[1].strip()
 
 
+def small_sum(rng: random.Random) -> tuple[int, int]:
+    """Two 2-digit numbers with a 2-digit sum (uniform over such pairs), so the product that follows
+    is a 2-digit number by a digit."""
+    while True:
+        a, b = rng.randint(10, 89), rng.randint(10, 89)
+        if a + b <= 99:
+            return a, b
+
+
+def small_product(rng: random.Random) -> tuple[int, int]:
+    """A 2-digit number and a digit with a 2-digit product (uniform over such pairs), so that adding
+    two products is a 2-digit addition: both tasks exercise the same two skills, in opposite orders."""
+    while True:
+        a, b = rng.randint(10, 49), rng.randint(2, 9)
+        if a * b <= 99:
+            return a, b
+
+
 class ArithmeticTask:
-    """Base: subclasses generate operands and write the worked solution."""
+    """Base: subclasses generate operands and write the worked solution.
+
+    The skills are sized for members of a few hundred thousand parameters: sums of two 2-digit
+    numbers and products of a 2-digit number by a digit (written as tens + units)."""
 
     name = ""
+    sum_stage, product_stage = "sum", "product"  # stage names of the one-stage cases
     description = ""
     examples: tuple[str, ...] = ()
     # Phrasings users type; {e} is the expression.
@@ -90,6 +112,14 @@ class ArithmeticTask:
         prompt = rng.choice(self.phrasings).format(e=expr)
         return Problem(self.name, prompt, ";".join(steps), str(answer), stages)
 
+    def _one_stage(self, rng, mix) -> Problem:
+        """A plain sum of two 2-digit numbers, or a plain product of a 2-digit number by a digit."""
+        if rng.random() < mix.get("one_stage_sum", 0.5):
+            a, b = rng.randint(10, 99), rng.randint(10, 99)
+            return self._problem(rng, f"{a}+{b}", [f"{a}+{b}={a + b}"], a + b, (self.sum_stage,))
+        a, b = rng.randint(10, 99), rng.randint(2, 9)
+        return self._problem(rng, f"{a}*{b}", [product_step(a, b)], a * b, (self.product_stage,))
+
     def check(self, problem: Problem, output: str) -> Check:
         answer = parse_answer(output)
         correct = answer is not None and re.fullmatch(r"-?\d+", answer) is not None and int(answer) == int(problem.answer)
@@ -109,18 +139,14 @@ class SumThenProduct(ArithmeticTask):
 
     def sample(self, rng, mix=None):
         mix = mix or {}
-        a, b, c = rng.randint(10, 99), rng.randint(10, 99), rng.randint(2, 9)
-        r = rng.random()
-        if r < mix.get("one_stage", 0.15):
-            if rng.random() < mix.get("one_stage_sum", 0.5):
-                return self._problem(rng, f"{a}+{b}", [f"{a}+{b}={a + b}"], a + b, ("sum",))
-            p = rng.randint(10, 198)
-            return self._problem(rng, f"{p}*{c}", [product_step(p, c)], p * c, ("product",))
+        if rng.random() < mix.get("one_stage", 0.15):
+            return self._one_stage(rng, mix)
+        (a, b), c = small_sum(rng), rng.randint(2, 9)
         r = rng.random()
         if r < mix.get("trivial_product", 0.0):
             c = 1
         elif r < mix.get("trivial_product", 0.0) + mix.get("trivial_sum", 0.0):
-            b = 0
+            a, b = rng.randint(20, 99), 0  # adding 0, over the range of the real sums
         s = a + b
         return self._problem(rng, f"({a}+{b})*{c}", [f"{a}+{b}={s}", product_step(s, c)], s * c, ("sum", "product"))
 
@@ -145,20 +171,18 @@ class ProductsThenSum(ArithmeticTask):
     """a*b+c*d: both products, then their sum. One-stage cases: a*b and a+b."""
 
     name = "product-sum"
+    product_stage = "products"
     description = "a*b+c*d with both products and the sum written out; plain products and sums too"
-    examples = ("What is 23*4+56*7?", "Compute 23*4+56*7 step by step.", "What is 23*4?", "What is 92+392?")
+    examples = ("What is 23*4+17*5?", "Compute 23*4+17*5 step by step.", "What is 23*4?", "What is 92+85?")
 
     def sample(self, rng, mix=None):
         mix = mix or {}
-        a, b, c, d = rng.randint(10, 99), rng.randint(2, 9), rng.randint(10, 99), rng.randint(2, 9)
         if rng.random() < mix.get("one_stage", 0.15):
-            if rng.random() >= mix.get("one_stage_sum", 0.5):
-                return self._problem(rng, f"{a}*{b}", [product_step(a, b)], a * b, ("products",))
-            p, q = rng.randint(20, 891), rng.randint(20, 891)
-            return self._problem(rng, f"{p}+{q}", [f"{p}+{q}={p + q}"], p + q, ("sum",))
+            return self._one_stage(rng, mix)
+        (a, b), (c, d) = small_product(rng), small_product(rng)
         r = rng.random()
         if r < mix.get("trivial_product", 0.0):
-            b, d = 1, 1
+            a, b, c, d = rng.randint(10, 99), 1, rng.randint(10, 99), 1  # by 1, over the range of the real products
         elif r < mix.get("trivial_product", 0.0) + mix.get("trivial_sum", 0.0):
             c = 0
         p, q = a * b, c * d
