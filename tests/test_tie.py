@@ -97,15 +97,20 @@ def test_free_layout_watches_the_next_masked_positions_past_the_block(shipped):
     assert len(result.rounds) == 3 and result.answer is None
 
 
+def one_round(member, settings, blocks_before: int, blocks: int):
+    """A trajectory that decoded `blocks_before` blocks, then a round of `blocks`; its state before and after."""
+    t = Trajectory.start(member, PROMPT, settings)
+    t.run_blocks(settings, blocks_before)
+    t.begin_round()
+    before = t.state()
+    t.run_blocks(settings, blocks)
+    return t, before, t.state()
+
+
 def test_verify_masks_exactly_the_rounds_commitments_across_tokenizers(shipped):
     char, bpe = shipped["tiny-sp"], shipped["tiny-bpe"]
     settings = DecodeSettings()
-    t = Trajectory.start(char, PROMPT, settings)
-    t.run_blocks(settings, 1)
-    t.begin_round()
-    before = t.state()
-    t.run_blocks(settings, 1)
-    after = t.state()
+    t, before, after = one_round(char, settings, 1, 1)
     judge = Trajectory.start(bpe, PROMPT, settings)
     ids, positions, tokens = verify_canvas(judge, t)
     new_text = after.reasoning[len(before.reasoning):]
@@ -127,12 +132,7 @@ def test_verify_scores_the_decision_to_end_not_the_padding_after_it(shipped):
     answer digits is not outweighed by a dozen certain paddings."""
     char, bpe = shipped["tiny-sp"], shipped["tiny-bpe"]
     settings = DecodeSettings()
-    t = Trajectory.start(char, PROMPT, settings)
-    t.run_blocks(settings, 2)
-    t.begin_round()
-    before = t.state()
-    t.run_blocks(settings, 99)
-    after = t.state()
+    t, before, after = one_round(char, settings, 2, 99)
     assert t.done
     eos = torch.tensor(char.eos_ids)
     committed = ((t.round_start == char.mask_id) & (t.ids != char.mask_id)).nonzero().flatten()
