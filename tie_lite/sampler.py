@@ -83,6 +83,7 @@ class Trajectory:
     total_tcc: float = 0.0
     total_steps: int = 0
     total_top1: float = 0.0
+    watch: bool = True  # record TCC / top-1 at the watched positions (scoring reads them; one member does not)
 
     @classmethod
     def start(cls, member: Member, messages: list[dict], settings: DecodeSettings) -> Trajectory:
@@ -174,7 +175,7 @@ class Trajectory:
         if lay.has_answer and masked[lay.reasoning].any():
             candidates[lay.answer] = False  # answers are committed after all of the reasoning
         cand = candidates.nonzero().flatten()
-        watched = self.scored_positions(masked, block)
+        watched = self.scored_positions(masked, block) if self.watch else None
         self.forwards += 1
 
         cand_logits = logits[cand]
@@ -195,7 +196,8 @@ class Trajectory:
         count = min(count, cand.numel())
         # stable: among equally confident positions the leftmost goes first (saturated EOS runs tie often)
         chosen = torch.sort(confidence, descending=True, stable=True).indices[:count]
-        self._record(logits, watched)
+        if self.watch:
+            self._record(logits, watched)
         self.ids[cand[chosen]] = x0[chosen]
         self.block_step += 1
         if not (self.ids[block] == lay.mask_id).any():

@@ -84,6 +84,8 @@ def tie_process(
         raise UserError("oracle methods need a task whose generator knows the gold worked solution")
     emit = on_event or (lambda event: None)
     trajs = [Trajectory.start(m, messages, decode) for m in members]
+    if len(trajs) == 1:  # plain decoding: no round to score, no final choice, so no TCC bookkeeping
+        trajs[0].watch = False
     blocks_per_round = max(1, math.ceil(tie.interval / decode.steps_per_block))
     rounds: list[dict] = []
     leaders: list[int] = []
