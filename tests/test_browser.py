@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 
 try:
-    from test_ui import MASK, ROOT, launch, tiny_models  # noqa: F401  (tiny_models: a fixture)
+    from test_ui import MASK, ROOT, launch, slow_forwards, tiny_models  # noqa: F401  (tiny_models: a fixture)
 except ImportError:  # tests/ as a package
-    from .test_ui import MASK, ROOT, launch, tiny_models  # noqa: F401
+    from .test_ui import MASK, ROOT, launch, slow_forwards, tiny_models  # noqa: F401
 
 CHROMIUM = "/usr/bin/chromium"
 PROMPT = "What is (48+18)*4?"  # each shipped member alone gets it wrong (298, 256); relayed, 264
@@ -73,11 +73,7 @@ def shots(tmp_path: Path) -> Path:
 
 
 def test_type_send_watch_and_answer(page, tmp_path, monkeypatch):
-    import time
-
-    for member in page.demo.tie_cache.ensemble.members:  # the shipped members are fast: slow each forward
-        fast = member.logits                             # so the browser sees the canvas mid-denoising
-        monkeypatch.setattr(member, "logits", lambda ids, fast=fast: (time.sleep(0.03), fast(ids))[1])
+    slow_forwards(monkeypatch, page.demo.tie_cache.ensemble, 0.03)
 
     folder = shots(tmp_path)
     page.locator("#tie-message textarea").fill(PROMPT)

@@ -28,6 +28,17 @@ pytestmark = pytest.mark.filterwarnings("ignore:.*no_silent_downcasting", "ignor
 # --- fixtures (test_browser.py imports these) ----------------------------------------------------------
 
 
+def slow_forwards(monkeypatch, ensemble, seconds: float) -> None:
+    """The shipped members finish a reply in ~0.2 s: slow each forward so the streamed frames (coalesced
+    50 ms apart) and the browser can see the canvas mid-denoising."""
+    import time
+
+    for member in ensemble.members:
+        fast = member.logits
+        monkeypatch.setattr(member, "logits", lambda ids, fast=fast: (time.sleep(seconds), fast(ids))[1])
+
+
+
 def _members_complete(folder: Path) -> bool:
     return all((folder / m / "config.json").is_file() and (folder / m / "model.safetensors").is_file()
                for m in DEFAULT_ENSEMBLE)
@@ -127,11 +138,7 @@ def readable(message: str) -> None:
 
 
 def test_chat_streams_the_canvas_and_ends_with_the_cli_answer(client, served, capsys, monkeypatch):
-    import time
-
-    for member in served[0].tie_cache.ensemble.members:  # the shipped members finish in ~0.2 s: slow each
-        fast = member.logits                             # forward so frames are not all coalesced into one
-        monkeypatch.setattr(member, "logits", lambda ids, fast=fast: (time.sleep(0.01), fast(ids))[1])
+    slow_forwards(monkeypatch, served[0].tie_cache.ensemble, 0.01)
     job = client.submit(PROMPT, None, {"steps": 24}, api_name="/chat")
     text = job.result(timeout=300)
     outputs = job.outputs()

@@ -108,12 +108,17 @@ def decode_settings(args):
     return settings
 
 
+def _select(args) -> list[str]:
+    """--select as [RULE] or [RULE, NAME] (best-model takes a member name)."""
+    return args.select if isinstance(args.select, list) else [args.select]
+
+
 def tie_settings(args):
     from .tie import TieSettings
 
     if args.score is None:  # one member is plain decoding: no round score to compute
         args.score = DEFAULTS["score"] if len(args.model or [0, 0]) > 1 else "tcc"
-    select = args.select if isinstance(args.select, list) else [args.select]
+    select = _select(args)
     if args.interval == 0:
         raise UserError("--interval must be at least 1 step")
     return TieSettings(interval=args.interval, score=args.score, select=select[0],
@@ -126,8 +131,7 @@ def plan_tokens(args) -> int:
     score = args.score or (DEFAULTS["score"] if members > 1 else "tcc")
     from .scoring import needs_cross_model
 
-    select = args.select[0] if isinstance(args.select, list) else args.select
-    return (64 + args.gen_length) * (members if needs_cross_model(score, members, select) else 1)
+    return (64 + args.gen_length) * (members if needs_cross_model(score, members, _select(args)[0]) else 1)
 
 
 def quiet_libraries() -> None:

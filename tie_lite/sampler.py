@@ -175,7 +175,6 @@ class Trajectory:
         if lay.has_answer and masked[lay.reasoning].any():
             candidates[lay.answer] = False  # answers are committed after all of the reasoning
         cand = candidates.nonzero().flatten()
-        watched = self.scored_positions(masked, block) if self.watch else None
         self.forwards += 1
 
         cand_logits = logits[cand]
@@ -197,7 +196,7 @@ class Trajectory:
         # stable: among equally confident positions the leftmost goes first (saturated EOS runs tie often)
         chosen = torch.sort(confidence, descending=True, stable=True).indices[:count]
         if self.watch:
-            self._record(logits, watched)
+            self._record(logits, self.scored_positions(masked, block))
         self.ids[cand[chosen]] = x0[chosen]
         self.block_step += 1
         if not (self.ids[block] == lay.mask_id).any():

@@ -88,7 +88,7 @@ class ArithmeticTask:
     numbers and products of a 2-digit number by a digit (written as tens + units)."""
 
     name = ""
-    sum_stage, product_stage = "sum", "product"  # stage names of the one-stage cases
+    product_stage = "product"  # the stage name of a plain product
     description = ""
     examples: tuple[str, ...] = ()
     # Phrasings users type; {e} is the expression.
@@ -116,7 +116,7 @@ class ArithmeticTask:
         """A plain sum of two 2-digit numbers, or a plain product of a 2-digit number by a digit."""
         if rng.random() < mix.get("one_stage_sum", 0.5):
             a, b = rng.randint(10, 99), rng.randint(10, 99)
-            return self._problem(rng, f"{a}+{b}", [f"{a}+{b}={a + b}"], a + b, (self.sum_stage,))
+            return self._problem(rng, f"{a}+{b}", [f"{a}+{b}={a + b}"], a + b, ("sum",))
         a, b = rng.randint(10, 99), rng.randint(2, 9)
         return self._problem(rng, f"{a}*{b}", [product_step(a, b)], a * b, (self.product_stage,))
 
