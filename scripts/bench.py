@@ -351,7 +351,7 @@ POLICIES = {"low_confidence": {}, "threshold": {"threshold": 0.9}, "topk": {"top
 
 def acceleration(ensemble, task_name: str, n: int, decode: DecodeSettings, seed: int = 2, log=print) -> dict:
     """Section 3: tie-lite's own eval (batched over problems) under each unmasking policy."""
-    from tie_lite.cli import DEFAULTS
+    from tie_lite.options import DEFAULTS
     from tie_lite.eval import evaluate
     from tie_lite.tasks import get_task
 
@@ -680,7 +680,7 @@ def run_bench(args, log=print) -> dict:
     device = torch.device(args.device)
     sections = set(args.sections.split(",")) if args.sections else {"engine", "tie", "acceleration", "memory", "growth"}
     models = tuple(args.model or SHIPPED)
-    from tie_lite.cli import DEFAULTS
+    from tie_lite.options import DEFAULTS
 
     decode = DecodeSettings(gen_length=args.gen_length or DEFAULTS["gen_length"], block_size=args.block_size)
     prompts = task_prompts(args.task, sizes["prompts"])

@@ -29,7 +29,7 @@ scripts/build_space.py). Space variables: TIE_LITE_DEVICE (cpu | cuda | auto, de
 import os
 import sys
 
-from tie_lite.cli import quiet_libraries
+from tie_lite.options import quiet_libraries
 from tie_lite.registry import DEFAULT_ENSEMBLE, models_dir
 from tie_lite.session import Ensemble, LoadSettings
 from ui.app import Defaults, build_app, launch_app
@@ -48,7 +48,7 @@ print(f"tie-lite Space: loading {', '.join(DEFAULT_ENSEMBLE)} from {models_dir()
 load = LoadSettings(models=DEFAULT_ENSEMBLE, device=device)
 ensemble = Ensemble(load)
 # A public demo runs the shipped members only: visitors cannot make it fetch or load other models.
-demo = build_app(ensemble, Defaults(load=load, allowed_models=DEFAULT_ENSEMBLE), gpu=gpu,
+demo = build_app(ensemble, Defaults(load=load), gpu=gpu,
                  title="tie-lite: TIE ensemble of diffusion LMs")
 
 if __name__ == "__main__":
@@ -90,18 +90,26 @@ Built with `python scripts/build_space.py OUTDIR` from the tie-lite repository.
 """
 
 
+# The Space installs the CPU build of torch from PyTorch's own index: PyPI's Linux torch wheel is the CUDA
+# build, several GB that a CPU Space cannot use.
+TORCH_INDEX = "--extra-index-url https://download.pytorch.org/whl/cpu"
+
+
 def requirements() -> list[str]:
+    """Every runtime dependency pinned to the version installed here (the versions the tests ran with)."""
     import tomllib
+    from importlib.metadata import version
 
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    keep = []
+    keep = [TORCH_INDEX]
     for dep in project["dependencies"]:
-        name = dep.split(";")[0].strip()
-        bare = name.split("[")[0]
+        bare = dep.split(";")[0].strip().split("[")[0]
         for sep in "<>=!~ ":
             bare = bare.split(sep)[0]
-        if bare.lower() not in NOT_IN_REQUIREMENTS:
-            keep.append(name)
+        if bare.lower() in NOT_IN_REQUIREMENTS:
+            continue
+        pinned = version(bare).split("+")[0]
+        keep.append(f"{bare}=={pinned}+cpu" if bare == "torch" else f"{bare}=={pinned}")
     return keep
 
 

@@ -43,7 +43,7 @@ def test_shipped_members_differ_like_real_members(shipped):
 def validation_results(task: str) -> dict:
     """Each member alone and TIE with the CLI's defaults (score verify) on 100 validation problems; the
     two tests below read the same run."""
-    from tie_lite.cli import DEFAULTS
+    from tie_lite.options import DEFAULTS
     from tie_lite.eval import evaluate
     from tie_lite.sampler import DecodeSettings
     from tie_lite.session import Ensemble, LoadSettings

@@ -86,11 +86,12 @@ def free_port() -> int:
 
 
 def launch(**kwargs):
-    """Build the app on the default members and serve it on a free local port; (demo, url)."""
+    """Build the app on the default members (or `defaults.load`) and serve it on a free local port; (demo, url)."""
     from tie_lite.session import Ensemble, LoadSettings
     from ui.app import build_app, launch_app
 
-    demo = build_app(Ensemble(LoadSettings()), **kwargs)
+    load = kwargs["defaults"].load if "defaults" in kwargs else LoadSettings()
+    demo = build_app(Ensemble(load), **kwargs)
     port = free_port()
     launch_app(demo, port=port, prevent_thread_lock=True, quiet=True)
     return demo, f"http://127.0.0.1:{port}/"
@@ -212,16 +213,64 @@ def test_stop_cancels_a_running_generation(client, served):
     assert "Answer:" in client.predict(PROMPT, None, {"steps": 24}, api_name="/chat")
 
 
-def test_models_load_once_and_reload_only_when_members_change(client, served):
+def test_models_load_once_and_a_subset_of_members_reloads_nothing(client, served):
     cache = served[0].tie_cache
     ensemble, loads = cache.ensemble, cache.loads
     client.predict(PROMPT, None, {"steps": 24, "seed": 3, "score": "top1"}, api_name="/chat")
     assert cache.ensemble is ensemble and cache.loads == loads  # decoding settings: same members
     single = client.predict(PROMPT, None, {"models": ["tiny-sp"], "steps": 24}, api_name="/chat")
-    assert cache.loads == loads + 1 and [m.name for m in cache.ensemble.members] == ["tiny-sp"]
-    assert "Answer:" in single
+    assert "Answer:" in single and cache.ensemble is ensemble and cache.loads == loads
+    assert single == cli_generate_text(["--model", "tiny-sp", "--steps", "24"])
     client.predict(PROMPT, None, {"steps": 24}, api_name="/chat")
-    assert cache.loads == loads + 2 and [m.name for m in cache.ensemble.members] == list(DEFAULT_ENSEMBLE)
+    assert cache.ensemble is ensemble and cache.loads == loads
+
+
+def cli_generate_text(args) -> str:
+    import contextlib
+    import io
+
+    from tie_lite.cli import main
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert main(["generate", PROMPT, *args, "--json"]) == 0
+    return json.loads(out.getvalue())["text"]
+
+
+def test_clients_cannot_load_what_the_operator_did_not_name(tiny_models, tmp_path):
+    """A chat started with --trust-remote-code still runs only its own members: a client naming a folder
+    whose remote code would run (or a hub id, or another quantization) gets one line that says nothing
+    about the server's files, and nothing loads."""
+    from gradio_client import Client
+    from gradio_client.exceptions import AppError
+
+    from tie_lite.options import shown
+    from tie_lite.session import LoadSettings
+    from ui.app import Defaults
+
+    marker = tmp_path / "pwned"
+    evil = tmp_path / "evil"
+    evil.mkdir()
+    (evil / "config.json").write_text(json.dumps({"model_type": "evil", "architectures": ["Evil"],
+                                                  "auto_map": {"AutoConfig": "evil.EvilConfig",
+                                                               "AutoModel": "evil.Evil"}}))
+    (evil / "evil.py").write_text(f"open({str(marker)!r}, 'w').write('ran')\n")
+    demo, url = launch(defaults=Defaults(load=LoadSettings(trust_remote_code=True)))
+    try:
+        client = Client(url, verbose=False)
+        loads = demo.tie_cache.loads
+        for name in (str(evil), "/etc", "/no/such/folder", "GSAI-ML/LLaDA-8B-Instruct"):  # existing or not: same line
+            with pytest.raises(AppError) as err:
+                client.predict(PROMPT, None, {"models": [name]}, api_name="/chat")
+            assert str(err.value) == f"unknown member '{shown(name)}'; this server runs tiny-sp, tiny-bpe"
+        for settings, says in [({"models": ["tiny-sp", "tiny-sp"]}, "once"), ({"quant": "4bit"}, "cannot be changed"),
+                               ({"backend": "quanto"}, "cannot be changed")]:
+            with pytest.raises(AppError, match=says):
+                client.predict(PROMPT, None, settings, api_name="/chat")
+        assert not marker.exists() and demo.tie_cache.loads == loads
+        assert "Answer:" in client.predict(PROMPT, None, {"models": ["tiny-bpe"], "steps": 24}, api_name="/chat")
+    finally:
+        demo.close()
 
 
 # --- pieces, without a server ----------------------------------------------------------------------------
@@ -237,13 +286,12 @@ def test_settings_panel_values_parse_and_describe():
     assert decode.answer_length is None and tie.select == "most-selected"
     assert describe(decode, tie, 2).startswith("✓ 64 positions in 4 blocks of 16")
     for bad, says in [({"block_size": 2.5}, "block size 2.5 is not a whole number"), ({"gen_length": " "}, "empty"),
-                      ({"models": []}, "at least one member"), ({"quant": "3bit"}, "unknown quantization")]:
+                      ({"models": []}, "at least one member"), ({"quant": "3bit"}, "cannot be changed")]:
         with pytest.raises(UserError, match=says):
             parse_settings(Defaults().values() | bad)
-    public = Defaults(allowed_models=DEFAULT_ENSEMBLE)
-    assert parse_settings({"models": ["tiny-bpe"]}, public)[0].models == ("tiny-bpe",)
-    with pytest.raises(UserError, match="only runs the members"):
-        parse_settings({"models": ["/etc"]}, public)
+    assert parse_settings({"models": ["tiny-bpe"]})[0].models == ("tiny-bpe",)
+    with pytest.raises(UserError, match="unknown member '/etc'; this server runs tiny-sp, tiny-bpe"):
+        parse_settings({"models": ["/etc"]})
 
 
 def test_history_formats_and_stopped_turns():
@@ -316,8 +364,11 @@ def test_built_space_imports_and_launches(tiny_models, tmp_path):
     front = readme.split("---")[1]
     for line in ("sdk: gradio", "app_file: app.py", "python_version:", "sdk_version:"):
         assert line in front
-    requirements = (out / "requirements.txt").read_text().split()
-    assert any(r.startswith("torch") for r in requirements) and not any(r.startswith("gradio") for r in requirements)
+    requirements = (out / "requirements.txt").read_text().splitlines()
+    assert "--extra-index-url https://download.pytorch.org/whl/cpu" in requirements  # the CPU build, not CUDA's
+    assert any(r.startswith("torch==") and r.endswith("+cpu") for r in requirements)
+    assert all("==" in r for r in requirements if not r.startswith("--"))  # every dependency pinned
+    assert not any(r.startswith("gradio") for r in requirements)
     for m in DEFAULT_ENSEMBLE:
         assert (out / "models" / m / "model.safetensors").is_file()
     assert (out / "tie_lite" / "session.py").is_file() and (out / "ui" / "app.py").is_file()
@@ -341,7 +392,7 @@ def test_built_space_imports_and_launches(tiny_models, tmp_path):
         space = Client(f"http://127.0.0.1:{port}/", verbose=False)
         text = space.predict(PROMPT, api_name="/chat")
         assert "Answer:" in text and MASK not in text
-        with pytest.raises(AppError, match="only runs the members"):  # a public demo loads nothing else
+        with pytest.raises(AppError, match="unknown member .dream-7b-instruct.; this server runs"):  # a public demo loads nothing else
             space.predict(PROMPT, None, {"models": ["tiny-sp", "dream-7b-instruct"]}, api_name="/chat")
         assert "chat" in (tmp_path / "gpu_calls").read_text().split()  # spaces.GPU wrapped the handler
     finally:

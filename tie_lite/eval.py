@@ -3,6 +3,7 @@ bounds, on generated problems with exact checkers."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 import time
@@ -14,6 +15,7 @@ from .drive import run_many
 from .layout import TextState
 from .tie import tie_process
 
+MAX_PROBLEMS = 100_000
 BOUNDS = ("oracle-relay", "oracle-pick")  # diagnostics, labelled as bounds
 POSTGEN_INTERVAL = 10**9  # one round covering the whole generation
 
@@ -134,12 +136,12 @@ def plot(results: dict, traces: dict, path: str, title: str) -> None:
 
 
 def add_eval_parser(sub) -> None:
-    from .cli import add_decode_args, add_model_args, add_tie_args
+    from .options import add_decode_args, add_model_args, add_tie_args, whole
 
     e = sub.add_parser("eval", help="accuracy of members, postgen, TIE and oracle bounds on a task")
     e.add_argument("--task", help="task name (see --list-tasks)")
-    e.add_argument("--n", type=int, default=100, help="problems per method")
-    e.add_argument("--seed", type=int, default=2, help="problem seed (1 = validation, 2 = evaluation)")
+    e.add_argument("--n", type=whole, default=100, help="problems per method")
+    e.add_argument("--seed", type=whole, default=2, help="problem seed (1 = validation, 2 = evaluation)")
     e.add_argument("--methods", help="comma list: member names, postgen, tie, tie:SCORE (e.g. tie:verify), "
                                      "oracle-relay, oracle-pick (default: every member, postgen and tie)")
     e.add_argument("--json", action="store_true")
@@ -155,9 +157,9 @@ def add_eval_parser(sub) -> None:
 def cmd_eval(args) -> int:
     from tqdm import tqdm
 
-    from .cli import DEFAULTS, decode_settings, load_settings, plan_tokens, tie_settings
-
-    DEFAULT_SCORE = DEFAULTS["score"]
+    from .options import (PLOT_FORMATS, TRACE_FORMATS, check_output, check_seed, decode_settings, default_score,
+                          load_settings, plan_tokens, tie_settings)
+    from .registry import member_names
     from .session import Ensemble
     from .tasks import TASKS, get_task
 
@@ -167,21 +169,27 @@ def cmd_eval(args) -> int:
     if not args.task:
         raise UserError("give --task NAME (see `tie-lite eval --list-tasks`)")
     task = get_task(args.task)
-    if args.n < 1:
-        raise UserError("--n must be at least 1")
+    if not 1 <= args.n <= MAX_PROBLEMS:
+        raise UserError(f"--n must be between 1 and {MAX_PROBLEMS}")
+    check_seed(args.seed)
+    check_output(args.out, TRACE_FORMATS, "--out")
+    check_output(args.plot, PLOT_FORMATS, "--plot")
     tokens = plan_tokens(args)
     if args.score is None:
-        args.score = DEFAULT_SCORE if len(args.model or [0, 0]) > 1 else "tcc"
+        args.score = default_score(len(args.model or [0, 0]))
     scores = [s.strip() for s in args.score.split(",") if s.strip()] or [args.score]
     args.score = scores[0]  # --score a,b compares round scores: `tie` becomes tie:a, tie:b
     decode, tie = decode_settings(args), tie_settings(args)
-    ensemble = Ensemble(load_settings(args), plan_tokens=tokens)
-    names = [m.name for m in ensemble.members]
+    for score in scores[1:]:  # each compared score must be one tie-lite knows, before anything loads
+        tie_settings(argparse.Namespace(**(vars(args) | {"score": score})))
+    load = load_settings(args)
+    names = member_names(load.models)
     methods = args.methods.split(",") if args.methods else names + (["postgen", "tie"] if len(names) > 1 else [])
     if len(scores) > 1:
         methods = [x for m in methods for x in ([f"tie:{s}" for s in scores] if m == "tie" else [m])]
-    for method in methods:
+    for method in methods:  # before anything loads: a typo in --methods costs nothing
         method_settings(method, names, tie)[1].validate(names if method not in names else [method])
+    ensemble = Ensemble(load, plan_tokens=tokens)
     bar = tqdm(total=args.n * len(methods), desc="eval", unit="problem", file=sys.stderr,
                disable=not sys.stderr.isatty())
     out = open(args.out, "w") if args.out else None

@@ -158,6 +158,14 @@ class Layout:
         return "".join(pieces)
 
 
+def check_context(prompt_len: int, gen_length: int, max_length: int | None, total_len: int | None = None) -> None:
+    if max_length is not None and (total_len or prompt_len + gen_length) > max_length:
+        raise UserError(
+            f"prompt ({prompt_len} tokens) plus --gen-length {gen_length} exceeds the model's context of "
+            f"{max_length} tokens; shorten the prompt or lower --gen-length"
+        )
+
+
 def make_layout(
     tokenizer,
     prompt_ids: list[int],
@@ -189,10 +197,6 @@ def make_layout(
                 f"raise --gen-length or lower --answer-length"
             )
     layout = Layout(len(prompt_ids), gen_length, reasoning_len, marker, block_size, mask_id, tuple(eos_ids))
-    if max_length is not None and layout.total_len > max_length:
-        raise UserError(
-            f"prompt ({layout.prompt_len} tokens) plus --gen-length {gen_length} exceeds the model's context of "
-            f"{max_length} tokens; shorten the prompt or lower --gen-length"
-        )
+    check_context(layout.prompt_len, gen_length, max_length, layout.total_len)
     return layout, layout.write_state(tokenizer, prompt_ids, TextState())
 

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import torch
 import transformers
-from transformers import AutoTokenizer
 
 from .errors import UserError
 from .families import Family, family_for
@@ -66,7 +65,7 @@ def read_config(source: str, name: str) -> dict:
     if path.exists():
         if not path.is_dir() or not (path / "config.json").is_file():
             raise UserError(f"{source} is not a model folder (no config.json); pass a checkpoint folder or a hub id")
-        return json.loads((path / "config.json").read_text())
+        return parse_config((path / "config.json").read_bytes(), name)
     if source.startswith((".", "/", "~")) or source.count("/") != 1:
         raise UserError(
             f"model '{name}' is neither a known name, a folder, nor a hub id; see `tie-lite models` for known names"
@@ -74,18 +73,82 @@ def read_config(source: str, name: str) -> dict:
     try:
         from huggingface_hub import hf_hub_download
 
-        return json.loads(Path(hf_hub_download(source, "config.json")).read_text())
+        raw = Path(hf_hub_download(source, "config.json", **hub_options())).read_bytes()
     except Exception as exc:  # offline, unknown repo, gated, no network: all mean the same to the user
         raise UserError(
             f"cannot fetch model '{source}' ({type(exc).__name__}); download it first with "
             f"`huggingface-cli download {source}` on a connected machine, or pass a local folder"
         ) from None
+    return parse_config(raw, name)
+
+
+def parse_config(raw: bytes, name: str) -> dict:
+    """A checkpoint's config.json as a dict, or one line saying what is wrong with it."""
+    try:
+        config = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UserError(f"model '{name}': config.json is not valid JSON ({exc}); re-download or re-save the "
+                        f"checkpoint") from None
+    if not isinstance(config, dict):
+        raise UserError(f"model '{name}': config.json holds a JSON {type(config).__name__}, not an object of "
+                        f"settings; re-download or re-save the checkpoint")
+    return config
+
+
+CONFIG_LIMITS = dict(hidden=1 << 17, intermediate=1 << 20, heads=1 << 12, kv_heads=1 << 12, layers=1 << 11,
+                     vocab=1 << 23)
+
+
+def checked_family(config: dict, name: str) -> Family:
+    """The family of a parsed config.json, after checking the fields tie-lite reads from it are usable."""
+    family = family_for(config.get("model_type"), source=name)
+    try:
+        dims = model_dims(config)
+    except (TypeError, ValueError, OverflowError):
+        raise UserError(f"model '{name}': config.json has a size field that is not a whole number; re-download "
+                        f"or re-save the checkpoint") from None
+    if min(dims["hidden"], dims["vocab"], dims["heads"], dims["layers"]) <= 0:
+        raise UserError(f"model '{name}': config.json lacks the model's sizes (hidden size, vocabulary, heads, "
+                        f"layers); re-download or re-save the checkpoint")
+    for field, limit in CONFIG_LIMITS.items():  # building a model of absurd size would hang before failing
+        if dims[field] > limit:
+            raise UserError(f"model '{name}': config.json gives {field} {dims[field]}, beyond any known model "
+                            f"(at most {limit}); re-download or re-save the checkpoint")
+    context = config.get("max_position_embeddings", config.get("max_sequence_length"))
+    if context is not None and (isinstance(context, bool) or not isinstance(context, int) or context <= 0):
+        raise UserError(f"model '{name}': config.json gives a context length of {str(context)[:40]!r}, not a "
+                        f"positive whole number; re-download or re-save the checkpoint")
+    if family.mask_token_id is None:
+        mask = config.get("mask_token_id")
+        if isinstance(mask, bool) or not isinstance(mask, int) or not 0 <= mask < dims["vocab"]:
+            raise UserError(f"model '{name}': config.json has no usable mask_token_id (got {mask!r}); a masked "
+                            f"diffusion checkpoint names the token it denoises from")
+    return family
+
+
+def hub_options() -> dict:
+    """Hub lookups fail fast instead of retrying for half a minute: offline (HF_HUB_OFFLINE, or the hub is not
+    reachable within two seconds) only the local cache is asked."""
+    import os
+    import socket
+
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        return {"local_files_only": True}
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co").split("://")[-1].split("/")[0]
+    host, _, port = endpoint.partition(":")
+    try:
+        socket.create_connection((host, int(port or 443)), timeout=2).close()
+    except (OSError, ValueError):
+        return {"local_files_only": True}
+    return {}
 
 
 def weight_files(source: str) -> list[str]:
     path = Path(source)
     if path.is_dir():
         return [p.name for p in path.iterdir() if p.suffix in (".safetensors", ".bin", ".pt", ".pth")]
+    if hub_options().get("local_files_only"):
+        return []
     try:
         from huggingface_hub import list_repo_files
 
@@ -162,7 +225,7 @@ def _load_member(
     start = time.perf_counter()
     name, source = resolve(spec)
     config = read_config(source, name)
-    family = family_for(config.get("model_type"), source=name)
+    family = checked_family(config, name)
     if family.trust_remote_code and not trust_remote_code:
         raise UserError(
             f"model '{name}' ({family.name} family) runs Python code shipped with its checkpoint; "
@@ -188,13 +251,15 @@ def _load_member(
         kwargs.update(offload)
     auto = getattr(transformers, family.auto_class)
     try:
+        family.register()
         model = auto.from_pretrained(source, **kwargs)
-        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=family.trust_remote_code)
+        tokenizer = family.load_tokenizer(source, trust_remote_code=family.trust_remote_code)
     except UserError:
         raise
     except Exception as exc:  # broken checkpoints and remote code fail in many ways; the user needs one line
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"cannot load model '{name}' with --quant {quant}: {first}") from None
+        how = f" with --quant {quant}" if quant != "none" else ""
+        raise UserError(f"cannot load model '{name}'{how}: {first[:300]}") from None
     if qconfig is None and offload is None:
         model.to(dev)
     model.eval()
@@ -293,11 +358,38 @@ _BLOCK = re.compile(r"^(.*?\b(?:layers|layer|h|blocks|block)\.\d+)\.")
 
 
 def _raw_header(f) -> tuple[dict, int]:
-    (n,) = struct.unpack("<Q", f.read(8))
-    if n > 100 * 2**20:
-        raise ValueError(f"{f.name}: implausible safetensors header of {n} bytes")
-    header = json.loads(f.read(n))
+    """The JSON header of an open .safetensors file, checked against the file's size; a damaged file is a
+    UserError naming it (empty, truncated, or not safetensors at all)."""
+    name = Path(f.name).name
+    size = Path(f.name).stat().st_size
+
+    def bad(why: str):
+        return UserError(f"{name} in {Path(f.name).parent} is not a valid safetensors file ({why}); re-download "
+                         f"or re-save the checkpoint")
+
+    head = f.read(8)
+    if len(head) < 8:
+        raise bad("shorter than a header")
+    (n,) = struct.unpack("<Q", head)
+    if n > min(100 * 2**20, size - 8):
+        raise bad(f"header of {n} bytes in a file of {size}")
+    try:
+        header = json.loads(f.read(n))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise bad("its header is not JSON") from None
+    if not isinstance(header, dict):
+        raise bad("its header is not a JSON object")
     header.pop("__metadata__", None)
+    for key, info in header.items():
+        try:
+            start, stop = info["data_offsets"]
+            shape = [int(d) for d in info["shape"]]
+            ok = (info["dtype"] in DTYPE_BYTES and all(d >= 0 for d in shape) and 0 <= start <= stop <= size - 8 - n
+                  and stop - start == math.prod(shape) * DTYPE_BYTES[info["dtype"]])
+        except (TypeError, KeyError, ValueError):
+            ok = False
+        if not ok:
+            raise bad(f"tensor '{str(key)[:60]}' has a malformed entry or lies past the end of the file")
     return header, 8 + n
 
 
@@ -350,6 +442,8 @@ def checkpoint_tensors(source: str) -> dict[str, tuple[str, tuple[int, ...]]] | 
             tensors.update(safetensors_header(f))
         return tensors
     try:  # hub id: HTTP range requests for the headers only
+        if hub_options().get("local_files_only"):
+            raise OSError("offline")
         from huggingface_hub import get_safetensors_metadata
 
         meta = get_safetensors_metadata(source)
@@ -475,7 +569,7 @@ def estimate_member(spec: str, *, quant: str = "none", backend: str = "bitsandby
         raise UserError(f"unknown --device '{device}'; use cpu or cuda")
     name, source = resolve(spec)
     config = read_config(source, name)
-    family = family_for(config.get("model_type"), source=name)
+    family = checked_family(config, name)
     dims = model_dims(config)
     tensors = checkpoint_tensors(source)
     exact = tensors is not None

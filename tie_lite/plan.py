@@ -7,7 +7,9 @@ import sys
 
 from .errors import UserError
 from .loading import SizeEstimate, estimate_member
-from .scoring import needs_cross_model
+from .options import check_choice, check_lengths, check_load_args, default_score, whole
+from .scoring import check_score, needs_cross_model
+from .tie import SELECTIONS
 from .scheduler import Need, Plan, format_size, make_plan, parse_size
 
 DEFAULT_PROMPT_LENGTH = 64
@@ -115,8 +117,14 @@ def render(plan: Plan, estimates: list[SizeEstimate], total_len: int, batch: int
 
 def cmd_plan(args) -> int:
     models = args.model or list(_default_models())
+    check_load_args(args)
     if args.score is None:
-        args.score = "verify" if len(models) > 1 else "tcc"
+        args.score = default_score(len(models))
+    for score in args.score.split(","):
+        check_score(score, len(models))
+    check_choice(args.select, [s for s in SELECTIONS if s != "oracle"], "--select")
+    check_lengths(args.gen_length, 1, None, None)
+    check_lengths(args.prompt_length, 1, None, None)
     plan, estimates = build_plan(models, quant=args.quant, backend=args.quant_backend, device=args.device,
                                  max_memory=args.max_memory, gen_length=args.gen_length,
                                  prompt_length=args.prompt_length, score=args.score, select=args.select)
@@ -140,15 +148,6 @@ def _default_models():
     return DEFAULT_ENSEMBLE
 
 
-def _int(text: str) -> int:
-    import argparse
-
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a whole number") from None
-
-
 def add_plan_parser(sub) -> None:
     p = sub.add_parser(
         "plan",
@@ -163,8 +162,8 @@ def add_plan_parser(sub) -> None:
     p.add_argument("--device", default="cpu", help="cpu | cuda | auto (default cpu)")
     p.add_argument("--max-memory", metavar="SIZE", help="device memory budget, e.g. 10GiB or 600MB (default: free "
                    "GPU memory, or available RAM on the CPU)")
-    p.add_argument("--gen-length", type=_int, default=48, metavar="N", help="generated positions (default 48)")
-    p.add_argument("--prompt-length", type=_int, default=DEFAULT_PROMPT_LENGTH, metavar="N",
+    p.add_argument("--gen-length", type=whole, default=48, metavar="N", help="generated positions (default 48)")
+    p.add_argument("--prompt-length", type=whole, default=DEFAULT_PROMPT_LENGTH, metavar="N",
                    help=f"prompt tokens to plan for (default {DEFAULT_PROMPT_LENGTH})")
     p.add_argument("--score", default=None, help="tcc | top1 | entropy | margin | verify (cross-model scores "
                    "forward every trajectory through every member; default as for generate)")

@@ -45,3 +45,15 @@ def resolve(spec: str) -> tuple[str, str]:
     if path.exists():
         return path.resolve().name, str(path.resolve())
     return spec, spec
+
+
+def unique_names(names: list[str]) -> list[str]:
+    """Members' display names, numbered when one model appears twice (the engine's own naming)."""
+    if len(set(names)) != len(names):
+        return [f"{n}#{i + 1}" for i, n in enumerate(names)]
+    return list(names)
+
+
+def member_names(specs) -> list[str]:
+    """The names members will have once loaded, from their specs, without loading anything."""
+    return unique_names([resolve(s)[0] for s in specs])

@@ -43,7 +43,12 @@ def parse_size(text: str | int | None, flag: str = "--max-memory") -> int | None
         unit = m.group(2).lower() if m else None
         if m is None or unit not in _UNITS:
             raise UserError(f"{flag} '{text}' is not a size; write e.g. 10GiB, 1.5GB, 600MB or 512MiB")
-        value = int(float(m.group(1)) * _UNITS[unit])
+        amount = float(m.group(1)) * _UNITS[unit]
+        if not math.isfinite(amount) or amount >= 2**60:
+            raise UserError(f"{flag} '{text}' is more memory than any machine has; write e.g. 10GiB")
+        value = int(amount)
+    if value >= 2**60:
+        raise UserError(f"{flag} {text} is more memory than any machine has; write e.g. 10GiB")
     if value <= 0:
         raise UserError(f"{flag} must be more than zero bytes (got '{text}')")
     return value

@@ -13,6 +13,7 @@ import torch
 from .errors import UserError
 from .loading import (Member, SizeEstimate, WeightStore, _weight_tensors, estimate_member, load_member,
                       load_member_offloaded, resolve_device, swap_dir)
+from .layout import check_context
 from .registry import DEFAULT_ENSEMBLE
 from .scheduler import Scheduler, format_size, make_plan, parse_size
 from .sampler import DecodeSettings
@@ -64,6 +65,9 @@ class Ensemble:
                       trust_remote_code=settings.trust_remote_code, allow_pickle=settings.allow_pickle)
         start = time.perf_counter()
         if budget is None:
+            # Sizes from headers only, so that a request too large for the host fails with a line, not a hang.
+            self.estimates = [estimate_member(spec, quant=settings.quant, backend=settings.backend,
+                                              device=device.type) for spec in settings.models]
             members: list[Member] = []
             for spec in settings.models:
                 if on_load is not None:
@@ -163,6 +167,7 @@ class Ensemble:
         `run` calls it; a caller driving processes itself (eval) calls it with its longest prompt first.
         Returns the working memory it planned for."""
         if self.budget is None:
+            self._check_host_memory(messages, decode, tie)
             return 0
         sched = self.scheduler
         working = self._working(messages, decode, tie)
@@ -181,6 +186,21 @@ class Ensemble:
         elif sum(sched.sizes) > capacity:
             sched.set_capacity(capacity, strategy="swap")
         return working
+
+    def _check_host_memory(self, messages, decode: DecodeSettings, tie: TieSettings) -> None:
+        """No budget given (all members resident on the CPU): refuse a request whose forward alone would not fit
+        in the memory the host has free, instead of swapping the machine to a standstill."""
+        import psutil
+
+        for m in self.members:  # a canvas past the context fails in the layout anyway: say that first
+            check_context(len(m.prompt_ids(messages)), decode.gen_length, m.max_length)
+        working = self._working(messages, decode, tie)
+        free = int(psutil.virtual_memory().available)
+        if working > 0.9 * free:
+            raise UserError(
+                f"--gen-length {decode.gen_length} needs about {format_size(working)} of working memory for one "
+                f"forward and this machine has {format_size(free)} free; lower --gen-length or use fewer --model"
+            )
 
     def _replan_after_oom(self, working: int, decode: DecodeSettings, retry: bool) -> None:
         """Out of device memory mid-run: shrink the budget to what is really usable and swap, or say what to change."""

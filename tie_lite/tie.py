@@ -11,6 +11,7 @@ from .drive import run
 from .errors import UserError
 from .events import Cancelled, Final, Relay, RoundScores, StepFrame
 from .layout import TextState
+from .registry import unique_names
 from .sampler import DecodeSettings, Trajectory
 from .scoring import check_score, round_scores
 from .scheduler import Scheduler
@@ -75,9 +76,7 @@ def tie_process(
 
     start = time.perf_counter()
     members = scheduler.members
-    names = [m.name for m in members]
-    if len(set(names)) != len(names):
-        names = [f"{n}#{i + 1}" for i, n in enumerate(names)]
+    names = unique_names([m.name for m in members])
     decode.validate()
     tie.validate(names)
     if "oracle" in (tie.score, tie.select) and gold is None:

@@ -30,7 +30,8 @@ import gradio as gr
 
 from tie_lite.errors import UserError
 from tie_lite.events import Cancelled, Final, Relay, RoundScores, StepFrame, Swap
-from tie_lite.registry import DEFAULT_ENSEMBLE, ENTRIES, resolve
+from tie_lite.options import check_lengths, check_seed, check_text, shown
+from tie_lite.registry import member_names
 from tie_lite.sampler import UNMASK_POLICIES, DecodeSettings
 from tie_lite.scoring import SCORES
 from tie_lite.session import Ensemble, LoadSettings
@@ -40,8 +41,8 @@ log = logging.getLogger("tie_lite.ui")
 
 MASK_SYMBOL = "░"
 STOPPED = "■ stopped"  # an assistant turn that starts with this was cut short; it is not sent as history
-QUANTS = ("none", "8bit", "4bit")
-BACKENDS = ("bitsandbytes", "quanto")
+
+
 PUBLIC_SELECTIONS = tuple(s for s in SELECTIONS if s != "oracle")
 PUBLIC_SCORES = tuple(s for s in SCORES if s != "oracle")
 GENERATION = "generation"  # the concurrency group: one generation at a time, chat and API together
@@ -63,17 +64,22 @@ LABELS = {
 
 @dataclass(frozen=True)
 class Defaults:
-    """What the panel starts with; launch-time load options (device, memory, trust) come from here too."""
+    """What the panel starts with, and what the operator allowed at launch: `load` names every member the
+    server may run (clients choose among them by name, never by path or hub id) with its quantization,
+    device, memory budget and remote-code trust, none of which a client can change."""
 
     load: LoadSettings = field(default_factory=LoadSettings)
     decode: DecodeSettings = field(default_factory=DecodeSettings)
     tie: TieSettings = field(default_factory=lambda: TieSettings(score="verify"))  # best on the validation seed
-    allowed_models: tuple[str, ...] | None = None  # None: any registry name, folder or hub id (the local chat)
+
+    @property
+    def member_names(self) -> list[str]:
+        return member_names(self.load.models)
 
     def values(self) -> dict:
         d, t = self.decode, self.tie
         return dict(
-            models=list(self.load.models), quant=self.load.quant, backend=self.load.backend,
+            models=self.member_names, quant=self.load.quant, backend=self.load.backend,
             gen_length=d.gen_length, block_size=d.block_size, steps=d.steps or 0, unmask=d.unmask,
             threshold=d.threshold, topk=d.topk, answer_length=d.answer_length or 8, free=d.answer_length is None,
             interval=t.interval, score=t.score, select=t.select, select_model=t.select_model, temperature=d.temperature,
@@ -88,9 +94,9 @@ def _whole(key: str, value: Any, minimum: int | None = None) -> int:
     try:
         number = float(value)
     except (TypeError, ValueError):
-        raise UserError(f"{label} '{value}' is not a whole number") from None
+        raise UserError(f"{label} '{shown(value)}' is not a whole number") from None
     if not math.isfinite(number) or number != int(number):
-        raise UserError(f"{label} {value} is not a whole number")
+        raise UserError(f"{label} {shown(value)} is not a whole number")
     if minimum is not None and number < minimum:
         raise UserError(f"{label} must be at least {minimum} (got {int(number)})")
     return int(number)
@@ -101,42 +107,24 @@ def _number(key: str, value: Any) -> float:
     try:
         number = float(value)
     except (TypeError, ValueError):
-        raise UserError(f"{label} '{value}' is not a number") from None
+        raise UserError(f"{label} '{shown(value)}' is not a number") from None
     if not math.isfinite(number):
         raise UserError(f"{label} must be a finite number")
     return number
 
 
-def member_names(models) -> list[str]:
-    names = [resolve(m)[0] for m in models]
-    if len(set(names)) != len(names):  # the engine's own naming for repeated members
-        names = [f"{n}#{i + 1}" for i, n in enumerate(names)]
-    return names
-
-
 def parse_settings(values: dict, defaults: Defaults | None = None) -> tuple[LoadSettings, DecodeSettings, TieSettings]:
     """Panel or API values -> validated engine settings. Raises UserError with one readable line."""
     defaults = defaults or Defaults()
-    unknown = sorted(set(values) - set(SETTING_KEYS))
+    unknown = sorted(shown(k) for k in set(values) - set(SETTING_KEYS))
     if unknown:
-        raise UserError(f"unknown setting {', '.join(map(repr, unknown))}; known: {', '.join(SETTING_KEYS)}")
+        raise UserError(f"unknown setting {', '.join(map(repr, unknown[:3]))}; known: {', '.join(SETTING_KEYS)}")
     v = defaults.values() | {k: val for k, val in values.items() if val is not None or k in ("steps", "select_model")}
-    models = v["models"]
-    if isinstance(models, str):
-        models = [m.strip() for m in models.split(",")]
-    models = tuple(str(m).strip() for m in (models or ()) if str(m).strip())
-    if not models:
-        raise UserError("choose at least one member")
-    if defaults.allowed_models is not None:
-        refused = [m for m in models if m not in defaults.allowed_models]
-        if refused:
-            raise UserError(f"this server only runs the members {', '.join(defaults.allowed_models)} "
-                            f"(not {', '.join(refused)})")
-    if v["quant"] not in QUANTS:
-        raise UserError(f"unknown quantization '{v['quant']}'; use one of {', '.join(QUANTS)}")
-    if v["backend"] not in BACKENDS:
-        raise UserError(f"unknown quantization backend '{v['backend']}'; use one of {', '.join(BACKENDS)}")
-    load = replace(defaults.load, models=models, quant=v["quant"], backend=v["backend"])
+    load = replace(defaults.load, models=chosen_members(v["models"], defaults))
+    for key, launched in (("quant", defaults.load.quant), ("backend", defaults.load.backend)):
+        if v[key] != launched:
+            raise UserError(f"this server runs its members with {key} '{launched}', set when it started; "
+                            f"it cannot be changed from the chat")
     steps = v["steps"]
     steps = None if steps in (None, "", 0, 0.0) else _whole("steps", steps, 1)
     free = bool(v["free"])
@@ -148,21 +136,51 @@ def parse_settings(values: dict, defaults: Defaults | None = None) -> tuple[Load
         unmask=str(v["unmask"]),
         threshold=_number("threshold", v["threshold"]),
         topk=_whole("topk", v["topk"]),
-        seed=_whole("seed", v["seed"]),
+        seed=check_seed(_whole("seed", v["seed"]), "seed"),
         answer_length=None if free else _whole("answer_length", v["answer_length"], 1),
     )
+    check_lengths(decode.gen_length, decode.block_size, decode.steps, decode.answer_length)
     decode.validate()
     select = str(v["select"])
     tie = TieSettings(
         interval=_whole("interval", v["interval"], 1),
-        score=str(v["score"]) if len(models) > 1 else "tcc",  # one member: plain decoding, nothing to score
+        score=str(v["score"]) if len(load.models) > 1 else "tcc",  # one member: plain decoding, nothing to score
         select=select,
         select_model=(v["select_model"] or None) if select == "best-model" else None,
     )
     if tie.score == "oracle" or tie.select == "oracle":
         raise UserError("oracle scoring needs the gold solution of an eval task; it is not available in the chat")
-    tie.validate(member_names(models))
+    tie.validate(member_names(load.models))
     return load, decode, tie
+
+
+def chosen_members(requested: Any, defaults: Defaults) -> tuple[str, ...]:
+    """A client's choice of members -> the operator's specs for them. Only the names of members the operator
+    launched are accepted: a path, a hub id or any other text is refused before anything looks at it, so no
+    client can make the server load (or run the remote code of) a model it was not started with, nor learn
+    anything about its files from the answer."""
+    names = defaults.member_names
+    if isinstance(requested, str):
+        requested = requested.split(",")
+    if not isinstance(requested, (list, tuple)):
+        raise UserError("members must be a list of member names")
+    chosen = [str(m).strip() for m in requested if str(m).strip()]
+    if not chosen:
+        raise UserError("choose at least one member")
+    unknown = [m for m in chosen if m not in names]
+    if unknown:
+        raise UserError(f"unknown member '{shown(unknown[0])}'; this server runs {', '.join(names)}")
+    if len(set(chosen)) != len(chosen):
+        raise UserError("each member can be chosen once")
+    return tuple(defaults.load.models[names.index(m)] for m in chosen)
+
+
+def member_indices(launched: LoadSettings, load: LoadSettings) -> list[int]:
+    """Positions in the launched ensemble of the members a request chose (repeated specs taken in turn)."""
+    out: list[int] = []
+    for spec in load.models:
+        out.append(next(i for i, s in enumerate(launched.models) if s == spec and i not in out))
+    return out
 
 
 def describe(decode: DecodeSettings, tie: TieSettings, members: int) -> str:
@@ -183,6 +201,8 @@ def history_messages(history: Any, message: str | None = None) -> list[dict]:
     Turns cut short (an assistant reply starting with STOPPED) are left out with their question.
     """
     out: list[dict] = []
+    if history is not None and not isinstance(history, (list, tuple)):
+        raise UserError("history must be a list of {'role': ..., 'content': ...} messages or [user, bot] pairs")
     for item in history or []:
         if isinstance(item, (list, tuple)) and len(item) == 2:
             pairs = [("user", item[0]), ("assistant", item[1])]
@@ -192,8 +212,9 @@ def history_messages(history: Any, message: str | None = None) -> list[dict]:
             raise UserError("history must be a list of {'role': ..., 'content': ...} messages or [user, bot] pairs")
         for role, content in pairs:
             text = _text(content)
-            if role not in ("user", "assistant") or text is None:
+            if role not in ("user", "assistant") or text is None or not text.strip():
                 continue
+            check_text(text, "a message in the history")
             if role == "assistant" and text.startswith(STOPPED):
                 if out and out[-1]["role"] == "user":
                     out.pop()
@@ -222,18 +243,19 @@ def _text(content: Any) -> str | None:
 
 
 class ModelCache:
-    """Keeps one loaded ensemble; reloads only when the members or the quantization change."""
+    """The operator's ensemble, loaded once (at launch, or with the first message); requests run any subset
+    of its members without loading anything."""
 
-    def __init__(self, ensemble: Ensemble | None = None):
+    def __init__(self, settings: LoadSettings, ensemble: Ensemble | None = None):
+        self.settings = settings
         self.ensemble = ensemble
         self.loads = 0
         self._lock = threading.Lock()
 
-    def get(self, settings: LoadSettings, on_load: Callable[[str], None] | None = None) -> Ensemble:
+    def get(self, on_load: Callable[[str], None] | None = None) -> Ensemble:
         with self._lock:
-            if self.ensemble is None or self.ensemble.settings != settings:
-                self.ensemble = None  # let the old members go before the new ones load
-                self.ensemble = Ensemble(settings, on_load=on_load)
+            if self.ensemble is None:
+                self.ensemble = Ensemble(self.settings, on_load=on_load)
                 self.loads += 1
             return self.ensemble
 
@@ -323,7 +345,8 @@ class Runner:
         with self._busy:  # belt and braces beside the concurrency group: one generation per device
             self.running = True
             try:
-                ensemble = self.cache.get(load, on_load=lambda spec: events.put(("loading", spec)))
+                ensemble = self.cache.get(on_load=lambda spec: events.put(("loading", member_names([spec])[0])))
+                chosen = member_indices(self.cache.settings, load)
                 events.put(("decoding", None))
 
                 def on_event(event):
@@ -333,7 +356,8 @@ class Runner:
                     elif not isinstance(event, Final):
                         events.put(("event", event))
 
-                result = ensemble.run(messages, decode, tie, on_event=on_event, should_stop=stop.is_set)
+                result = ensemble.run(messages, decode, tie, on_event=on_event, should_stop=stop.is_set,
+                                      members=None if len(chosen) == len(ensemble.members) else chosen)
                 events.put(("done", result))
             except Cancelled as exc:
                 events.put(("stopped", exc.message))
@@ -482,7 +506,9 @@ def build_app(ensemble: Ensemble | None = None, defaults: Defaults | None = None
     message); `defaults`: the panel's starting values and the launch-time load options; `gpu`: a
     decorator for the generation handlers (`spaces.GPU` on Hugging Face Spaces)."""
     defaults = defaults or Defaults(load=ensemble.settings if ensemble is not None else LoadSettings())
-    cache = ModelCache(ensemble)
+    if ensemble is not None and ensemble.settings != defaults.load:
+        raise ValueError("build_app: the ensemble was loaded with other settings than defaults.load")
+    cache = ModelCache(defaults.load, ensemble)
     runner = Runner(cache)
     wrap = gpu or (lambda fn: fn)
     start = defaults.values()
@@ -492,11 +518,10 @@ def build_app(ensemble: Ensemble | None = None, defaults: Defaults | None = None
 
     def chat(message: str, history: list | None = None, settings: dict | None = None,
              request: gr.Request = None) -> str:
-        if not isinstance(message, str) or not message.strip():
-            raise gr.Error("the message is empty")
         if settings is not None and not isinstance(settings, dict):
-            raise gr.Error("settings must be a dict, e.g. {'gen_length': 48, 'score': 'verify'}")
+            raise gr.Error("settings must be a dict, e.g. {'gen_length': 48, 'score': 'verify'}", print_exception=False)
         try:
+            check_text(message, "the message")
             load, decode, tie = parse_settings(settings or {}, defaults)
             messages = history_messages(history, message)
         except UserError as exc:
@@ -544,6 +569,7 @@ def build_app(ensemble: Ensemble | None = None, defaults: Defaults | None = None
             return
         question = _text(history[-1].get("content")) or ""
         try:
+            check_text(question, "the message")
             load, decode, tie = parse_settings(settings_dict(values), defaults)
             messages = history_messages(history[:-1], question)
         except UserError as exc:  # back to the textbox, the message in the status line
@@ -599,14 +625,13 @@ def build_app(ensemble: Ensemble | None = None, defaults: Defaults | None = None
                                elem_id="tie-scores", format="png")
                 leaders = gr.Markdown("", elem_id="tie-leaders")
         with gr.Accordion("Settings", open=False, elem_id="tie-settings"):
-            with gr.Row():
-                custom = defaults.allowed_models is None
-                models = gr.Dropdown(list(ENTRIES) if custom else list(defaults.allowed_models),
-                                     value=start["models"], multiselect=True, allow_custom_value=custom,
-                                     label="members", scale=3,
-                                     info="shipped or registry names, a local folder or a hub id" if custom else None)
-                quant = gr.Dropdown(list(QUANTS), value=start["quant"], label="quantization")
-                backend = gr.Dropdown(list(BACKENDS), value=start["backend"], label="quantization backend")
+            with gr.Row():  # members and quantization are the operator's (tie-lite chat --model/--quant)
+                models = gr.Dropdown(defaults.member_names, value=start["models"], multiselect=True,
+                                     allow_custom_value=False, label="members", scale=3,
+                                     info="any of the members this server was started with")
+                quant = gr.Dropdown([start["quant"]], value=start["quant"], label="quantization", interactive=False)
+                backend = gr.Dropdown([start["backend"]], value=start["backend"], label="quantization backend",
+                                      interactive=False)
             with gr.Row():
                 gen_length = gr.Number(start["gen_length"], label="generation length", precision=0)
                 block_size = gr.Number(start["block_size"], label="block size", precision=0)
@@ -624,7 +649,7 @@ def build_app(ensemble: Ensemble | None = None, defaults: Defaults | None = None
                 score = gr.Dropdown(list(PUBLIC_SCORES), value=start["score"], label="score",
                                     info="tcc: the paper's; verify: members re-check each round")
                 select = gr.Dropdown(list(PUBLIC_SELECTIONS), value=start["select"], label="final selection")
-                select_model = gr.Dropdown(member_names(start["models"]), value=start["select_model"],
+                select_model = gr.Dropdown(start["models"], value=start["select_model"],
                                            allow_custom_value=True, label="best model", info="for best-model")
             check_line = gr.Markdown(check(*[start[k] for k in SETTING_KEYS]), elem_id="tie-check")
 
@@ -633,7 +658,7 @@ def build_app(ensemble: Ensemble | None = None, defaults: Defaults | None = None
         assert len(controls) == len(SETTING_KEYS)
         for c in controls:
             c.change(check, controls, check_line, queue=False, show_progress="hidden", api_visibility="private")
-        models.change(lambda m: gr.update(choices=member_names(m or [])), models, select_model, queue=False,
+        models.change(lambda m: gr.update(choices=list(m or [])), models, select_model, queue=False,
                       api_visibility="private")
 
         outputs = [chatbot, box, status, summary, plot, leaders, check_line, send, stop_btn]

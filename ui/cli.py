@@ -6,7 +6,7 @@ import sys
 
 
 def add_chat_parser(sub) -> None:
-    from tie_lite.cli import _int, add_decode_args, add_model_args, add_tie_args
+    from tie_lite.options import add_decode_args, add_model_args, add_tie_args, whole
 
     p = sub.add_parser(
         "chat", help="a local Gradio chat that shows the ensemble denoising",
@@ -15,7 +15,7 @@ def add_chat_parser(sub) -> None:
     )
     p.add_argument("--host", default="127.0.0.1",
                    help="address to bind (default 127.0.0.1: this machine only; 0.0.0.0 opens it to the network)")
-    p.add_argument("--port", type=_int, default=None, metavar="N", help="port (default: the first free from 7860)")
+    p.add_argument("--port", type=whole, default=None, metavar="N", help="port (default: the first free from 7860)")
     p.add_argument("--share", action="store_true", help="also open a public gradio.live link (off by default)")
     add_model_args(p)
     add_decode_args(p)
@@ -24,7 +24,7 @@ def add_chat_parser(sub) -> None:
 
 
 def cmd_chat(args) -> int:
-    from tie_lite.cli import decode_settings, load_settings, tie_settings
+    from tie_lite.options import decode_settings, load_settings, tie_settings
     from tie_lite.errors import UserError
     from tie_lite.session import Ensemble
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import importlib
+
 import torch
 
 
@@ -18,11 +20,23 @@ class Family:
     name: str
     model_types: tuple[str, ...]
     auto_class: str  # transformers Auto class that loads it
-    trust_remote_code: bool
+    trust_remote_code: bool  # True only for architectures the project does not implement itself
     mask_token_id: int | None = None  # None: read from the config (the project's own models)
     eos_token_ids: tuple[int, ...] = ()  # empty: the tokenizer's eos
     shift_logits: bool | None = None  # None: read from the config
     hub_examples: tuple[str, ...] = ()
+    native_module: str | None = None  # the project's own model classes (importing it registers them)
+
+    def register(self) -> None:
+        """Import the native model module so that transformers' Auto classes know the architecture."""
+        if self.native_module is not None:
+            importlib.import_module(self.native_module)
+
+    def load_tokenizer(self, source: str, trust_remote_code: bool = False):
+        """The checkpoint's tokenizer (families whose hub tokenizer is remote code override this)."""
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
 
     def mask_id(self, config) -> int:
         return self.mask_token_id if self.mask_token_id is not None else int(config.mask_token_id)

@@ -1,0 +1,283 @@
+"""The options every face shares (generate, eval, plan, chat) and the one place user input is checked.
+
+Each check runs before anything heavy (no model loads, no evaluation starts) and fails with a
+`UserError`: one line saying what was wrong and what to do. The CLI prints it and exits 2; the chat
+shows it. Nothing here imports a face, so cli.py, eval.py, plan.py and ui/ import this module only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import warnings
+from pathlib import Path
+
+from .errors import UserError
+
+DEFAULTS = dict(gen_length=64, block_size=16, answer_length=8, interval=16, score="verify", select="lowest-tcc")
+QUANTS = ("none", "8bit", "4bit")
+BACKENDS = ("bitsandbytes", "quanto")
+DEVICES = ("cpu", "cuda", "auto")
+SEED_LIMIT = 2**64  # torch generators take seeds in [0, 2**64)
+MAX_LENGTH = 1 << 20  # positions: far past any context, small enough that arithmetic on sizes stays finite
+PLOT_FORMATS = ("png", "pdf", "svg", "jpg", "jpeg")
+TRACE_FORMATS = ("jsonl", "json")
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse that reports bad input on one line, exit 2."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {one_line(message)} (see `{self.prog} --help`)\n")
+
+
+def one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+# --- values -------------------------------------------------------------------------------------------
+
+
+def whole(text: str) -> int:
+    try:
+        value = int(str(text).strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{shown(text)}' is not a whole number") from None
+    if abs(value) >= SEED_LIMIT:
+        raise argparse.ArgumentTypeError(f"{shown(text)} is too large")
+    return value
+
+
+def number(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{shown(text)}' is not a number") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"'{shown(text)}' is not a finite number")
+    return value
+
+
+def shown(text) -> str:
+    """User text as it can be printed in one line (no lone surrogates, no control characters, bounded)."""
+    text = str(text).encode("utf-8", "replace").decode("utf-8")
+    text = "".join(c if c.isprintable() else "?" for c in text)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def check_text(text, what: str = "the prompt") -> str:
+    """A prompt or chat message: a string of valid Unicode (no lone surrogates, e.g. from invalid UTF-8 on
+    the command line), not empty."""
+    if not isinstance(text, str):
+        raise UserError(f"{what} must be text")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise UserError(f"{what} is not valid UTF-8 text; re-type it or save it as UTF-8") from None
+    if "\x00" in text:
+        raise UserError(f"{what} contains a NUL character; remove it")
+    if not text.strip():
+        raise UserError(f"{what} is empty; pass some text, e.g. \"What is (23+41)*7?\"")
+    return text
+
+
+def check_seed(seed: int, flag: str = "--seed") -> int:
+    if not 0 <= seed < SEED_LIMIT:
+        raise UserError(f"{flag} {seed} is outside 0..2**64-1; pass a smaller non-negative whole number")
+    return seed
+
+
+def check_lengths(gen_length: int, block_size: int, steps: int | None, answer_length: int | None) -> None:
+    for flag, value in (("--gen-length", gen_length), ("--block-size", block_size), ("--steps", steps),
+                        ("--answer-length", answer_length)):
+        if value is not None and value > MAX_LENGTH:
+            raise UserError(f"{flag} {value} is far beyond any model's context; use at most {MAX_LENGTH}")
+
+
+def check_choice(value, choices, flag: str) -> str:
+    if value not in choices:
+        raise UserError(f"unknown {flag} '{shown(value)}'; use one of {', '.join(choices)}")
+    return value
+
+
+def check_select(select) -> list[str]:
+    """--select as [RULE] or [best-model, NAME]; anything after that is an error, not ignored."""
+    from .tie import SELECTIONS
+
+    select = select if isinstance(select, list) else [select]
+    public = [s for s in SELECTIONS if s != "oracle"]
+    rule = check_choice(select[0], SELECTIONS, "--select") if select else "lowest-tcc"
+    if rule == "best-model":
+        if len(select) != 2:
+            raise UserError("--select best-model takes exactly one member name, e.g. --select best-model tiny-sp")
+    elif len(select) > 1:
+        raise UserError(f"--select {rule} takes no further arguments (got '{shown(' '.join(select[1:]))}'); "
+                        f"use one of {', '.join(public)}")
+    return select
+
+
+def check_output(path: str | None, formats: tuple[str, ...], flag: str) -> None:
+    """A file the run will write at the end: its folder must exist and be writable and its extension known,
+    checked before the run so that no result is lost at the end."""
+    if path is None:
+        return
+    p = Path(path).expanduser()
+    ext = p.suffix.lower().lstrip(".")
+    if ext not in formats:
+        raise UserError(f"{flag} '{shown(path)}' has an unknown extension; end it with "
+                        f"{' or '.join('.' + f for f in formats)}")
+    parent = p.parent if str(p.parent) else Path(".")
+    if not parent.is_dir():
+        raise UserError(f"{flag} '{shown(path)}': the folder {shown(parent)} does not exist; create it first")
+    if p.is_dir() or not os.access(parent, os.W_OK) or (p.exists() and not os.access(p, os.W_OK)):
+        raise UserError(f"{flag} '{shown(path)}' cannot be written; choose another file")
+
+
+def check_load_args(args) -> None:
+    """The load options, checked before anything loads."""
+    from .scheduler import parse_size
+
+    check_choice(args.quant, QUANTS, "--quant")
+    check_choice(args.quant_backend, BACKENDS, "--quant-backend")
+    check_choice(args.device, DEVICES, "--device")
+    parse_size(args.max_memory)
+    for spec in args.model or ():
+        check_text(spec, "--model")
+
+
+# --- flags --------------------------------------------------------------------------------------------
+
+
+def add_model_args(p: argparse.ArgumentParser, *, remote_code: bool = True) -> None:
+    g = p.add_argument_group("models")
+    g.add_argument("--model", action="append", metavar="ID_OR_PATH",
+                   help="a shipped name (tiny-sp, tiny-bpe), a registry name, a folder or a hub id; repeat for "
+                        "an ensemble (default: the shipped pair)")
+    g.add_argument("--quant", default="none", help="none | 8bit | 4bit (default none)")
+    g.add_argument("--quant-backend", default="bitsandbytes", help="bitsandbytes | quanto (quanto: pip install 'tie-lite[quanto]')")
+    g.add_argument("--device", default="cpu", help="cpu | cuda | auto (default cpu)")
+    g.add_argument("--max-memory", metavar="SIZE", help="device memory budget, e.g. 10GiB or 600MB")
+    if remote_code:
+        g.add_argument("--trust-remote-code", action="store_true",
+                       help="allow checkpoints of architectures tie-lite does not implement to run their own code")
+        g.add_argument("--allow-pickle", action="store_true", help="allow pickle .bin weights (can run arbitrary code)")
+
+
+def add_decode_args(p: argparse.ArgumentParser, seed_flag: str = "--seed") -> None:
+    g = p.add_argument_group("decoding")
+    g.add_argument("--gen-length", type=whole, default=DEFAULTS["gen_length"], metavar="N")
+    g.add_argument("--block-size", type=whole, default=DEFAULTS["block_size"], metavar="N")
+    g.add_argument("--steps", type=whole, default=None, metavar="N", help="default: gen-length (one token a step)")
+    g.add_argument("--temperature", type=number, default=0.0, metavar="T", help="0 = greedy")
+    g.add_argument("--unmask", default="low_confidence",
+                   help="low_confidence | threshold | topk | margin | entropy | random")
+    g.add_argument("--threshold", type=number, default=0.9, metavar="TAU", help="confidence for --unmask threshold")
+    g.add_argument("--topk", type=whole, default=2, metavar="K", help="tokens a step for --unmask topk")
+    g.add_argument(seed_flag, dest="decode_seed", type=whole, default=0, metavar="S", help="sampling seed (temperature > 0)")
+    g.add_argument("--answer-length", type=whole, default=DEFAULTS["answer_length"], metavar="A",
+                   help="answer positions after the 'Answer:' marker")
+    g.add_argument("--free", action="store_true", help="free-form layout: no answer marker in the canvas")
+
+
+def add_tie_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("ensemble (TIE)")
+    g.add_argument("--interval", type=whole, default=DEFAULTS["interval"], metavar="N",
+                   help="steps per round before scoring and relay (rounded up to whole blocks)")
+    g.add_argument("--score", default=None,
+                   help="tcc | top1 | entropy | margin | verify (default: verify with two or more members, "
+                        "which measured best on the validation seed; a single member needs no score)")
+    g.add_argument("--select", default=DEFAULTS["select"], nargs="+", metavar="RULE",
+                   help="final selection: lowest-tcc | verify | most-selected | best-model NAME")
+
+
+# --- settings from flags ------------------------------------------------------------------------------
+
+
+def load_settings(args):
+    from .registry import DEFAULT_ENSEMBLE
+    from .session import LoadSettings
+
+    check_load_args(args)
+    return LoadSettings(
+        models=tuple(args.model or DEFAULT_ENSEMBLE),
+        quant=args.quant,
+        backend=args.quant_backend,
+        device=args.device,
+        trust_remote_code=getattr(args, "trust_remote_code", False),
+        allow_pickle=getattr(args, "allow_pickle", False),
+        max_memory=args.max_memory,
+    )
+
+
+def decode_settings(args):
+    from .sampler import DecodeSettings
+
+    answer_length = None if args.free else args.answer_length
+    check_lengths(args.gen_length, args.block_size, args.steps, answer_length)
+    check_seed(args.decode_seed, "--seed")
+    settings = DecodeSettings(
+        gen_length=args.gen_length,
+        block_size=args.block_size,
+        steps=args.steps,
+        temperature=args.temperature,
+        unmask=args.unmask,
+        threshold=args.threshold,
+        topk=args.topk,
+        seed=args.decode_seed,
+        answer_length=answer_length,
+    )
+    settings.validate()
+    return settings
+
+
+def default_score(members: int) -> str:
+    """verify with two or more members (best on the validation seed); one member is plain decoding."""
+    return DEFAULTS["score"] if members > 1 else "tcc"
+
+
+def tie_settings(args):
+    from .scoring import check_score
+    from .tie import TieSettings
+
+    members = len(args.model or [0, 0])
+    if args.score is None:
+        args.score = default_score(members)
+    check_score(args.score, members)
+    if args.score == "oracle":
+        raise UserError("--score oracle needs an eval task's gold solution; use tie-lite eval --methods oracle-relay")
+    select = check_select(args.select)
+    if args.interval < 1:
+        raise UserError("--interval must be at least 1 step")
+    return TieSettings(interval=args.interval, score=args.score, select=select[0],
+                       select_model=select[1] if len(select) > 1 else None)
+
+
+def plan_tokens(args) -> int:
+    """Positions one forward computes, for the load-time memory plan (cross-model scores stack M canvases)."""
+    from .scoring import needs_cross_model
+
+    members = len(args.model or [0, 0])
+    score = args.score or default_score(members)
+    return (64 + args.gen_length) * (members if needs_cross_model(score, members, check_select(args.select)[0]) else 1)
+
+
+def quiet_libraries() -> None:
+    """Library chatter (weight-loading bars, bitsandbytes casts, accelerate's placement notes, hub retries)
+    would bury our own output: one line per problem is ours to print."""
+    import logging
+
+    warnings.filterwarnings("ignore")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    for name in ("bitsandbytes", "accelerate", "huggingface_hub", "httpx", "urllib3"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    try:
+        from huggingface_hub.utils import disable_progress_bars
+
+        disable_progress_bars()
+    except ImportError:
+        pass
