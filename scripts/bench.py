@@ -417,7 +417,7 @@ def memory_section(models, prompts, decode: DecodeSettings, repeats: int, reques
     not drowned by the Python runtime as they are with the 1-2 MB shipped members."""
     import subprocess
 
-    from tie_lite.loading import estimate_member
+    from tie_lite.sizes import estimate_member
 
     bm, script = _bench_memory()
     tmp = Path(tempfile.mkdtemp(prefix="tie-bench-memory-"))

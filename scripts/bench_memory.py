@@ -74,7 +74,7 @@ def synthetic_members(root: Path, hidden: int, count: int) -> list[str]:
     import torch
 
     from tie_lite.registry import resolve
-    from tie_lite.tiny_model import TieTinyConfig, TieTinyForMaskedLM
+    from tie_lite.models.tiny import TieTinyConfig, TieTinyForMaskedLM
 
     src = Path(resolve("tiny-sp")[1])
     base = json.loads((src / "config.json").read_text())
@@ -94,7 +94,7 @@ def synthetic_members(root: Path, hidden: int, count: int) -> list[str]:
 
 
 def budgets(models, quant, device, tokens) -> dict:
-    from tie_lite.loading import estimate_member
+    from tie_lite.sizes import estimate_member
 
     est = [estimate_member(m, quant=quant, device=device) for m in models]
     working = max(e.working_bytes(tokens) for e in est)

@@ -40,7 +40,7 @@ from transformers import PreTrainedTokenizerFast
 
 from tie_lite.families import chat_prompt_ids
 from tie_lite.tasks import ANSWER_MARKER, TASKS, TRAIN_SEED_BASE, EVAL_SEED, VALIDATION_SEED
-from tie_lite.tiny_model import TieTinyConfig, TieTinyForMaskedLM
+from tie_lite.models.tiny import TieTinyConfig, TieTinyForMaskedLM
 
 SPECIALS = ["[PAD]", "[UNK]", "[MASK]", "[EOS]"]
 CHAT_TEMPLATE = (

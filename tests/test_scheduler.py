@@ -10,7 +10,9 @@ import pytest
 import torch
 
 from tie_lite.errors import UserError
-from tie_lite.loading import WeightStore, estimate_member, load_member
+from tie_lite.loading import load_member
+from tie_lite.sizes import estimate_member
+from tie_lite.weights import WeightStore
 from tie_lite.registry import resolve
 from tie_lite.sampler import DecodeSettings
 from tie_lite.scheduler import Need, Scheduler, make_plan, parse_size, simulate
@@ -146,7 +148,7 @@ def test_plan_command_json_and_bad_input(capsys):
 
 def random_checkpoint(path, *, hidden, layers, seed, inter=None):
     """A random tie-tiny checkpoint with the shipped tiny-sp tokenizer (outputs are noise, but exact)."""
-    from tie_lite.tiny_model import TieTinyConfig, TieTinyForMaskedLM
+    from tie_lite.models.tiny import TieTinyConfig, TieTinyForMaskedLM
 
     src = resolve("tiny-sp")[1]
     base = json.loads(open(f"{src}/config.json").read())

@@ -6,7 +6,7 @@ import json
 import sys
 
 from .errors import UserError
-from .loading import SizeEstimate, estimate_member
+from .sizes import SizeEstimate, estimate_member
 from .options import check_choice, check_lengths, check_load_args, default_score, whole
 from .scoring import check_score, needs_cross_model
 from .tie import SELECTIONS

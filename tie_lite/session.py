@@ -11,8 +11,9 @@ from dataclasses import dataclass
 import torch
 
 from .errors import UserError
-from .loading import (Member, SizeEstimate, WeightStore, _weight_tensors, estimate_member, load_member,
-                      load_member_offloaded, resolve_device, swap_dir)
+from .loading import Member, load_member, load_member_offloaded, resolve_device
+from .sizes import SizeEstimate, estimate_member
+from .weights import WeightStore, _weight_tensors, swap_dir
 from .layout import check_context
 from .registry import DEFAULT_ENSEMBLE
 from .scheduler import Scheduler, format_size, make_plan, parse_size

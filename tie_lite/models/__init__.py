@@ -1,0 +1,1 @@
+"""Model architectures the project implements itself."""
