@@ -102,7 +102,7 @@ def model_dims(config: dict) -> dict:
 
 def checked_family(config: dict, name: str) -> Family:
     """The family of a parsed config.json, after checking the fields tie-lite reads from it are usable."""
-    family = family_for(config.get("model_type"), source=name)
+    family = family_for(config.get("model_type"), source=name, config=config)
     try:
         dims = model_dims(config)
     except (TypeError, ValueError, OverflowError):
@@ -119,7 +119,7 @@ def checked_family(config: dict, name: str) -> Family:
     if context is not None and (isinstance(context, bool) or not isinstance(context, int) or context <= 0):
         raise UserError(f"model '{name}': config.json gives a context length of {str(context)[:40]!r}, not a "
                         f"positive whole number; re-download or re-save the checkpoint")
-    if family.mask_token_id is None:
+    if family.mask_token_id is None:  # read from the checkpoint (tiny and remote-code families)
         mask = config.get("mask_token_id")
         if isinstance(mask, bool) or not isinstance(mask, int) or not 0 <= mask < dims["vocab"]:
             raise UserError(f"model '{name}': config.json has no usable mask_token_id (got {mask!r}); a masked "

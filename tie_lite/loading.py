@@ -13,7 +13,7 @@ import transformers
 from .checkpoint import checked_family, read_config, weight_files
 from .errors import UserError
 from .families import Family
-from .options import BACKENDS, QUANTS
+from .options import BACKENDS, DTYPES, QUANTS, check_choice
 from .registry import resolve
 from .weights import measured_footprint
 
@@ -63,7 +63,16 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-def quantization_config(quant: str, backend: str, device: torch.device):
+def compute_dtype(choice: str, device: torch.device):
+    """--dtype -> what from_pretrained gets. auto: bfloat16 on CUDA; on the CPU the checkpoint's own dtype
+    (float32 for the shipped members, bfloat16 for LLaDA and Dream hub checkpoints)."""
+    check_choice(choice, DTYPES, "--dtype")
+    if choice == "auto":
+        return torch.bfloat16 if device.type == "cuda" else "auto"
+    return getattr(torch, choice)
+
+
+def quantization_config(quant: str, backend: str, device: torch.device, dtype: str = "auto"):
     if quant not in QUANTS:
         raise UserError(f"unknown --quant '{quant}'; use one of {', '.join(QUANTS)}")
     if backend not in BACKENDS:
@@ -87,44 +96,23 @@ def quantization_config(quant: str, backend: str, device: torch.device):
         raise UserError(f"bitsandbytes cannot quantize on {device.type}; use --quant-backend quanto")
     if quant == "8bit":
         return transformers.BitsAndBytesConfig(load_in_8bit=True)
-    compute = torch.bfloat16 if device.type == "cuda" else torch.float32
+    compute = compute_dtype(dtype, device)
+    compute = compute if compute != "auto" else torch.float32  # 4-bit kernels compute in float32 on the CPU
     return transformers.BitsAndBytesConfig(
         load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=compute
     )
 
 
-def load_member(
-    spec: str,
-    *,
-    quant: str = "none",
-    backend: str = "bitsandbytes",
-    device: str = "cpu",
-    trust_remote_code: bool = False,
-    allow_pickle: bool = False,
-) -> Member:
-    return _load_member(spec, quant=quant, backend=backend, device=device, trust_remote_code=trust_remote_code,
-                        allow_pickle=allow_pickle)
-
-
-def _load_member(
-    spec: str,
-    *,
-    quant: str = "none",
-    backend: str = "bitsandbytes",
-    device: str = "cpu",
-    trust_remote_code: bool = False,
-    allow_pickle: bool = False,
-    offload: dict | None = None,
-) -> Member:
-    """load_member, or with `offload` (from_pretrained kwargs: device_map, max_memory, offload_folder) a member
-    whose layers accelerate spreads over the device, host memory and disk."""
-    start = time.perf_counter()
+def loadable(spec: str, *, trust_remote_code: bool = False, allow_pickle: bool = False) -> tuple[str, str, Family]:
+    """(name, source, family) of a checkpoint that may be loaded as asked, from its files alone; else the
+    UserError that says why not (remote code not trusted, pickle weights not allowed, a damaged config)."""
     name, source = resolve(spec)
     config = read_config(source, name)
     family = checked_family(config, name)
     if family.trust_remote_code and not trust_remote_code:
         raise UserError(
-            f"model '{name}' ({family.name} family) runs Python code shipped with its checkpoint; "
+            f"model '{name}' is an architecture tie-lite does not implement (model_type "
+            f"'{str(config.get('model_type'))[:40]}'); loading it runs Python code shipped with the checkpoint: "
             f"pass --trust-remote-code if you trust its source"
         )
     files = weight_files(source)
@@ -134,13 +122,39 @@ def _load_member(
             f"model '{name}' has only pickle weights (.bin), which can run arbitrary code when loaded; "
             f"convert them to safetensors or pass --allow-pickle"
         )
+    return name, source, family
+
+
+def load_status(spec: str, *, trust_remote_code: bool = False, allow_pickle: bool = False) -> str:
+    """How a member will load, for `tie-lite plan`: native, remote code, or cannot load (and why)."""
+    try:
+        _, _, family = loadable(spec, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
+    except UserError as exc:
+        return f"cannot load: {exc}"
+    return "remote code" if family.trust_remote_code else "native"
+
+
+def load_member(
+    spec: str,
+    *,
+    quant: str = "none",
+    backend: str = "bitsandbytes",
+    device: str = "cpu",
+    dtype: str = "auto",
+    trust_remote_code: bool = False,
+    allow_pickle: bool = False,
+    offload: dict | None = None,
+) -> Member:
+    """A loaded member; with `offload` (from_pretrained kwargs: device_map, max_memory, offload_folder) one whose
+    layers accelerate spreads over the device, host memory and disk."""
+    start = time.perf_counter()
+    name, source, family = loadable(spec, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
     dev = resolve_device(device)
-    qconfig = quantization_config(quant, backend, dev)
+    qconfig = quantization_config(quant, backend, dev, dtype)
     kwargs = dict(trust_remote_code=family.trust_remote_code, use_safetensors=None if allow_pickle else True)
     if qconfig is not None:
         kwargs.update(quantization_config=qconfig, device_map={"": str(dev)})
-    if dev.type == "cuda" and qconfig is None:
-        kwargs["dtype"] = torch.bfloat16
+    kwargs["dtype"] = compute_dtype(dtype, dev)
     if offload is not None:
         if qconfig is not None and backend == "bitsandbytes":  # offloaded layers stay unquantized (the plan warns)
             qconfig.llm_int8_enable_fp32_cpu_offload = True
@@ -188,6 +202,7 @@ def load_member_offloaded(
     quant: str = "none",
     backend: str = "bitsandbytes",
     device: str = "cpu",
+    dtype: str = "auto",
     trust_remote_code: bool = False,
     allow_pickle: bool = False,
 ) -> Member:
@@ -207,5 +222,5 @@ def load_member_offloaded(
 
         max_memory = {dev.index or 0: int(device_bytes), "cpu": int(psutil.virtual_memory().available * 0.9)}
     offload = dict(device_map="auto", max_memory=max_memory, offload_folder=offload_folder, offload_buffers=False)
-    return _load_member(spec, quant=quant, backend=backend, device=device, trust_remote_code=trust_remote_code,
-                        allow_pickle=allow_pickle, offload=offload)
+    return load_member(spec, quant=quant, backend=backend, device=device, dtype=dtype,
+                       trust_remote_code=trust_remote_code, allow_pickle=allow_pickle, offload=offload)

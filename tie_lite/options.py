@@ -19,6 +19,7 @@ DEFAULTS = dict(gen_length=64, block_size=16, answer_length=8, interval=16, scor
 QUANTS = ("none", "8bit", "4bit")
 BACKENDS = ("bitsandbytes", "quanto")
 DEVICES = ("cpu", "cuda", "auto")
+DTYPES = ("auto", "float32", "bfloat16", "float16")
 SEED_LIMIT = 2**64  # torch generators take seeds in [0, 2**64)
 MAX_LENGTH = 1 << 20  # positions: far past any context, small enough that arithmetic on sizes stays finite
 PLOT_FORMATS = ("png", "pdf", "svg", "jpg", "jpeg")
@@ -141,6 +142,7 @@ def check_load_args(args) -> None:
     check_choice(args.quant, QUANTS, "--quant")
     check_choice(args.quant_backend, BACKENDS, "--quant-backend")
     check_choice(args.device, DEVICES, "--device")
+    check_choice(args.dtype, DTYPES, "--dtype")
     parse_size(args.max_memory)
     for spec in args.model or ():
         check_text(spec, "--model")
@@ -158,6 +160,8 @@ def add_model_args(p: argparse.ArgumentParser, *, remote_code: bool = True) -> N
     g.add_argument("--quant-backend", default="bitsandbytes", help="bitsandbytes | quanto (quanto: pip install 'tie-lite[quanto]')")
     g.add_argument("--device", default="cpu", help="cpu | cuda | auto (default cpu)")
     g.add_argument("--max-memory", metavar="SIZE", help="device memory budget, e.g. 10GiB or 600MB")
+    g.add_argument("--dtype", default="auto", help="auto | float32 | bfloat16 | float16 (auto: bfloat16 on CUDA, "
+                                                   "the checkpoint's own dtype on the CPU)")
     if remote_code:
         g.add_argument("--trust-remote-code", action="store_true",
                        help="allow checkpoints of architectures tie-lite does not implement to run their own code")
@@ -204,6 +208,7 @@ def load_settings(args):
         quant=args.quant,
         backend=args.quant_backend,
         device=args.device,
+        dtype=args.dtype,
         trust_remote_code=getattr(args, "trust_remote_code", False),
         allow_pickle=getattr(args, "allow_pickle", False),
         max_memory=args.max_memory,

@@ -6,6 +6,7 @@ import json
 import sys
 
 from .errors import UserError
+from .loading import load_status
 from .sizes import SizeEstimate, estimate_member
 from .options import check_choice, check_lengths, check_load_args, default_score, whole
 from .scoring import check_score, needs_cross_model
@@ -56,7 +57,7 @@ def needs_for(estimates: list[SizeEstimate], total_len: int, batch: int) -> list
 
 def build_plan(models: list[str], *, quant: str = "none", backend: str = "bitsandbytes", device: str = "cpu",
                max_memory: str | int | None = None, gen_length: int = 48, prompt_length: int = DEFAULT_PROMPT_LENGTH,
-               score: str = "tcc", select: str | None = None) -> tuple[Plan, list[SizeEstimate]]:
+               score: str = "tcc", select: str | None = None, dtype: str = "auto") -> tuple[Plan, list[SizeEstimate]]:
     """Estimates for every member and the plan for them, without loading any weights."""
     if not models:
         raise UserError("give at least one --model")
@@ -67,7 +68,7 @@ def build_plan(models: list[str], *, quant: str = "none", backend: str = "bitsan
     source = "--max-memory"
     if budget is None:
         budget, source = device_budget(device)
-    estimates = [estimate_member(spec, quant=quant, backend=backend, device=device) for spec in models]
+    estimates = [estimate_member(spec, quant=quant, backend=backend, device=device, dtype=dtype) for spec in models]
     cross = needs_cross_model(score, len(models), select)
     batch = len(models) if cross else 1
     needs = needs_for(estimates, prompt_length + gen_length, batch)
@@ -78,15 +79,17 @@ def build_plan(models: list[str], *, quant: str = "none", backend: str = "bitsan
     return plan, estimates
 
 
-def render(plan: Plan, estimates: list[SizeEstimate], total_len: int, batch: int) -> str:
+def render(plan: Plan, estimates: list[SizeEstimate], total_len: int, batch: int, status: list[str] | None = None) -> str:
     m = len(plan.needs)
     lines = [f"memory plan: {m} member{'s' * (m != 1)} on {plan.device}, budget {format_size(plan.budget_bytes)} "
              f"({plan.budget_source})", ""]
-    rows = [("member", "quant", "weights", "working", "largest layer", "placement")]
-    for need, est, place in zip(plan.needs, estimates, plan.placement):
+    status = status or ["native"] * m
+    rows = [("member", "loads", "quant", "weights", "working", "largest layer", "placement")]
+    for need, est, place, how in zip(plan.needs, estimates, plan.placement, status):
         mark = "" if est.exact else "~"
-        rows.append((need.name, est.quant, mark + format_size(need.weight_bytes), format_size(need.working_bytes),
-                     mark + format_size(need.layer_bytes), place + (" (reload)" if need.reload and place != "resident" else "")))
+        rows.append((need.name, how.split(":")[0], est.quant, mark + format_size(need.weight_bytes),
+                     format_size(need.working_bytes), mark + format_size(need.layer_bytes),
+                     place + (" (reload)" if need.reload and place != "resident" else "")))
     widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]))]
     for r in rows:
         lines.append("  " + "  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip())
@@ -110,6 +113,9 @@ def render(plan: Plan, estimates: list[SizeEstimate], total_len: int, batch: int
             per += f" (M-1 = {m - 1} when one member fits at a time)"
         lines.append(f"expected: {per}, moving about {format_size(plan.bytes_per_round)} a round"
                      + (f"; {plan.reloads_per_round} of them reload from disk" if plan.reloads_per_round else ""))
+    for need, how in zip(plan.needs, status):
+        if how.startswith("cannot load"):
+            lines.append(f"warning: {need.name} {how}")
     for w in plan.warnings:
         lines.append(f"warning: {w}")
     return "\n".join(lines)
@@ -127,18 +133,21 @@ def cmd_plan(args) -> int:
     check_lengths(args.prompt_length, 1, None, None)
     plan, estimates = build_plan(models, quant=args.quant, backend=args.quant_backend, device=args.device,
                                  max_memory=args.max_memory, gen_length=args.gen_length,
-                                 prompt_length=args.prompt_length, score=args.score, select=args.select)
+                                 prompt_length=args.prompt_length, score=args.score, select=args.select,
+                                 dtype=args.dtype)
     total_len = args.prompt_length + args.gen_length
     batch = len(models) if plan.cross_model else 1
+    status = [load_status(spec, trust_remote_code=args.trust_remote_code, allow_pickle=args.allow_pickle)
+              for spec in models]
     if args.json:
         out = plan.to_json()
         out["lengths"] = {"prompt": args.prompt_length, "gen": args.gen_length, "batch": batch}
-        for row, est in zip(out["members"], estimates):
+        for row, est, how in zip(out["members"], estimates, status):
             row.update(quant=est.quant, source=est.source, source_bytes=est.source_bytes, exact=est.exact,
-                       vocab=est.dims["vocab"])
+                       vocab=est.dims["vocab"], loads=how)
         print(json.dumps(out, indent=2))
     else:
-        print(render(plan, estimates, total_len, batch))
+        print(render(plan, estimates, total_len, batch, status))
     return 0
 
 
@@ -160,6 +169,7 @@ def add_plan_parser(sub) -> None:
     p.add_argument("--quant", default="none", help="none | 8bit | 4bit (default none)")
     p.add_argument("--quant-backend", default="bitsandbytes", help="bitsandbytes | quanto")
     p.add_argument("--device", default="cpu", help="cpu | cuda | auto (default cpu)")
+    p.add_argument("--dtype", default="auto", help="auto | float32 | bfloat16 | float16 (as for generate)")
     p.add_argument("--max-memory", metavar="SIZE", help="device memory budget, e.g. 10GiB or 600MB (default: free "
                    "GPU memory, or available RAM on the CPU)")
     p.add_argument("--gen-length", type=whole, default=48, metavar="N", help="generated positions (default 48)")
@@ -169,5 +179,8 @@ def add_plan_parser(sub) -> None:
                    "forward every trajectory through every member; default as for generate)")
     p.add_argument("--select", default="lowest-tcc", help="final selection (verify forwards every response "
                    "through every member too; default lowest-tcc)")
+    p.add_argument("--trust-remote-code", action="store_true", help="as for generate: say whether members that "
+                   "need remote code would load")
+    p.add_argument("--allow-pickle", action="store_true", help="as for generate")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_plan)

@@ -32,6 +32,7 @@ class LoadSettings:
     quant: str = "none"
     backend: str = "bitsandbytes"
     device: str = "cpu"
+    dtype: str = "auto"
     trust_remote_code: bool = False
     allow_pickle: bool = False
     max_memory: str | None = None
@@ -62,13 +63,13 @@ class Ensemble:
         self.estimates: list[SizeEstimate] = []
         self.plan = None
         self.baseline_bytes = current_bytes(device)
-        kwargs = dict(quant=settings.quant, backend=settings.backend, device=settings.device,
+        kwargs = dict(quant=settings.quant, backend=settings.backend, device=settings.device, dtype=settings.dtype,
                       trust_remote_code=settings.trust_remote_code, allow_pickle=settings.allow_pickle)
         start = time.perf_counter()
         if budget is None:
             # Sizes from headers only, so that a request too large for the host fails with a line, not a hang.
             self.estimates = [estimate_member(spec, quant=settings.quant, backend=settings.backend,
-                                              device=device.type) for spec in settings.models]
+                                              device=device.type, dtype=settings.dtype) for spec in settings.models]
             members: list[Member] = []
             for spec in settings.models:
                 if on_load is not None:
@@ -81,7 +82,7 @@ class Ensemble:
 
     def _load_planned(self, budget: int, kwargs: dict, on_load, tokens: int) -> Scheduler:
         s = self.settings
-        self.estimates = [estimate_member(spec, quant=s.quant, backend=s.backend, device=self.device.type)
+        self.estimates = [estimate_member(spec, quant=s.quant, backend=s.backend, device=self.device.type, dtype=s.dtype)
                           for spec in s.models]
         needs = _needs(self.estimates, tokens, 1)
         self.plan = plan = make_plan(needs, budget, device=self.device.type, budget_source=self.budget_source,

@@ -29,7 +29,11 @@ def _synthetic_tensors(dims: dict) -> dict[str, tuple[str, tuple[int, ...]]]:
     return t
 
 
-def tensor_device_bytes(name: str, dtype: str, shape: tuple[int, ...], quant: str, device: str) -> int:
+_LOADED_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+
+
+def tensor_device_bytes(name: str, dtype: str, shape: tuple[int, ...], quant: str, device: str,
+                        load_dtype: str = "auto") -> int:
     """Bytes one checkpoint tensor occupies on `device` once loaded at `quant`. Linear weights inside the numbered
     blocks are what bitsandbytes quantizes; embeddings, norms and the output head keep their dtype."""
     numel = math.prod(shape) if shape else 1
@@ -40,8 +44,10 @@ def tensor_device_bytes(name: str, dtype: str, shape: tuple[int, ...], quant: st
         blocks = math.ceil(numel / 64)
         return math.ceil(numel / 2) + blocks + 4 * math.ceil(blocks / 256) + 1024 + 64  # NF4 + double-quant absmax
     size = DTYPE_BYTES.get(dtype, 4)
-    if device == "cuda" and quant == "none" and dtype in _FLOAT:
-        size = 2  # loaded in bfloat16 on the GPU
+    if dtype in _FLOAT and load_dtype != "auto":
+        size = _LOADED_BYTES[load_dtype]  # --dtype converts every float tensor
+    elif device == "cuda" and dtype in _FLOAT:
+        size = 2  # auto: loaded in bfloat16 on the GPU
     return numel * size
 
 
@@ -75,7 +81,8 @@ class SizeEstimate:
         return int(logits + states + attention + sampler + dequant)
 
 
-def estimate_member(spec: str, *, quant: str = "none", backend: str = "bitsandbytes", device: str = "cpu") -> SizeEstimate:
+def estimate_member(spec: str, *, quant: str = "none", backend: str = "bitsandbytes", device: str = "cpu",
+                    dtype: str = "auto") -> SizeEstimate:
     """A member's weight bytes at `quant` on `device` from its config and safetensors headers; no weights load."""
     if quant not in QUANTS:
         raise UserError(f"unknown --quant '{quant}'; use one of {', '.join(QUANTS)}")
@@ -93,8 +100,11 @@ def estimate_member(spec: str, *, quant: str = "none", backend: str = "bitsandby
         dims["dtype"] = "float32"
     weight = source_bytes = 0
     units: dict[str, int] = {}
+    load_dtype = dtype
+    if load_dtype != "auto":
+        dims["dtype"] = load_dtype
     for tname, (dtype, shape) in tensors.items():
-        on_device = tensor_device_bytes(tname, dtype, shape, quant, device)
+        on_device = tensor_device_bytes(tname, dtype, shape, quant, device, load_dtype)
         weight += on_device
         source_bytes += (math.prod(shape) if shape else 1) * DTYPE_BYTES.get(dtype, 4)
         m = _BLOCK.match(tname)
