@@ -45,7 +45,7 @@ def child(cfg: dict) -> dict:
     decode, tie = DecodeSettings(gen_length=cfg["gen_length"]), TieSettings(score=cfg["score"])
     start = time.perf_counter()
     ensemble = Ensemble(LoadSettings(models=tuple(cfg["models"]), quant=cfg["quant"], device=cfg["device"],
-                                     max_memory=cfg["budget"], trust_remote_code=True), plan_tokens=cfg["tokens"])
+                                     max_memory=cfg["budget"]), plan_tokens=cfg["tokens"])
     load_s = time.perf_counter() - start
     messages = lambda k: [{"role": "user", "content": PROMPTS[k % len(PROMPTS)]}]  # noqa: E731
     ensemble.run(messages(0), decode, tie)  # warm-up: library code pages, allocator pools

@@ -90,6 +90,9 @@ FLAGS = {
     "--score": st.one_of(garbage, st.sampled_from(["tcc", "top1", "entropy", "margin", "verify", "oracle", "tcc,verify"])),
     "--select": st.one_of(garbage, st.sampled_from(["lowest-tcc", "verify", "most-selected", "best-model",
                                                     "best-model tiny-sp", "best-model nobody", "lowest-tcc extra"])),
+    "--schedule": st.one_of(garbage, st.sampled_from(["blocks", "dream"])),
+    "--eps": st.one_of(garbage, st.sampled_from(["0.001", "0", "1", "0.5"])),
+    "--dtype": st.one_of(garbage, st.sampled_from(["auto", "float32", "bfloat16", "float16"])),
     "--quant": st.one_of(garbage, st.sampled_from(["none", "8bit", "4bit"])),
     "--quant-backend": st.one_of(garbage, st.sampled_from(["bitsandbytes", "quanto"])),
     "--device": st.one_of(garbage, st.sampled_from(["cpu", "cuda", "auto", "mps"])),
@@ -164,7 +167,8 @@ json_values = st.recursive(
 @settings(max_examples=400, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
 @given(values=st.dictionaries(st.one_of(st.sampled_from(
     ["models", "quant", "backend", "gen_length", "block_size", "steps", "unmask", "threshold", "topk",
-     "answer_length", "free", "interval", "score", "select", "select_model", "temperature", "seed"]),
+     "answer_length", "free", "interval", "score", "select", "select_model", "temperature", "seed", "schedule",
+     "eps"]),
     st.text(max_size=6)), json_values, max_size=6), history=json_values, message=st.one_of(prompts, json_values))
 def test_chat_settings_history_and_message(values, history, message):
     from tie_lite.errors import UserError

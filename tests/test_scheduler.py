@@ -322,14 +322,15 @@ def test_out_of_memory_mid_run_replans_or_says_what_to_change(monkeypatch):
 
 
 def test_llada_and_dream_swap_and_offload_match_resident(tmp_path):
-    """Two remote-code families in one process, swapped; and LLaDA under layer offload, compared with its
-    resident output rather than just 'it ran' (LLaDA issue 96: only '!' under a multi-device map)."""
-    from hub_checkpoints import build_dream, build_llada
+    """LLaDA and Dream (real configs, native classes) in one process, swapped; and LLaDA under layer offload,
+    compared with its resident output rather than just 'it ran' (LLaDA issue 96: only '!' under a multi-device
+    map)."""
+    from real_checkpoints import build_dream, build_llada
 
-    llada, dream = str(build_llada(tmp_path)["llada"].path), str(build_dream(tmp_path).path)
+    llada, dream = str(build_llada(tmp_path).path), str(build_dream(tmp_path).path)
     prompt = [{"role": "user", "content": "what is 2+3?"}]
     decode, tie = DecodeSettings(gen_length=16), TieSettings()
-    settings = dict(models=(llada, dream), trust_remote_code=True)
+    settings = dict(models=(llada, dream))
     free = Ensemble(LoadSettings(**settings))
     for spec, member in zip((llada, dream), free.members):  # header estimates, with the families' tensor names
         assert abs(estimate_member(spec).weight_bytes - member.footprint_bytes) <= 0.05 * member.footprint_bytes
@@ -347,7 +348,7 @@ def test_llada_and_dream_swap_and_offload_match_resident(tmp_path):
     del swapped
     budget = est[0].working_bytes(tokens) + est[0].layer_bytes + 4 * MiB  # less than LLaDA's weights
     assert budget - est[0].working_bytes(tokens) < est[0].weight_bytes
-    offloaded = Ensemble(LoadSettings(models=(llada,), trust_remote_code=True, max_memory=str(budget)), plan_tokens=tokens)
+    offloaded = Ensemble(LoadSettings(models=(llada,), max_memory=str(budget)), plan_tokens=tokens)
     assert offloaded.plan.placement == ["offload"]
     out = offloaded.run(prompt, decode, tie)
     assert out.text == alone.text and set(out.text) != {"!"}

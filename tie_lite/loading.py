@@ -162,7 +162,15 @@ def load_member(
     auto = getattr(transformers, family.auto_class)
     try:
         family.register()
-        model = auto.from_pretrained(source, **kwargs)
+        model, info = auto.from_pretrained(source, output_loading_info=True, **kwargs)
+        missing = list(info.get("missing_keys") or []) + [k[0] if isinstance(k, tuple) else k
+                                                         for k in info.get("mismatched_keys") or []]
+        if family.native_module is not None:  # our own classes know every weight a checkpoint of theirs holds
+            missing += list(info.get("unexpected_keys") or [])
+        if missing:  # transformers would start these at random: a silently wrong member
+            raise UserError(f"cannot load model '{name}': {len(missing)} of its weights do not fit the {family.name} "
+                            f"architecture (missing, unexpected or mis-shaped, e.g. "
+                            f"{sorted(missing)[0]}); it is damaged or not a {family.name} checkpoint")
         tokenizer = family.load_tokenizer(source, trust_remote_code=family.trust_remote_code)
     except UserError:
         raise

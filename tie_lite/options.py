@@ -175,7 +175,13 @@ def add_decode_args(p: argparse.ArgumentParser, seed_flag: str = "--seed") -> No
     g.add_argument("--steps", type=whole, default=None, metavar="N", help="default: gen-length (one token a step)")
     g.add_argument("--temperature", type=number, default=0.0, metavar="T", help="0 = greedy")
     g.add_argument("--unmask", default="low_confidence",
-                   help="low_confidence | threshold | topk | margin | entropy | random")
+                   help="low_confidence | threshold | topk | margin | entropy | random, and Dream's names "
+                        "maskgit_plus | topk_margin | entropy")
+    g.add_argument("--schedule", default="blocks",
+                   help="blocks: LLaDA's semi-autoregressive blocks (default); dream: Dream's diffusion_generate "
+                        "schedule (linspace(1, eps) transfer counts over the whole generation, no blocks; a TIE "
+                        "round then spans the whole generation)")
+    g.add_argument("--eps", type=number, default=1e-3, metavar="EPS", help="last timestep of --schedule dream")
     g.add_argument("--threshold", type=number, default=0.9, metavar="TAU", help="confidence for --unmask threshold")
     g.add_argument("--topk", type=whole, default=2, metavar="K", help="tokens a step for --unmask topk")
     g.add_argument(seed_flag, dest="decode_seed", type=whole, default=0, metavar="S", help="sampling seed (temperature > 0)")
@@ -231,6 +237,8 @@ def decode_settings(args):
         topk=args.topk,
         seed=args.decode_seed,
         answer_length=answer_length,
+        schedule=args.schedule,
+        eps=args.eps,
     )
     settings.validate()
     return settings

@@ -25,10 +25,10 @@ ENTRIES = {
     for e in (
         Entry("tiny-sp", "tiny-sp", True, "shipped; SentencePiece-style BPE, LLaDA-style logits, practises the additions"),
         Entry("tiny-bpe", "tiny-bpe", True, "shipped; byte-level BPE, Dream-style shifted logits, practises the products"),
-        Entry("llada-8b-instruct", "GSAI-ML/LLaDA-8B-Instruct", False, "LLaDA family; needs --trust-remote-code"),
-        Entry("llada-1.5", "GSAI-ML/LLaDA-1.5", False, "LLaDA family; needs --trust-remote-code"),
-        Entry("dream-7b-instruct", "Dream-org/Dream-v0-Instruct-7B", False, "Dream family; needs --trust-remote-code"),
-        Entry("diffucoder-7b-instruct", "apple/DiffuCoder-7B-Instruct", False, "Dream family; needs --trust-remote-code"),
+        Entry("llada-8b-instruct", "GSAI-ML/LLaDA-8B-Instruct", False, "LLaDA family; native, verified against the authors' code"),
+        Entry("llada-1.5", "GSAI-ML/LLaDA-1.5", False, "LLaDA family; native, verified against the authors' code"),
+        Entry("dream-7b-instruct", "Dream-org/Dream-v0-Instruct-7B", False, "Dream family; native, verified against the authors' code"),
+        Entry("diffucoder-7b-instruct", "apple/DiffuCoder-7B-Instruct", False, "Dream family; native, verified against the authors' code"),
     )
 }
 

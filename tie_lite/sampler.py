@@ -1,12 +1,27 @@
 """A member's trajectory and how it advances under an unmasking policy (the reference samplers' rules).
 
-Per block of `block_size` positions and `steps_per_block` steps, each step commits ceil(m / r) of the
-block's m masked positions with r steps left in it: exactly LLaDA's even split (n // s each step, the
-first n % s steps one more), minus the forward passes LLaDA spends on steps that commit nothing.
+Two step schedules, one engine:
+
+- "blocks" (LLaDA's): per block of `block_size` positions and `steps_per_block` steps, each step commits
+  ceil(m / r) of the block's m masked positions with r steps left in it: exactly LLaDA's even split (n // s
+  each step, the first n % s steps one more), minus the forward passes LLaDA spends on steps that commit
+  nothing.
+- "dream" (Dream's `diffusion_generate`): no blocks, the whole generation is one; with timesteps
+  `linspace(1, eps, steps + 1)` (float32), step i commits int(m * (1 - t[i+1] / t[i])) of the m masked
+  positions and the last step all that are left. Steps that commit nothing are skipped (Dream spends a
+  forward on them whose canvas, and so whose logits, the next step sees unchanged).
+
+Dream's algorithm names are policies too: `maskgit_plus` (top-1 probability), `topk_margin` (top-1 minus
+top-2 probability) and `entropy` (negative entropy). Under the "dream" schedule `entropy` is computed as
+diffusion_generate computes it, sum(p * log(p + 1e-10)); under "blocks" as before. At temperature 0 a
+single Dream member on the free layout then commits what diffusion_generate(..., temperature=0, top_k=None)
+commits. Note that diffusion_generate called without top_k uses top_k=50 (the model config's legacy
+generation default), which changes its confidences; tie-lite never truncates the distribution.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -17,7 +32,10 @@ from .errors import UserError
 from .layout import Layout, TextState, make_layout
 from .loading import Member
 
-UNMASK_POLICIES = ("low_confidence", "threshold", "topk", "margin", "entropy", "random")
+UNMASK_POLICIES = ("low_confidence", "threshold", "topk", "margin", "entropy", "random", "maskgit_plus", "topk_margin")
+DREAM_ALGS = ("maskgit_plus", "topk_margin", "entropy")  # diffusion_generate's `alg` names
+SCHEDULES = ("blocks", "dream")
+DREAM_ENTROPY_EPS = 1e-10  # diffusion_generate's log(p + 1e-10)
 FREE_ANSWER_POSITIONS = 8  # free layout: how many masked positions past the current block are watched
 
 
@@ -32,20 +50,40 @@ class DecodeSettings:
     topk: int = 2
     seed: int = 0
     answer_length: int | None = 8  # None: free layout (no answer marker)
+    schedule: str = "blocks"  # "blocks" (LLaDA's semi-autoregressive blocks) or "dream" (diffusion_generate's)
+    eps: float = 1e-3  # "dream": the last timestep of linspace(1, eps, steps + 1)
+
+    @property
+    def dream(self) -> bool:
+        return self.schedule == "dream"
 
     @property
     def total_steps(self) -> int:
         return self.steps if self.steps is not None else self.gen_length
 
     @property
+    def layout_block_size(self) -> int:
+        """The canvas's block size: `block_size`, or under the "dream" schedule the whole generation."""
+        return self.gen_length if self.dream else self.block_size
+
+    @property
     def steps_per_block(self) -> int:
-        return self.total_steps // (self.gen_length // self.block_size)
+        return self.total_steps // (self.gen_length // self.layout_block_size)
 
     def validate(self) -> None:
         if self.unmask not in UNMASK_POLICIES:
             raise UserError(f"unknown --unmask '{self.unmask}'; use one of {', '.join(UNMASK_POLICIES)}")
+        if self.schedule not in SCHEDULES:
+            raise UserError(f"unknown --schedule '{self.schedule}'; use one of {', '.join(SCHEDULES)}")
         if self.gen_length <= 0 or self.block_size <= 0 or self.total_steps <= 0:
             raise UserError("--gen-length, --block-size and --steps must be positive")
+        if not math.isfinite(self.temperature):
+            raise UserError("--temperature must be a finite number")
+        if not math.isfinite(self.threshold):
+            raise UserError("--threshold must be a finite number")
+        if self.dream:
+            self._validate_dream()
+            return
         if self.gen_length % self.block_size:
             raise UserError(
                 f"--gen-length {self.gen_length} is not a multiple of --block-size {self.block_size}; "
@@ -63,6 +101,17 @@ class DecodeSettings:
             raise UserError("--threshold must be in (0, 1]")
         if self.topk < 1:
             raise UserError("--topk must be at least 1")
+
+    def _validate_dream(self) -> None:
+        if self.unmask in ("threshold", "topk"):
+            raise UserError(
+                f"--schedule dream sets how many positions each step commits, so --unmask {self.unmask} does not "
+                f"apply; use Dream's {', '.join(DREAM_ALGS)}, or low_confidence, margin, random"
+            )
+        if not (math.isfinite(self.eps) and 0 < self.eps < 1):
+            raise UserError("--eps must be in (0, 1)")
+        if self.temperature < 0:
+            raise UserError("--temperature must be >= 0")
 
 
 @dataclass
@@ -92,7 +141,7 @@ class Trajectory:
             member.tokenizer,
             prompt,
             gen_length=settings.gen_length,
-            block_size=settings.block_size,
+            block_size=settings.layout_block_size,
             mask_id=member.mask_id,
             eos_ids=member.eos_ids,
             answer_length=settings.answer_length,
@@ -183,9 +232,15 @@ class Trajectory:
             x0 = _gumbel_argmax(cand_logits, settings.temperature, self.generator)
         else:
             x0 = probs.argmax(-1)
-        confidence = _confidence(settings.unmask, probs, x0, self.generator)
+        confidence = _confidence(settings.unmask, probs, x0, self.generator, dream=settings.dream)
 
-        if settings.unmask == "threshold":
+        if settings.dream:
+            left = int(gen.sum())
+            count = dream_transfer_count(left, self.block_step, settings.total_steps, settings.eps)
+            while count == 0:  # a step of Dream's that commits nothing: the next one sees the same canvas
+                self.block_step += 1
+                count = dream_transfer_count(left, self.block_step, settings.total_steps, settings.eps)
+        elif settings.unmask == "threshold":
             count = max(1, int((confidence >= settings.threshold).sum()))
         elif settings.unmask == "topk":
             count = settings.topk
@@ -250,12 +305,30 @@ def _gumbel_argmax(logits: torch.Tensor, temperature: float, generator: torch.Ge
     return (z.exp() / (-torch.log(noise)) ** temperature).argmax(-1)
 
 
-def _confidence(policy: str, probs: torch.Tensor, x0: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+@functools.lru_cache(maxsize=64)
+def _dream_timesteps(steps: int, eps: float) -> torch.Tensor:
+    return torch.linspace(1, eps, steps + 1, dtype=torch.float32)
+
+
+def dream_transfer_count(masked: int, step: int, steps: int, eps: float) -> int:
+    """How many of `masked` positions Dream's diffusion_generate commits at step `step` of `steps`: in float32,
+    int(masked * (1 - s / t)) with t, s = timesteps[step], timesteps[step + 1]; all of them at the last step."""
+    if step >= steps - 1:
+        return masked
+    t = _dream_timesteps(steps, float(eps))
+    share = 1 - t[step + 1] / t[step]
+    return int(torch.tensor(masked, dtype=torch.float32) * share)
+
+
+def _confidence(policy: str, probs: torch.Tensor, x0: torch.Tensor, generator: torch.Generator,
+                dream: bool = False) -> torch.Tensor:
     if policy == "random":
         return torch.rand(x0.shape, generator=generator)
-    if policy == "margin":
+    if policy in ("margin", "topk_margin"):
         top2 = probs.topk(min(2, probs.shape[-1]), dim=-1).values
         return top2[:, 0] - (top2[:, 1] if top2.shape[1] > 1 else 0)
-    if policy == "entropy":
-        return (probs * probs.clamp_min(1e-12).log()).sum(-1)  # negative entropy: higher is surer
-    return probs.gather(-1, x0[:, None])[:, 0]  # low_confidence, threshold, topk
+    if policy == "entropy":  # negative entropy: higher is surer
+        if dream:
+            return (probs * torch.log(probs + DREAM_ENTROPY_EPS)).sum(-1)
+        return (probs * probs.clamp_min(1e-12).log()).sum(-1)
+    return probs.gather(-1, x0[:, None])[:, 0]  # low_confidence, maskgit_plus, threshold, topk

@@ -32,7 +32,7 @@ from tie_lite.errors import UserError
 from tie_lite.events import Cancelled, Final, Relay, RoundScores, StepFrame, Swap
 from tie_lite.options import check_lengths, check_seed, check_text, shown
 from tie_lite.registry import member_names
-from tie_lite.sampler import UNMASK_POLICIES, DecodeSettings
+from tie_lite.sampler import SCHEDULES, UNMASK_POLICIES, DecodeSettings
 from tie_lite.scoring import SCORES
 from tie_lite.session import Ensemble, LoadSettings
 from tie_lite.tie import SELECTIONS, Result, TieSettings
@@ -50,7 +50,7 @@ GENERATION = "generation"  # the concurrency group: one generation at a time, ch
 # The settings the panel and the API's `settings` dict share (API keys = these names).
 SETTING_KEYS = (
     "models", "quant", "backend", "gen_length", "block_size", "steps", "unmask", "threshold", "topk",
-    "answer_length", "free", "interval", "score", "select", "select_model", "temperature", "seed",
+    "answer_length", "free", "interval", "score", "select", "select_model", "temperature", "seed", "schedule", "eps",
 )
 LABELS = {
     "models": "members", "gen_length": "generation length", "block_size": "block size", "steps": "steps",
@@ -83,7 +83,7 @@ class Defaults:
             gen_length=d.gen_length, block_size=d.block_size, steps=d.steps or 0, unmask=d.unmask,
             threshold=d.threshold, topk=d.topk, answer_length=d.answer_length or 8, free=d.answer_length is None,
             interval=t.interval, score=t.score, select=t.select, select_model=t.select_model, temperature=d.temperature,
-            seed=d.seed,
+            seed=d.seed, schedule=d.schedule, eps=d.eps,
         )
 
 
@@ -138,6 +138,8 @@ def parse_settings(values: dict, defaults: Defaults | None = None) -> tuple[Load
         topk=_whole("topk", v["topk"]),
         seed=check_seed(_whole("seed", v["seed"]), "seed"),
         answer_length=None if free else _whole("answer_length", v["answer_length"], 1),
+        schedule=str(v["schedule"]),
+        eps=_number("eps", v["eps"]),
     )
     check_lengths(decode.gen_length, decode.block_size, decode.steps, decode.answer_length)
     decode.validate()
@@ -185,13 +187,14 @@ def member_indices(launched: LoadSettings, load: LoadSettings) -> list[int]:
 
 def describe(decode: DecodeSettings, tie: TieSettings, members: int) -> str:
     """One line saying what the settings will do (shown under the panel when they are valid)."""
-    blocks = decode.gen_length // decode.block_size
+    block = decode.layout_block_size
+    blocks = decode.gen_length // block
     per_round = max(1, math.ceil(tie.interval / decode.steps_per_block))
     rounds = math.ceil(blocks / per_round)
     relay = f"relay every {per_round} block{'s' * (per_round > 1)} (≤ {rounds} round{'s' * (rounds > 1)})"
     if members == 1:
         relay = "one member: plain decoding"
-    return (f"✓ {decode.gen_length} positions in {blocks} block{'s' * (blocks > 1)} of {decode.block_size}, "
+    return (f"✓ {decode.gen_length} positions in {blocks} block{'s' * (blocks > 1)} of {block}, "
             f"{decode.steps_per_block} steps a block; {relay}; score {tie.score}, final {tie.select}")
 
 
@@ -645,6 +648,10 @@ def build_app(ensemble: Ensemble | None = None, defaults: Defaults | None = None
                 temperature = gr.Number(start["temperature"], label="temperature", info="0 = greedy")
                 seed = gr.Number(start["seed"], label="seed", precision=0)
             with gr.Row():
+                schedule = gr.Dropdown(list(SCHEDULES), value=start["schedule"], label="step schedule",
+                                       info="blocks: LLaDA's; dream: Dream's diffusion_generate (no blocks)")
+                eps = gr.Number(start["eps"], label="eps", info="last timestep of the dream schedule")
+            with gr.Row():
                 interval = gr.Number(start["interval"], label="interval", info="steps per round", precision=0)
                 score = gr.Dropdown(list(PUBLIC_SCORES), value=start["score"], label="score",
                                     info="tcc: the paper's; verify: members re-check each round")
@@ -654,7 +661,7 @@ def build_app(ensemble: Ensemble | None = None, defaults: Defaults | None = None
             check_line = gr.Markdown(check(*[start[k] for k in SETTING_KEYS]), elem_id="tie-check")
 
         controls = [models, quant, backend, gen_length, block_size, steps, unmask, threshold, topk, answer_length,
-                    free, interval, score, select, select_model, temperature, seed]
+                    free, interval, score, select, select_model, temperature, seed, schedule, eps]
         assert len(controls) == len(SETTING_KEYS)
         for c in controls:
             c.change(check, controls, check_line, queue=False, show_progress="hidden", api_visibility="private")

@@ -1,4 +1,8 @@
-"""LLaDA (GSAI-ML/LLaDA-8B-Instruct, LLaDA-1.5): no logit shift, Llama-style chat template."""
+"""LLaDA (GSAI-ML/LLaDA-8B-Instruct, LLaDA-1.5): no logit shift, Llama-style chat template.
+
+The architecture is the project's own (tie_lite/models/llada.py), so no remote code runs; the hub tokenizer
+is a plain PreTrainedTokenizerFast (tokenizer.json), which the base family loads.
+"""
 
 from .base import Family
 
@@ -6,9 +10,10 @@ LLADA = Family(
     name="llada",
     model_types=("llada",),
     auto_class="AutoModel",
-    trust_remote_code=True,
+    trust_remote_code=False,
     mask_token_id=126336,
     eos_token_ids=(126081, 126348),  # <|endoftext|> (also pad), <|eot_id|>
     shift_logits=False,
     hub_examples=("GSAI-ML/LLaDA-8B-Instruct", "GSAI-ML/LLaDA-1.5"),
+    native_module="tie_lite.models.llada",
 )

@@ -1,0 +1,213 @@
+"""Tiny checkpoints with the real LLaDA / Dream configs, rebuilt from reference fixtures (`build_llada`,
+`build_dream`): what the family tests, the scheduler tests and the CLI tests load.
+
+`scripts/reference/*.py` build these checkpoints with the model authors' own code (in a scratch
+virtualenv with the transformers they used), fill every tensor with `deterministic_tensor`, and keep
+what the authors' code wrote and computed under `tests/fixtures/reference/<family>/`:
+`config.json` (as their save_pretrained wrote it), `tensors.json` (each tensor's name, shape, dtype)
+and the figures (logits, greedy ids). The tests rebuild the identical weights here from those
+fixtures, without the authors' code, and check the project's native classes against the figures.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer, models, pre_tokenizers, processors
+
+REFERENCE = Path(__file__).resolve().parent / "fixtures" / "reference"
+
+
+def deterministic_tensor(name: str, shape, dtype: torch.dtype = torch.float32, seed: int = 0) -> torch.Tensor:
+    """The value every builder gives tensor `name`: seeded by its name, so the authors' model and ours get
+    the same weights without shipping them. Norm weights near 1, other vectors small, matrices scaled by
+    1/sqrt(fan-in) so that logits are peaked (greedy decoding has no near-ties to flip on rounding)."""
+    gen = torch.Generator().manual_seed((zlib.crc32(name.encode()) ^ seed) & 0x7FFFFFFF)
+    shape = tuple(int(s) for s in shape)
+    values = torch.randn(shape, generator=gen, dtype=torch.float32)
+    if len(shape) >= 2:
+        values = values / math.sqrt(shape[-1])
+    elif "norm" in name or "ln_f" in name:
+        values = 1.0 + 0.1 * values
+    else:
+        values = 0.1 * values
+    return values.to(dtype)
+
+
+def fill_deterministic(model: torch.nn.Module, seed: int = 0) -> None:
+    """Overwrite every parameter and persistent buffer of `model` by name (the reference scripts call this on
+    the authors' model before save_pretrained)."""
+    with torch.no_grad():
+        for name, tensor in model.state_dict(keep_vars=True).items():
+            tensor.copy_(deterministic_tensor(name, tensor.shape, tensor.dtype, seed))
+
+
+def tensor_table(path: Path) -> list[dict]:
+    """name, shape, dtype of every tensor in a checkpoint folder's safetensors files (for tensors.json)."""
+    from safetensors import safe_open
+
+    rows = []
+    for f in sorted(Path(path).glob("*.safetensors")):
+        with safe_open(str(f), "pt") as st:
+            for key in st.keys():
+                t = st.get_slice(key)
+                rows.append({"name": key, "shape": list(t.get_shape()), "dtype": t.get_dtype()})
+    return sorted(rows, key=lambda r: r["name"])
+
+
+_DTYPES = {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16, "F64": torch.float64,
+           "I64": torch.int64, "I32": torch.int32, "BOOL": torch.bool}
+
+
+def write_weights(folder: Path, table: list[dict], seed: int = 0, shards: int = 2) -> None:
+    """The tensors of `table`, deterministically filled, as `shards` safetensors files plus the
+    model.safetensors.index.json that hub checkpoints carry."""
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    groups = [table[k::shards] for k in range(shards)]
+    weight_map, total = {}, 0
+    for k, group in enumerate(groups):
+        fname = f"model-{k + 1:05d}-of-{shards:05d}.safetensors"
+        tensors = {r["name"]: deterministic_tensor(r["name"], r["shape"], _DTYPES[r["dtype"]], seed) for r in group}
+        total += sum(t.numel() * t.element_size() for t in tensors.values())
+        save_file(tensors, str(folder / fname), metadata={"format": "pt"})
+        weight_map.update({name: fname for name in tensors})
+    index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
+    (folder / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
+
+
+def reference_dir(family: str) -> Path:
+    return REFERENCE / family
+
+
+def load_figures(family: str) -> dict:
+    """The figures the authors' code produced (figures.json of the family's fixtures)."""
+    return json.loads((reference_dir(family) / "figures.json").read_text())
+
+
+# --- tokenizers in the hub layouts -------------------------------------------------------------------
+
+# Ordinary words at fixed low ids (shared by both families' vocabularies); everything else is filler.
+WORDS = ["<unk>", "user", "assistant", "system", "hi", "hello", "You", "are", "a", "helpful", ".", "Answer", ":",
+         "?", "!", ",", "the", "is", "what", "+", "*", "=", "(", ")"] + [str(d) for d in range(10)]
+WORD_IDS = {w: i for i, w in enumerate(WORDS)}
+
+# GSAI-ML/LLaDA-8B-Instruct: tokenizer.json / config.json ids.
+LLADA_SPECIALS = {
+    "<|startoftext|>": 126080,
+    "<|endoftext|>": 126081,
+    "<|mdm_mask|>": 126336,
+    "<|start_header_id|>": 126346,
+    "<|end_header_id|>": 126347,
+    "<|eot_id|>": 126348,
+}
+LLADA_VOCAB = 126464  # config vocab_size / embedding_size; the tokenizer covers ids 0..126348
+LLADA_TEMPLATE = (
+    "{% set loop_messages = messages %}{% for message in loop_messages %}"
+    "{% set content = '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n'"
+    "+ message['content'] | trim + '<|eot_id|>' %}"
+    "{% if loop.index0 == 0 %}{% set content = bos_token + content %}{% endif %}{{ content }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}"
+)
+
+def word_tokenizer(specials: dict[str, int], size: int, bos: str | None):
+    """WordLevel tokenizer over `size` ids: WORDS first, the specials at their ids, fillers elsewhere."""
+    from transformers import PreTrainedTokenizerFast
+
+    tokens = [f"tok{i}" for i in range(size)]
+    for token, idx in {**WORD_IDS, **specials}.items():
+        tokens[idx] = token
+    tok = Tokenizer(models.WordLevel({t: i for i, t in enumerate(tokens)}, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    if bos is not None:  # Llama-3-style: encode() adds BOS unless add_special_tokens=False
+        tok.post_processor = processors.TemplateProcessing(single=f"{bos} $A", special_tokens=[(bos, specials[bos])])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>")
+
+
+# Dream: a byte-level BPE vocabulary (vocab.json + merges.txt, as the hub ships it) below the real special ids.
+FIRST_SPECIAL = 151643
+MERGES = [("Ġ", "t"), ("h", "e"), ("Ġt", "he"), ("u", "s"), ("e", "r"), ("us", "er"), ("Ġ", "a"), ("1", "2"),
+          ("Ċ", "Ċ"), ("Ġ", "Ġ"), ("'", "s"), ("i", "m"), ("Ġ", "h"), ("Ġh", "i")]
+def byte_symbols() -> list[str]:
+    """GPT-2 / Qwen byte-level alphabet: one printable character per byte value."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    rest = [b for b in range(256) if b not in printable]
+    return [chr(b) for b in printable] + [chr(256 + k) for k in range(len(rest))]
+
+
+def write_tokenizer_files(folder: Path, tokenizer_config: dict) -> None:
+    """vocab.json, merges.txt and tokenizer_config.json of a hub-style Dream tokenizer."""
+    vocab = {sym: i for i, sym in enumerate(byte_symbols())}
+    for a, b in MERGES:
+        vocab.setdefault(a + b, len(vocab))
+    for i in range(len(vocab), FIRST_SPECIAL):
+        vocab[f"<filler{i}>"] = i
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in MERGES), encoding="utf-8")
+    (folder / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=2, ensure_ascii=False),
+                                                  encoding="utf-8")
+
+
+# --- whole checkpoint folders ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    path: Path
+    family: str
+    mask_id: int
+    eos_ids: tuple[int, ...]
+    shifted: bool
+    remote_code_marker: Path  # written if any of the folder's remote-code files ever runs
+
+
+def _decoy_code(folder: Path, names: tuple[str, ...]) -> Path:
+    """The hub folder ships the authors' code beside the weights: files that would leave a marker if run."""
+    marker = folder.parent / "remote-code-ran"
+    for name in names:
+        (folder / name).write_text(f"open({str(marker)!r}, 'w').close()\n")
+    return marker
+
+
+def build_llada(root: Path, variant: str = "instruct", name: str | None = None) -> Checkpoint:
+    """A tiny LLaDA with the real GSAI-ML/LLaDA-8B-Instruct config (or a recorded variant: gqa, tied, biased),
+    the authors' parameter names and the weights their reference run used."""
+    ref = reference_dir("llada")
+    if variant == "instruct":
+        config, tensors = "config.json", "tensors.json"
+    else:
+        v = load_figures("llada")["variants"][variant]
+        config, tensors = v["config"], v["tensors"]
+    folder = Path(root) / (name or f"tiny-llada-{variant}")
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text((ref / config).read_text())
+    write_weights(folder, json.loads((ref / tensors).read_text()))
+    tokenizer = word_tokenizer(LLADA_SPECIALS, max(LLADA_SPECIALS.values()) + 1, bos="<|startoftext|>")
+    tokenizer.add_special_tokens({"bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>",
+                                  "pad_token": "<|endoftext|>", "mask_token": "<|mdm_mask|>",
+                                  "additional_special_tokens": ["<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]})
+    tokenizer.chat_template = LLADA_TEMPLATE
+    tokenizer.save_pretrained(folder)
+    marker = _decoy_code(folder, ("configuration_llada.py", "modeling_llada.py"))
+    return Checkpoint(folder, "llada", 126336, (126081, 126348), False, marker)
+
+
+def build_dream(root: Path, name: str = "tiny-dream-v0") -> Checkpoint:
+    """A tiny Dream with the real Dream-org/Dream-v0-Instruct-7B config, the hub's tokenizer_config.json over a
+    small byte-level vocabulary, the authors' parameter names and the weights their reference run used."""
+    ref = reference_dir("dream")
+    folder = Path(root) / name
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text((ref / "config.json").read_text())
+    write_weights(folder, json.loads((ref / "tensors.json").read_text()))
+    write_tokenizer_files(folder, json.loads((ref / "tokenizer_config.json").read_text()))
+    marker = _decoy_code(folder, ("configuration_dream.py", "modeling_dream.py", "generation_utils.py",
+                                  "tokenization_dream.py"))
+    return Checkpoint(folder, "dream", 151666, (151643, 151645), True, marker)
