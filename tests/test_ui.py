@@ -328,14 +328,25 @@ def test_chat_command_binds_locally_unless_told(tiny_models, monkeypatch):
     assert main(["chat", "--gen-length", "50"]) == 2  # bad defaults: one line, exit 2, no server
 
 
-def test_launch_queues_one_generation_at_a_time(served):
+def test_concurrent_chat_users_are_decoded_together(client, served):
+    """Users no longer wait for each other: their generations share the batched engine's forwards, and each
+    gets the answer it would get alone."""
+    from ui.app import MAX_BATCH
+
     demo = served[0]
     generation = [fn for fn in demo.fns.values() if fn.concurrency_id == "generation"]
-    assert generation and all(fn.concurrency_limit == 1 for fn in generation)
+    assert generation and all(fn.concurrency_limit == MAX_BATCH for fn in generation)
     assert any(fn.api_name == "chat" for fn in generation)
     stop = [fn for fn in demo.fns.values() if fn.api_name == "stop"]
     assert stop and stop[0].concurrency_limit is None  # Stop is never queued behind the generation
     assert demo.share is False and demo.server_name == "127.0.0.1"
+    prompts = [PROMPT, "What is (15+62)*3?", "What is (31+27)*4?"]  # one canvas length: they stack
+    alone = [client.predict(p, None, {"steps": 48, "gen_length": 48}, api_name="/chat") for p in prompts]
+    engine = demo.tie_cache.engine()
+    forwards, batched = engine.forwards, engine.batched
+    jobs = [client.submit(p, None, {"steps": 48, "gen_length": 48}, api_name="/chat") for p in prompts]
+    assert [job.result(timeout=120) for job in jobs] == alone
+    assert engine.batched - batched > engine.forwards - forwards  # some forwards served several users
 
 
 # --- the Space -----------------------------------------------------------------------------------------

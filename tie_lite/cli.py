@@ -1,4 +1,4 @@
-"""tie-lite command line: generate | eval | plan | models | chat."""
+"""tie-lite command line: generate | eval | plan | models | chat | serve."""
 
 from __future__ import annotations
 
@@ -91,9 +91,12 @@ def build_parser() -> Parser:
     from .eval import add_eval_parser
     from .plan import add_plan_parser
 
+    from .serve import add_serve_parser
+
     add_eval_parser(sub)
     add_plan_parser(sub)
     add_chat_parser(sub)
+    add_serve_parser(sub)
     m = sub.add_parser("models", help="list known models")
     m.set_defaults(func=cmd_models)
     return parser

@@ -16,20 +16,33 @@ class Forward:
     ids: torch.Tensor  # (batch, length)
 
 
-def member_index(scheduler, member) -> int:
-    return next(i for i, m in enumerate(scheduler.members) if m is member)
-
-
 def run(process, scheduler=None):
     """Drive one process to its result, computing each forward as it is asked for."""
     try:
         request = next(process)
         while True:
             if scheduler is not None:
-                scheduler.use(member_index(scheduler, request.member))
+                scheduler.use_member(request.member)
             request = process.send(request.member.logits(request.ids))
     except StopIteration as stop:
         return stop.value
+
+
+def forward_batch(pending: dict, scheduler=None, max_batch: int = 64) -> dict:
+    """One stacked forward for some of `pending` ({key: Forward}): the requests for one member and canvas
+    length, the resident member's first, the largest group otherwise. Returns {key: logits} for those."""
+    groups = defaultdict(list)
+    for k, req in pending.items():
+        groups[(id(req.member), req.ids.shape[1])].append(k)
+    current = scheduler.members[scheduler.current] if scheduler is not None and scheduler.current is not None else None
+    key = max(groups, key=lambda g: (current is not None and g[0] == id(current), len(groups[g])))
+    ks = groups[key][:max_batch]
+    member = pending[ks[0]].member
+    if scheduler is not None:
+        scheduler.use_member(member)
+    sizes = [pending[k].ids.shape[0] for k in ks]
+    logits = member.logits(torch.cat([pending[k].ids for k in ks]))
+    return dict(zip(ks, torch.split(logits, sizes)))
 
 
 def run_many(processes, scheduler=None, on_done=None, max_batch: int = 64) -> list:
@@ -50,17 +63,6 @@ def run_many(processes, scheduler=None, on_done=None, max_batch: int = 64) -> li
     for k in range(len(processes)):
         advance(k)
     while pending:
-        groups = defaultdict(list)
-        for k, req in pending.items():
-            groups[(id(req.member), req.ids.shape[1])].append(k)
-        current = scheduler.members[scheduler.current] if scheduler is not None and scheduler.current is not None else None
-        key = max(groups, key=lambda g: (current is not None and g[0] == id(current), len(groups[g])))
-        ks = groups[key][:max_batch]
-        member = pending[ks[0]].member
-        if scheduler is not None:
-            scheduler.use(member_index(scheduler, member))
-        sizes = [pending[k].ids.shape[0] for k in ks]
-        logits = member.logits(torch.cat([pending[k].ids for k in ks]))
-        for k, part in zip(ks, torch.split(logits, sizes)):
+        for k, part in forward_batch(pending, scheduler, max_batch).items():
             advance(k, part)
     return results

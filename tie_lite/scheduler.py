@@ -377,10 +377,15 @@ class Scheduler:
         return [first] + [i for i in reversed(range(m)) if i != first]
 
     def use(self, index: int) -> None:
-        self.current = index
+        self.use_member(self.members[index])
+
+    def use_member(self, member: Member) -> None:
+        """Make `member` (any loaded one, selected or not) resident for its next forward."""
+        j = next(k for k, m in enumerate(self.loaded) if m is member)
+        if j in self._index:
+            self.current = self._index.index(j)
         if not self.swapping:
             return
-        j = self._index[index]
         if j not in self.resident:
             self.reserve(self.sizes[j], keep=j)
             self._restore(j)
@@ -400,3 +405,22 @@ class Scheduler:
             out["capacity_bytes"] = self.capacity
             out["resident_peak_bytes"] = self.peak_resident_bytes
         return out
+
+
+class SchedulerView:
+    """One request's own choice of loaded members, so that requests with different choices run side by side
+    (the server). Round order only decides which member computes first: results do not depend on it."""
+
+    def __init__(self, scheduler: Scheduler, indices: list[int]):
+        self.scheduler = scheduler
+        self.members = [scheduler.loaded[j] for j in indices]
+
+    def order(self, round_index: int) -> list[int]:
+        m = len(self.members)
+        return list(range(m)) if round_index % 2 == 0 else list(reversed(range(m)))
+
+    def scoring_order(self) -> list[int]:
+        return list(range(len(self.members)))
+
+    def report(self) -> dict:
+        return self.scheduler.report()

@@ -5,9 +5,9 @@
 
 The chat streams the denoising canvas (still-masked positions shown as ░) step by step, then the
 final answer; beside it the ensemble view (leader and scores per round, final member, swaps, memory);
-below it the settings. One generation runs at a time (a shared concurrency group for the chat and the
-API), models load once and reload only when the members or the quantization change, and Stop ends
-the running generation through the engine's `should_stop`.
+below it the settings. Generations of several users run together on one batched engine (tie_lite/batching.py:
+their forwards are stacked step by step), the operator's members load once, and Stop ends the caller's
+generation at the next step.
 
 API (gradio_client):  /chat(message, history=None, settings=None) streams the canvas and returns the
 response text; /stop() stops the caller's running generation.
@@ -16,7 +16,6 @@ response text; /stop() stops the caller's running generation.
 from __future__ import annotations
 
 import logging
-import math
 import queue
 import sys
 import threading
@@ -24,226 +23,28 @@ import time
 import traceback
 from contextlib import closing
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Iterator
+from typing import Callable, Iterator
 
 import gradio as gr
 
 from tie_lite.errors import UserError
 from tie_lite.events import Cancelled, Final, Relay, RoundScores, StepFrame, Swap
-from tie_lite.options import check_lengths, check_seed, check_text, shown
+from tie_lite.batching import BatchEngine, QueueFull
+from tie_lite.client_settings import (PUBLIC_SCORES, PUBLIC_SELECTIONS, SETTING_KEYS, STOPPED, Defaults,
+                                      describe, history_messages, member_indices, message_text, parse_settings)
+from tie_lite.options import check_text
 from tie_lite.registry import member_names
 from tie_lite.sampler import SCHEDULES, UNMASK_POLICIES, DecodeSettings
-from tie_lite.scoring import SCORES
 from tie_lite.session import Ensemble, LoadSettings
-from tie_lite.tie import SELECTIONS, Result, TieSettings
+from tie_lite.tie import Result, TieSettings
 
 log = logging.getLogger("tie_lite.ui")
 
 MASK_SYMBOL = "░"
-STOPPED = "■ stopped"  # an assistant turn that starts with this was cut short; it is not sent as history
 
 
-PUBLIC_SELECTIONS = tuple(s for s in SELECTIONS if s != "oracle")
-PUBLIC_SCORES = tuple(s for s in SCORES if s != "oracle")
-GENERATION = "generation"  # the concurrency group: one generation at a time, chat and API together
-
-# The settings the panel and the API's `settings` dict share (API keys = these names).
-SETTING_KEYS = (
-    "models", "quant", "backend", "gen_length", "block_size", "steps", "unmask", "threshold", "topk",
-    "answer_length", "free", "interval", "score", "select", "select_model", "temperature", "seed", "schedule", "eps",
-)
-LABELS = {
-    "models": "members", "gen_length": "generation length", "block_size": "block size", "steps": "steps",
-    "threshold": "threshold", "topk": "top-k", "answer_length": "answer length", "interval": "interval",
-    "temperature": "temperature", "seed": "seed",
-}
-
-
-# --- settings ---------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Defaults:
-    """What the panel starts with, and what the operator allowed at launch: `load` names every member the
-    server may run (clients choose among them by name, never by path or hub id) with its quantization,
-    device, memory budget and remote-code trust, none of which a client can change."""
-
-    load: LoadSettings = field(default_factory=LoadSettings)
-    decode: DecodeSettings = field(default_factory=DecodeSettings)
-    tie: TieSettings = field(default_factory=lambda: TieSettings(score="verify"))  # best on the validation seed
-
-    @property
-    def member_names(self) -> list[str]:
-        return member_names(self.load.models)
-
-    def values(self) -> dict:
-        d, t = self.decode, self.tie
-        return dict(
-            models=self.member_names, quant=self.load.quant, backend=self.load.backend,
-            gen_length=d.gen_length, block_size=d.block_size, steps=d.steps or 0, unmask=d.unmask,
-            threshold=d.threshold, topk=d.topk, answer_length=d.answer_length or 8, free=d.answer_length is None,
-            interval=t.interval, score=t.score, select=t.select, select_model=t.select_model, temperature=d.temperature,
-            seed=d.seed, schedule=d.schedule, eps=d.eps,
-        )
-
-
-def _whole(key: str, value: Any, minimum: int | None = None) -> int:
-    label = LABELS.get(key, key)
-    if value is None or (isinstance(value, str) and not value.strip()):
-        raise UserError(f"{label} is empty; enter a whole number")
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise UserError(f"{label} '{shown(value)}' is not a whole number") from None
-    if not math.isfinite(number) or number != int(number):
-        raise UserError(f"{label} {shown(value)} is not a whole number")
-    if minimum is not None and number < minimum:
-        raise UserError(f"{label} must be at least {minimum} (got {int(number)})")
-    return int(number)
-
-
-def _number(key: str, value: Any) -> float:
-    label = LABELS.get(key, key)
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise UserError(f"{label} '{shown(value)}' is not a number") from None
-    if not math.isfinite(number):
-        raise UserError(f"{label} must be a finite number")
-    return number
-
-
-def parse_settings(values: dict, defaults: Defaults | None = None) -> tuple[LoadSettings, DecodeSettings, TieSettings]:
-    """Panel or API values -> validated engine settings. Raises UserError with one readable line."""
-    defaults = defaults or Defaults()
-    unknown = sorted(shown(k) for k in set(values) - set(SETTING_KEYS))
-    if unknown:
-        raise UserError(f"unknown setting {', '.join(map(repr, unknown[:3]))}; known: {', '.join(SETTING_KEYS)}")
-    v = defaults.values() | {k: val for k, val in values.items() if val is not None or k in ("steps", "select_model")}
-    load = replace(defaults.load, models=chosen_members(v["models"], defaults))
-    for key, launched in (("quant", defaults.load.quant), ("backend", defaults.load.backend)):
-        if v[key] != launched:
-            raise UserError(f"this server runs its members with {key} '{launched}', set when it started; "
-                            f"it cannot be changed from the chat")
-    steps = v["steps"]
-    steps = None if steps in (None, "", 0, 0.0) else _whole("steps", steps, 1)
-    free = bool(v["free"])
-    decode = DecodeSettings(
-        gen_length=_whole("gen_length", v["gen_length"], 1),
-        block_size=_whole("block_size", v["block_size"], 1),
-        steps=steps,
-        temperature=_number("temperature", v["temperature"]),
-        unmask=str(v["unmask"]),
-        threshold=_number("threshold", v["threshold"]),
-        topk=_whole("topk", v["topk"]),
-        seed=check_seed(_whole("seed", v["seed"]), "seed"),
-        answer_length=None if free else _whole("answer_length", v["answer_length"], 1),
-        schedule=str(v["schedule"]),
-        eps=_number("eps", v["eps"]),
-    )
-    check_lengths(decode.gen_length, decode.block_size, decode.steps, decode.answer_length)
-    decode.validate()
-    select = str(v["select"])
-    tie = TieSettings(
-        interval=_whole("interval", v["interval"], 1),
-        score=str(v["score"]) if len(load.models) > 1 else "tcc",  # one member: plain decoding, nothing to score
-        select=select,
-        select_model=(v["select_model"] or None) if select == "best-model" else None,
-    )
-    if tie.score == "oracle" or tie.select == "oracle":
-        raise UserError("oracle scoring needs the gold solution of an eval task; it is not available in the chat")
-    tie.validate(member_names(load.models))
-    return load, decode, tie
-
-
-def chosen_members(requested: Any, defaults: Defaults) -> tuple[str, ...]:
-    """A client's choice of members -> the operator's specs for them. Only the names of members the operator
-    launched are accepted: a path, a hub id or any other text is refused before anything looks at it, so no
-    client can make the server load (or run the remote code of) a model it was not started with, nor learn
-    anything about its files from the answer."""
-    names = defaults.member_names
-    if isinstance(requested, str):
-        requested = requested.split(",")
-    if not isinstance(requested, (list, tuple)):
-        raise UserError("members must be a list of member names")
-    chosen = [str(m).strip() for m in requested if str(m).strip()]
-    if not chosen:
-        raise UserError("choose at least one member")
-    unknown = [m for m in chosen if m not in names]
-    if unknown:
-        raise UserError(f"unknown member '{shown(unknown[0])}'; this server runs {', '.join(names)}")
-    if len(set(chosen)) != len(chosen):
-        raise UserError("each member can be chosen once")
-    return tuple(defaults.load.models[names.index(m)] for m in chosen)
-
-
-def member_indices(launched: LoadSettings, load: LoadSettings) -> list[int]:
-    """Positions in the launched ensemble of the members a request chose (repeated specs taken in turn)."""
-    out: list[int] = []
-    for spec in load.models:
-        out.append(next(i for i, s in enumerate(launched.models) if s == spec and i not in out))
-    return out
-
-
-def describe(decode: DecodeSettings, tie: TieSettings, members: int) -> str:
-    """One line saying what the settings will do (shown under the panel when they are valid)."""
-    block = decode.layout_block_size
-    blocks = decode.gen_length // block
-    per_round = max(1, math.ceil(tie.interval / decode.steps_per_block))
-    rounds = math.ceil(blocks / per_round)
-    relay = f"relay every {per_round} block{'s' * (per_round > 1)} (≤ {rounds} round{'s' * (rounds > 1)})"
-    if members == 1:
-        relay = "one member: plain decoding"
-    return (f"✓ {decode.gen_length} positions in {blocks} block{'s' * (blocks > 1)} of {block}, "
-            f"{decode.steps_per_block} steps a block; {relay}; score {tie.score}, final {tie.select}")
-
-
-def history_messages(history: Any, message: str | None = None) -> list[dict]:
-    """Chat history (Gradio messages, plain dicts or [user, bot] pairs) -> engine messages.
-
-    Turns cut short (an assistant reply starting with STOPPED) are left out with their question.
-    """
-    out: list[dict] = []
-    if history is not None and not isinstance(history, (list, tuple)):
-        raise UserError("history must be a list of {'role': ..., 'content': ...} messages or [user, bot] pairs")
-    for item in history or []:
-        if isinstance(item, (list, tuple)) and len(item) == 2:
-            pairs = [("user", item[0]), ("assistant", item[1])]
-        elif isinstance(item, dict):
-            pairs = [(item.get("role"), item.get("content"))]
-        else:
-            raise UserError("history must be a list of {'role': ..., 'content': ...} messages or [user, bot] pairs")
-        for role, content in pairs:
-            text = _text(content)
-            if role not in ("user", "assistant") or text is None or not text.strip():
-                continue
-            check_text(text, "a message in the history")
-            if role == "assistant" and text.startswith(STOPPED):
-                if out and out[-1]["role"] == "user":
-                    out.pop()
-                continue
-            out.append({"role": role, "content": text})
-    if message is not None:
-        out.append({"role": "user", "content": message})
-    return out
-
-
-def _text(content: Any) -> str | None:
-    if content is None:
-        return None
-    if isinstance(content, str):
-        return content
-    if isinstance(content, dict):
-        return content.get("text") if content.get("type", "text") == "text" else None
-    if isinstance(content, (list, tuple)):
-        parts = [_text(c) for c in content]
-        parts = [p for p in parts if p]
-        return "\n".join(parts) if parts else None
-    return None
-
-
-# --- engine side: models loaded once, one generation at a time, events -> snapshots -----------------
-
+GENERATION = "generation"  # the concurrency group of the chat and the API: as many as the engine batches
+MAX_BATCH, MAX_QUEUE = 8, 32  # generations decoded together; waiting beyond them
 
 class ModelCache:
     """The operator's ensemble, loaded once (at launch, or with the first message); requests run any subset
@@ -253,6 +54,7 @@ class ModelCache:
         self.settings = settings
         self.ensemble = ensemble
         self.loads = 0
+        self._engine: BatchEngine | None = None
         self._lock = threading.Lock()
 
     def get(self, on_load: Callable[[str], None] | None = None) -> Ensemble:
@@ -261,6 +63,13 @@ class ModelCache:
                 self.ensemble = Ensemble(self.settings, on_load=on_load)
                 self.loads += 1
             return self.ensemble
+
+    def engine(self) -> BatchEngine:
+        """The batched engine over the loaded ensemble (one worker: one generation step at a time)."""
+        with self._lock:
+            if self._engine is None:
+                self._engine = BatchEngine(self.ensemble, max_batch=MAX_BATCH, max_queue=MAX_QUEUE)
+            return self._engine
 
 
 @dataclass
@@ -287,15 +96,15 @@ class Progress:
 
 
 class Runner:
-    """Runs generations in a worker thread, one at a time, streaming Progress snapshots."""
+    """Runs each generation on the cache's batched engine from a worker thread, streaming Progress snapshots."""
 
     def __init__(self, cache: ModelCache, min_interval: float = 0.05):
         self.cache = cache
         self.min_interval = min_interval  # coalesce step frames closer together than this
-        self._busy = threading.Lock()
+        self._running = 0  # generations in flight (they run together on the batched engine)
+        self._count_lock = threading.Lock()
         self._stops: dict[str, set[threading.Event]] = {}
         self._stops_lock = threading.Lock()
-        self.running = False
         self.last_phase: str | None = None
         self.last_forwards = 0
 
@@ -345,33 +154,49 @@ class Runner:
                     del self._stops[session or ""]
 
     def _work(self, messages, load, decode, tie, stop: threading.Event, events: queue.Queue) -> None:
-        with self._busy:  # belt and braces beside the concurrency group: one generation per device
-            self.running = True
-            try:
-                ensemble = self.cache.get(on_load=lambda spec: events.put(("loading", member_names([spec])[0])))
-                chosen = member_indices(self.cache.settings, load)
-                events.put(("decoding", None))
+        """One chat request on the shared batched engine: concurrent users share forwards instead of waiting."""
+        with self._count_lock:
+            self._running += 1
+        try:
+            self.cache.get(on_load=lambda spec: events.put(("loading", member_names([spec])[0])))
+            job = self.cache.engine().submit(messages, decode, tie, member_indices(self.cache.settings, load))
+            events.put(("decoding", None))
+            while True:
+                try:
+                    kind, value = job.events.get(timeout=0.05)
+                except queue.Empty:
+                    if stop.is_set():
+                        job.cancel()
+                    continue
+                if kind == "event" and isinstance(value, StepFrame):  # render now: the trajectory keeps changing
+                    events.put(("frame", (value.round, value.member, value.forwards,
+                                          value.trajectory.render(MASK_SYMBOL))))
+                elif kind == "event" and not isinstance(value, Final):
+                    events.put(("event", value))
+                elif kind == "done":
+                    events.put(("done", value))
+                    return
+                elif kind == "cancelled":
+                    events.put(("stopped", Cancelled().message))
+                    return
+                elif kind == "error":
+                    events.put(("error", value))
+                    return
+        except QueueFull:
+            events.put(("error", "the chat is busy with other users' questions; try again in a moment"))
+        except UserError as exc:
+            events.put(("error", str(exc)))
+        except Exception as exc:  # never a traceback in the UI: one line there, the rest in the log
+            log.error("generation failed:\n%s", traceback.format_exc())
+            first = (str(exc).strip().splitlines() or [""])[0]
+            events.put(("error", f"internal error ({type(exc).__name__}): {first}".rstrip(": ")))
+        finally:
+            with self._count_lock:
+                self._running -= 1
 
-                def on_event(event):
-                    if isinstance(event, StepFrame):  # render now: the trajectory keeps changing
-                        events.put(("frame", (event.round, event.member, event.forwards,
-                                              event.trajectory.render(MASK_SYMBOL))))
-                    elif not isinstance(event, Final):
-                        events.put(("event", event))
-
-                result = ensemble.run(messages, decode, tie, on_event=on_event, should_stop=stop.is_set,
-                                      members=None if len(chosen) == len(ensemble.members) else chosen)
-                events.put(("done", result))
-            except Cancelled as exc:
-                events.put(("stopped", exc.message))
-            except UserError as exc:
-                events.put(("error", str(exc)))
-            except Exception as exc:  # never a traceback in the UI: one line there, the rest in the log
-                log.error("generation failed:\n%s", traceback.format_exc())
-                first = (str(exc).strip().splitlines() or [""])[0]
-                events.put(("error", f"internal error ({type(exc).__name__}): {first}".rstrip(": ")))
-            finally:
-                self.running = False
+    @property
+    def running(self) -> bool:
+        return self._running > 0
 
     def _apply(self, p: Progress, item) -> bool:
         kind, data = item
@@ -408,7 +233,7 @@ def _mib(n: int | float) -> str:
     return f"{n / 2**20:,.1f} MiB" if n < 2**30 else f"{n / 2**30:,.2f} GiB"
 
 
-def canvas_text(p: Progress) -> str:
+def canvasmessage_text(p: Progress) -> str:
     """The streaming chat message: who is decoding, then the canvas (plain text: no markdown surprises)."""
     return f"[{p.member or '…'} · round {p.round + 1} · step {p.forwards}]\n{p.canvas or MASK_SYMBOL}"
 
@@ -570,7 +395,7 @@ def build_app(ensemble: Ensemble | None = None, defaults: Defaults | None = None
         if not history or history[-1].get("role") != "user":
             yield (skip, skip, skip, skip, skip, skip, skip) + idle
             return
-        question = _text(history[-1].get("content")) or ""
+        question = message_text(history[-1].get("content")) or ""
         try:
             check_text(question, "the message")
             load, decode, tie = parse_settings(settings_dict(values), defaults)
@@ -588,14 +413,14 @@ def build_app(ensemble: Ensemble | None = None, defaults: Defaults | None = None
                 if p.phase == "done":
                     chat_value = history + [{"role": "assistant", "content": p.result.text}]
                 elif p.phase == "stopped":
-                    partial = canvas_text(p) if p.canvas else ""
+                    partial = canvasmessage_text(p) if p.canvas else ""
                     chat_value = history + [{"role": "assistant", "content": f"{STOPPED}\n{partial}".strip()}]
                 elif p.phase == "error":
                     yield (history[:-1], question, status_markdown(p), summary_markdown(p), plot, leaders,
                            skip) + idle
                     return
                 elif p.canvas:
-                    chat_value = history + [{"role": "assistant", "content": canvas_text(p)}]
+                    chat_value = history + [{"role": "assistant", "content": canvasmessage_text(p)}]
                 else:
                     chat_value = skip
                 yield ((chat_value, skip, status_markdown(p), summary_markdown(p), plot, leaders, skip)
@@ -671,7 +496,7 @@ def build_app(ensemble: Ensemble | None = None, defaults: Defaults | None = None
         outputs = [chatbot, box, status, summary, plot, leaders, check_line, send, stop_btn]
         generations = [
             trigger(add_user, [box, chatbot], [box, chatbot], queue=False, api_visibility="private").then(
-                wrap(respond), [chatbot] + controls, outputs, concurrency_limit=1, concurrency_id=GENERATION,
+                wrap(respond), [chatbot] + controls, outputs, concurrency_limit=MAX_BATCH, concurrency_id=GENERATION,
                 show_progress="hidden", api_visibility="private")
             for trigger in (send.click, box.submit)
         ]
@@ -680,7 +505,7 @@ def build_app(ensemble: Ensemble | None = None, defaults: Defaults | None = None
         # the handler, whose closing stops the engine.
         stop_btn.click(stop, None, None, api_name="stop", concurrency_limit=None, show_progress="hidden",
                        cancels=generations if gpu is not None else None)
-        gr.api(wrap(chat), api_name="chat", concurrency_limit=1, concurrency_id=GENERATION)
+        gr.api(wrap(chat), api_name="chat", concurrency_limit=MAX_BATCH, concurrency_id=GENERATION)
 
     demo.tie_runner = runner  # for tests and embedding: the generation runner and its model cache
     demo.tie_cache = cache
@@ -702,7 +527,7 @@ def serve(demo, host: str | None = "127.0.0.1", port: int | None = None, share: 
 
 def launch_app(demo, host: str | None = "127.0.0.1", port: int | None = None, share: bool = False,
                prevent_thread_lock: bool = False, quiet: bool = False, **kwargs):
-    """Queue (one generation at a time, bounded waiting line) and launch. host None: Gradio's own default
+    """Queue (up to MAX_BATCH generations together, a bounded waiting line) and launch. host None: Gradio's own default
     ($GRADIO_SERVER_NAME, else 127.0.0.1) — what Spaces needs."""
     demo.queue(max_size=kwargs.pop("max_size", 32), default_concurrency_limit=1)
     kwargs.setdefault("ssr_mode", False)

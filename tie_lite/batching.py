@@ -1,0 +1,165 @@
+"""Many requests on one loaded ensemble at once: step-level batching for the server (and the chat).
+
+Each request is a TIE process (tie.py) on its own choice of members. One worker thread drives all of
+them: every iteration it admits waiting requests (a new request joins at the next step), drops the
+ones whose client went away, and computes one stacked forward for the pending requests of one member
+and canvas length (drive.forward_batch, the same batching eval uses). Requests beyond `max_batch`
+wait in a queue of at most `max_queue`; past that `submit` refuses at once (the server answers 429).
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections import deque
+
+from .drive import forward_batch
+from .errors import UserError
+from .events import Cancelled
+from .scheduler import SchedulerView
+from .session import peak_bytes
+from .tie import tie_process
+
+
+def result_members(ensemble, job: Job) -> list:
+    return [ensemble.scheduler.loaded[j] for j in job.members]
+
+
+class QueueFull(Exception):
+    """More requests than the server runs and queues; the client should retry later."""
+
+
+class Job:
+    """One request: its events stream out through `events` (tie events, then ("done", Result) or
+    ("error", message) or ("cancelled", None)); `cancel` drops it at the next step."""
+
+    def __init__(self, messages, decode, tie, members: list[int]):
+        self.messages, self.decode, self.tie, self.members = messages, decode, tie, members
+        self.events: queue.Queue = queue.Queue()
+        self.finished = threading.Event()
+        self.result = None
+        self.error: str | None = None
+        self._cancel = threading.Event()
+
+    def cancel(self) -> None:
+        self._cancel.set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancel.is_set()
+
+    def _end(self, kind: str, value=None) -> None:
+        if kind == "done":
+            self.result = value
+        elif kind == "error":
+            self.error = value
+        self.events.put((kind, value))
+        self.finished.set()
+
+
+class BatchEngine:
+    def __init__(self, ensemble, max_batch: int = 8, max_queue: int = 32):
+        if max_batch < 1 or max_queue < 0:
+            raise UserError("--max-batch must be at least 1 and --max-queue at least 0")
+        self.ensemble = ensemble
+        self.max_batch = max_batch
+        self.max_queue = max_queue
+        self._waiting: deque[Job] = deque()
+        self._active: dict[Job, object] = {}  # job -> its process
+        self._pending: dict[Job, object] = {}  # job -> the Forward it waits for
+        self._cond = threading.Condition()
+        self.forwards = 0  # stacked forwards computed (for the load benchmark)
+        self.batched = 0  # requests' forwards they served
+        self._worker = threading.Thread(target=self._loop, name="tie-lite-batching", daemon=True)
+        self._worker.start()
+
+    @property
+    def load(self) -> dict:
+        with self._cond:
+            return {"running": len(self._active), "waiting": len(self._waiting), "max_batch": self.max_batch,
+                    "max_queue": self.max_queue}
+
+    def submit(self, messages, decode, tie, members: list[int]) -> Job:
+        job = Job(messages, decode, tie, members)
+        with self._cond:
+            if len(self._active) + len(self._waiting) >= self.max_batch + self.max_queue:
+                raise QueueFull(f"{len(self._active)} requests running and {len(self._waiting)} waiting")
+            self._waiting.append(job)
+            self._cond.notify()
+        return job
+
+    # --- the worker ----------------------------------------------------------------------------------
+
+    def _start(self, job: Job) -> None:
+        ensemble = self.ensemble
+        try:
+            ensemble.scheduler.select(job.members)  # the request's lengths against the budget, as a run does
+            ensemble.fit_request(job.messages, job.decode, job.tie)
+            view = SchedulerView(ensemble.scheduler, job.members)
+            process = tie_process(view, job.messages, job.decode, job.tie, on_event=lambda e: job.events.put(("event", e)),
+                                  should_stop=lambda: job.cancelled)
+            self._active[job] = process
+            self._advance(job, None)
+        except UserError as exc:
+            self._active.pop(job, None)
+            job._end("error", str(exc))
+
+    def _advance(self, job: Job, logits) -> None:
+        process = self._active[job]
+        try:
+            self._pending[job] = next(process) if logits is None else process.send(logits)
+        except StopIteration as stop:
+            self._retire(job)
+            result = stop.value
+            ensemble = self.ensemble
+            # requests overlap, so the peak is this process's (or device's) since the engine started
+            result.memory.update(peak_bytes=peak_bytes(ensemble.device), baseline_bytes=ensemble.baseline_bytes,
+                                 footprint_bytes={m.name: m.footprint_bytes for m in result_members(ensemble, job)})
+            job._end("done", result)
+        except Cancelled:
+            self._retire(job)
+            job._end("cancelled")
+        except UserError as exc:
+            self._retire(job)
+            job._end("error", str(exc))
+        except Exception as exc:  # a bug of ours must not take the other requests down
+            self._retire(job)
+            job._end("error", f"internal error ({type(exc).__name__}: {str(exc)[:200]})")
+
+    def _retire(self, job: Job) -> None:
+        self._active.pop(job, None)
+        self._pending.pop(job, None)
+
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                while not self._waiting and not self._active:
+                    self._cond.wait()
+                admitted = []
+                while self._waiting and len(self._active) + len(admitted) < self.max_batch:
+                    admitted.append(self._waiting.popleft())
+                for job in [j for j in self._waiting if j.cancelled]:  # gone before it started
+                    self._waiting.remove(job)
+                    job._end("cancelled")
+            for job in admitted:
+                if job.cancelled:
+                    job._end("cancelled")
+                else:
+                    self._start(job)
+            for job in [j for j in self._active if j.cancelled]:  # the client went away: free its slot now
+                self._active[job].close()
+                self._retire(job)
+                job._end("cancelled")
+            if not self._pending:
+                continue
+            try:
+                out = forward_batch(self._pending, self.ensemble.scheduler, self.max_batch)
+            except Exception as exc:  # e.g. out of memory: every request in flight gets the line
+                for job in list(self._active):
+                    self._retire(job)
+                    job._end("error", f"the forward failed ({type(exc).__name__}: {str(exc)[:200]})")
+                continue
+            self.forwards += 1
+            self.batched += len(out)
+            for job, logits in out.items():
+                self._advance(job, logits)

@@ -1,0 +1,223 @@
+"""What a client of the chat or the API server may ask for, checked against what the operator launched.
+
+A request names members (a subset of the launched ones, by name), decoding and TIE settings, and a
+conversation; `parse_settings` and `history_messages` turn those into engine settings and messages or
+raise a one-line UserError. No client text ever reaches the file system or the model loader.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from .errors import UserError
+from .options import check_lengths, check_seed, check_text, shown
+from .registry import member_names
+from .sampler import DecodeSettings
+from .scoring import SCORES
+from .session import LoadSettings
+from .tie import SELECTIONS, TieSettings
+
+STOPPED = "■ stopped"  # an assistant turn that starts with this was cut short; it is not sent as history
+PUBLIC_SELECTIONS = tuple(s for s in SELECTIONS if s != "oracle")
+PUBLIC_SCORES = tuple(s for s in SCORES if s != "oracle")
+
+# The settings the panel and the API's `settings` dict share (API keys = these names).
+SETTING_KEYS = (
+    "models", "quant", "backend", "gen_length", "block_size", "steps", "unmask", "threshold", "topk",
+    "answer_length", "free", "interval", "score", "select", "select_model", "temperature", "seed", "schedule", "eps",
+)
+LABELS = {
+    "models": "members", "gen_length": "generation length", "block_size": "block size", "steps": "steps",
+    "threshold": "threshold", "topk": "top-k", "answer_length": "answer length", "interval": "interval",
+    "temperature": "temperature", "seed": "seed",
+}
+
+
+# --- settings ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Defaults:
+    """What the panel starts with, and what the operator allowed at launch: `load` names every member the
+    server may run (clients choose among them by name, never by path or hub id) with its quantization,
+    device, memory budget and remote-code trust, none of which a client can change."""
+
+    load: LoadSettings = field(default_factory=LoadSettings)
+    decode: DecodeSettings = field(default_factory=DecodeSettings)
+    tie: TieSettings = field(default_factory=lambda: TieSettings(score="verify"))  # best on the validation seed
+
+    @property
+    def member_names(self) -> list[str]:
+        return member_names(self.load.models)
+
+    def values(self) -> dict:
+        d, t = self.decode, self.tie
+        return dict(
+            models=self.member_names, quant=self.load.quant, backend=self.load.backend,
+            gen_length=d.gen_length, block_size=d.block_size, steps=d.steps or 0, unmask=d.unmask,
+            threshold=d.threshold, topk=d.topk, answer_length=d.answer_length or 8, free=d.answer_length is None,
+            interval=t.interval, score=t.score, select=t.select, select_model=t.select_model, temperature=d.temperature,
+            seed=d.seed, schedule=d.schedule, eps=d.eps,
+        )
+
+
+def _whole(key: str, value: Any, minimum: int | None = None) -> int:
+    label = LABELS.get(key, key)
+    if value is None or (isinstance(value, str) and not value.strip()):
+        raise UserError(f"{label} is empty; enter a whole number")
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise UserError(f"{label} '{shown(value)}' is not a whole number") from None
+    if not math.isfinite(number) or number != int(number):
+        raise UserError(f"{label} {shown(value)} is not a whole number")
+    if minimum is not None and number < minimum:
+        raise UserError(f"{label} must be at least {minimum} (got {int(number)})")
+    return int(number)
+
+
+def _number(key: str, value: Any) -> float:
+    label = LABELS.get(key, key)
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise UserError(f"{label} '{shown(value)}' is not a number") from None
+    if not math.isfinite(number):
+        raise UserError(f"{label} must be a finite number")
+    return number
+
+
+def parse_settings(values: dict, defaults: Defaults | None = None) -> tuple[LoadSettings, DecodeSettings, TieSettings]:
+    """Panel or API values -> validated engine settings. Raises UserError with one readable line."""
+    defaults = defaults or Defaults()
+    unknown = sorted(shown(k) for k in set(values) - set(SETTING_KEYS))
+    if unknown:
+        raise UserError(f"unknown setting {', '.join(map(repr, unknown[:3]))}; known: {', '.join(SETTING_KEYS)}")
+    v = defaults.values() | {k: val for k, val in values.items() if val is not None or k in ("steps", "select_model")}
+    load = replace(defaults.load, models=chosen_members(v["models"], defaults))
+    for key, launched in (("quant", defaults.load.quant), ("backend", defaults.load.backend)):
+        if v[key] != launched:
+            raise UserError(f"this server runs its members with {key} '{launched}', set when it started; "
+                            f"it cannot be changed from the chat")
+    steps = v["steps"]
+    steps = None if steps in (None, "", 0, 0.0) else _whole("steps", steps, 1)
+    free = bool(v["free"])
+    decode = DecodeSettings(
+        gen_length=_whole("gen_length", v["gen_length"], 1),
+        block_size=_whole("block_size", v["block_size"], 1),
+        steps=steps,
+        temperature=_number("temperature", v["temperature"]),
+        unmask=str(v["unmask"]),
+        threshold=_number("threshold", v["threshold"]),
+        topk=_whole("topk", v["topk"]),
+        seed=check_seed(_whole("seed", v["seed"]), "seed"),
+        answer_length=None if free else _whole("answer_length", v["answer_length"], 1),
+        schedule=str(v["schedule"]),
+        eps=_number("eps", v["eps"]),
+    )
+    check_lengths(decode.gen_length, decode.block_size, decode.steps, decode.answer_length)
+    decode.validate()
+    select = str(v["select"])
+    tie = TieSettings(
+        interval=_whole("interval", v["interval"], 1),
+        score=str(v["score"]) if len(load.models) > 1 else "tcc",  # one member: plain decoding, nothing to score
+        select=select,
+        select_model=(v["select_model"] or None) if select == "best-model" else None,
+    )
+    if tie.score == "oracle" or tie.select == "oracle":
+        raise UserError("oracle scoring needs the gold solution of an eval task; it is not available in the chat")
+    tie.validate(member_names(load.models))
+    return load, decode, tie
+
+
+def chosen_members(requested: Any, defaults: Defaults) -> tuple[str, ...]:
+    """A client's choice of members -> the operator's specs for them. Only the names of members the operator
+    launched are accepted: a path, a hub id or any other text is refused before anything looks at it, so no
+    client can make the server load (or run the remote code of) a model it was not started with, nor learn
+    anything about its files from the answer."""
+    names = defaults.member_names
+    if isinstance(requested, str):
+        requested = requested.split(",")
+    if not isinstance(requested, (list, tuple)):
+        raise UserError("members must be a list of member names")
+    chosen = [str(m).strip() for m in requested if str(m).strip()]
+    if not chosen:
+        raise UserError("choose at least one member")
+    unknown = [m for m in chosen if m not in names]
+    if unknown:
+        raise UserError(f"unknown member '{shown(unknown[0])}'; this server runs {', '.join(names)}")
+    if len(set(chosen)) != len(chosen):
+        raise UserError("each member can be chosen once")
+    return tuple(defaults.load.models[names.index(m)] for m in chosen)
+
+
+def member_indices(launched: LoadSettings, load: LoadSettings) -> list[int]:
+    """Positions in the launched ensemble of the members a request chose (repeated specs taken in turn)."""
+    out: list[int] = []
+    for spec in load.models:
+        out.append(next(i for i, s in enumerate(launched.models) if s == spec and i not in out))
+    return out
+
+
+def describe(decode: DecodeSettings, tie: TieSettings, members: int) -> str:
+    """One line saying what the settings will do (shown under the panel when they are valid)."""
+    block = decode.layout_block_size
+    blocks = decode.gen_length // block
+    per_round = max(1, math.ceil(tie.interval / decode.steps_per_block))
+    rounds = math.ceil(blocks / per_round)
+    relay = f"relay every {per_round} block{'s' * (per_round > 1)} (≤ {rounds} round{'s' * (rounds > 1)})"
+    if members == 1:
+        relay = "one member: plain decoding"
+    return (f"✓ {decode.gen_length} positions in {blocks} block{'s' * (blocks > 1)} of {block}, "
+            f"{decode.steps_per_block} steps a block; {relay}; score {tie.score}, final {tie.select}")
+
+
+def history_messages(history: Any, message: str | None = None) -> list[dict]:
+    """Chat history (Gradio messages, plain dicts or [user, bot] pairs) -> engine messages.
+
+    Turns cut short (an assistant reply starting with STOPPED) are left out with their question.
+    """
+    out: list[dict] = []
+    if history is not None and not isinstance(history, (list, tuple)):
+        raise UserError("history must be a list of {'role': ..., 'content': ...} messages or [user, bot] pairs")
+    for item in history or []:
+        if isinstance(item, (list, tuple)) and len(item) == 2:
+            pairs = [("user", item[0]), ("assistant", item[1])]
+        elif isinstance(item, dict):
+            pairs = [(item.get("role"), item.get("content"))]
+        else:
+            raise UserError("history must be a list of {'role': ..., 'content': ...} messages or [user, bot] pairs")
+        for role, content in pairs:
+            text = message_text(content)
+            if role not in ("user", "assistant") or text is None or not text.strip():
+                continue
+            check_text(text, "a message in the history")
+            if role == "assistant" and text.startswith(STOPPED):
+                if out and out[-1]["role"] == "user":
+                    out.pop()
+                continue
+            out.append({"role": role, "content": text})
+    if message is not None:
+        out.append({"role": "user", "content": message})
+    return out
+
+
+def message_text(content: Any) -> str | None:
+    if content is None:
+        return None
+    if isinstance(content, str):
+        return content
+    if isinstance(content, dict):
+        return content.get("text") if content.get("type", "text") == "text" else None
+    if isinstance(content, (list, tuple)):
+        parts = [message_text(c) for c in content]
+        parts = [p for p in parts if p]
+        return "\n".join(parts) if parts else None
+    return None
+
+
+# --- engine side: models loaded once, one generation at a time, events -> snapshots -----------------
+
+
