@@ -1,0 +1,124 @@
+#!/usr/bin/env python
+"""Load test for `tie-lite serve` (localhost only, bounded): 1, 4, 8, 16 concurrent clients.
+
+    python scripts/load_serve.py [--clients 1,4,8,16] [--requests 4] [--json FILE] [--threads 1]
+
+Starts `tie-lite serve` on the shipped pair on a free local port, then for each client count runs that
+many clients at once, each sending --requests chat completions (temperature 0, same-shaped arithmetic
+prompts). Prints per count: requests/s, completion tokens/s, throughput relative to one client, p50/p95
+latency, requests lost, whether every answer equals the one-client answer for its prompt, and the
+server's health after. The server batches step by step (--max-batch 16).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+PROMPTS = [f"What is ({a}+{b})*{c}?" for a, b, c in [(23, 41, 7), (15, 62, 3), (31, 27, 4), (40, 19, 6), (12, 56, 8),
+                                                      (25, 33, 2), (44, 18, 5), (36, 29, 9)]]
+MODEL = "tie:tiny-sp+tiny-bpe"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def ask(url: str, prompt: str) -> tuple[float, str, int]:
+    start = time.perf_counter()
+    r = httpx.post(f"{url}/v1/chat/completions", timeout=600,
+                   json={"model": MODEL, "messages": [{"role": "user", "content": prompt}], "temperature": 0})
+    r.raise_for_status()
+    body = r.json()
+    return time.perf_counter() - start, body["choices"][0]["message"]["content"], body["usage"]["completion_tokens"]
+
+
+def run_level(url: str, clients: int, requests: int) -> dict:
+    results, lost = [], []
+    lock = threading.Lock()
+
+    def client(k: int) -> None:
+        for j in range(requests):
+            prompt = PROMPTS[(k * requests + j) % len(PROMPTS)]
+            try:
+                seconds, text, tokens = ask(url, prompt)
+                with lock:
+                    results.append((prompt, seconds, text, tokens))
+            except Exception as exc:  # counted, not raised: the figure is how many were lost
+                with lock:
+                    lost.append(repr(exc))
+
+    start = time.perf_counter()
+    threads = [threading.Thread(target=client, args=(k,)) for k in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - start
+    latencies = sorted(r[1] for r in results)
+    return {"clients": clients, "requests": len(results) + len(lost), "lost": len(lost), "wall_s": round(wall, 3),
+            "requests_per_s": round(len(results) / wall, 3), "tokens_per_s": round(sum(r[3] for r in results) / wall, 2),
+            "p50_s": round(statistics.median(latencies), 3) if latencies else None,
+            "p95_s": round(latencies[max(0, int(0.95 * len(latencies)) - 1)], 3) if latencies else None,
+            "answers": {r[0]: r[2] for r in results}}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--clients", default="1,4,8,16")
+    ap.add_argument("--requests", type=int, default=4, help="requests per client")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads of the server")
+    ap.add_argument("--json", help="write the figures here")
+    args = ap.parse_args()
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
+    server = subprocess.Popen([sys.executable, "-m", "tie_lite.cli", "serve", "--port", str(port), "--max-batch", "16",
+                               "--max-queue", "64"], cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        for _ in range(600):
+            try:
+                if httpx.get(f"{url}/health").status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        ask(url, PROMPTS[0])  # warm-up
+        levels = [run_level(url, int(c), args.requests) for c in args.clients.split(",")]
+        base = levels[0]
+        reference = dict(base["answers"])
+        for level in levels:
+            level["speedup"] = round(level["requests_per_s"] / base["requests_per_s"], 2)
+            level["identical"] = all(reference.get(p, t) == t for p, t in level["answers"].items())
+            reference.update({p: t for p, t in level["answers"].items() if p not in reference})
+        health = httpx.get(f"{url}/health").json()
+    finally:
+        server.terminate()
+        server.wait(30)
+    print(f"{'clients':>7} {'req/s':>7} {'tok/s':>7} {'x1':>5} {'p50 s':>6} {'p95 s':>6} {'lost':>4} identical")
+    for lv in levels:
+        print(f"{lv['clients']:>7} {lv['requests_per_s']:>7.2f} {lv['tokens_per_s']:>7.1f} {lv['speedup']:>5.2f} "
+              f"{lv['p50_s']:>6.2f} {lv['p95_s']:>6.2f} {lv['lost']:>4} {lv['identical']}")
+    print(f"server after: {health['status']}, running {health['running']}, waiting {health['waiting']}")
+    if args.json:
+        for lv in levels:
+            lv.pop("answers")
+        Path(args.json).write_text(json.dumps({"levels": levels, "health": health, "threads": args.threads,
+                                               "requests_per_client": args.requests}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
