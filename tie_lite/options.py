@@ -151,7 +151,7 @@ def check_load_args(args) -> None:
 # --- flags --------------------------------------------------------------------------------------------
 
 
-def add_model_args(p: argparse.ArgumentParser, *, remote_code: bool = True) -> None:
+def add_model_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("models")
     g.add_argument("--model", action="append", metavar="ID_OR_PATH",
                    help="a shipped name (tiny-sp, tiny-bpe), a registry name, a folder or a hub id; repeat for "
@@ -162,10 +162,9 @@ def add_model_args(p: argparse.ArgumentParser, *, remote_code: bool = True) -> N
     g.add_argument("--max-memory", metavar="SIZE", help="device memory budget, e.g. 10GiB or 600MB")
     g.add_argument("--dtype", default="auto", help="auto | float32 | bfloat16 | float16 (auto: bfloat16 on CUDA, "
                                                    "the checkpoint's own dtype on the CPU)")
-    if remote_code:
-        g.add_argument("--trust-remote-code", action="store_true",
-                       help="allow checkpoints of architectures tie-lite does not implement to run their own code")
-        g.add_argument("--allow-pickle", action="store_true", help="allow pickle .bin weights (can run arbitrary code)")
+    g.add_argument("--trust-remote-code", action="store_true",
+                   help="allow checkpoints of architectures tie-lite does not implement to run their own code")
+    g.add_argument("--allow-pickle", action="store_true", help="allow pickle .bin weights (can run arbitrary code)")
 
 
 def add_decode_args(p: argparse.ArgumentParser, seed_flag: str = "--seed") -> None:
@@ -215,8 +214,8 @@ def load_settings(args):
         backend=args.quant_backend,
         device=args.device,
         dtype=args.dtype,
-        trust_remote_code=getattr(args, "trust_remote_code", False),
-        allow_pickle=getattr(args, "allow_pickle", False),
+        trust_remote_code=args.trust_remote_code,
+        allow_pickle=args.allow_pickle,
         max_memory=args.max_memory,
     )
 

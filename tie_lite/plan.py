@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import json
-import sys
 
 from .errors import UserError
 from .loading import load_status
 from .sizes import SizeEstimate, estimate_member
-from .options import check_choice, check_lengths, check_load_args, default_score, whole
+from .options import add_model_args, check_choice, check_lengths, check_load_args, default_score, whole
 from .scoring import check_score, needs_cross_model
 from .tie import SELECTIONS
 from .scheduler import Need, Plan, format_size, make_plan, parse_size
@@ -165,13 +164,7 @@ def add_plan_parser(sub) -> None:
                     "only, no weights load) and its working memory, then say whether the members stay resident, swap "
                     "whole members in a snake order, or need layer offload under the budget.",
     )
-    p.add_argument("--model", action="append", metavar="ID_OR_PATH", help="repeat for an ensemble (default: the shipped pair)")
-    p.add_argument("--quant", default="none", help="none | 8bit | 4bit (default none)")
-    p.add_argument("--quant-backend", default="bitsandbytes", help="bitsandbytes | quanto")
-    p.add_argument("--device", default="cpu", help="cpu | cuda | auto (default cpu)")
-    p.add_argument("--dtype", default="auto", help="auto | float32 | bfloat16 | float16 (as for generate)")
-    p.add_argument("--max-memory", metavar="SIZE", help="device memory budget, e.g. 10GiB or 600MB (default: free "
-                   "GPU memory, or available RAM on the CPU)")
+    add_model_args(p)  # the same model flags as generate; --max-memory defaults to free GPU memory or RAM here
     p.add_argument("--gen-length", type=whole, default=48, metavar="N", help="generated positions (default 48)")
     p.add_argument("--prompt-length", type=whole, default=DEFAULT_PROMPT_LENGTH, metavar="N",
                    help=f"prompt tokens to plan for (default {DEFAULT_PROMPT_LENGTH})")
@@ -179,8 +172,5 @@ def add_plan_parser(sub) -> None:
                    "forward every trajectory through every member; default as for generate)")
     p.add_argument("--select", default="lowest-tcc", help="final selection (verify forwards every response "
                    "through every member too; default lowest-tcc)")
-    p.add_argument("--trust-remote-code", action="store_true", help="as for generate: say whether members that "
-                   "need remote code would load")
-    p.add_argument("--allow-pickle", action="store_true", help="as for generate")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_plan)
