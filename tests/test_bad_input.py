@@ -243,3 +243,29 @@ def test_damaged_checkpoints(tiny_models, tmp_path_factory, case, budget):
     run_cli(["plan", "--model", str(folder)], "damaged plan")
     run_cli(["generate", "What is 2+3?", "--model", str(folder), *FAST] + (["--max-memory", "2GiB"] if budget else []),
             "damaged generate")
+
+
+# --- the API server's request bodies -----------------------------------------------------------------
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
+@given(body=st.one_of(json_values, st.dictionaries(st.sampled_from(
+    ["model", "messages", "max_tokens", "temperature", "seed", "stream", "n", "score", "select", "interval",
+     "block_size", "steps", "models", "quant", "top_p", "unmask", "schedule"]), json_values, max_size=6)),
+    model=st.sampled_from(["tie:tiny-sp+tiny-bpe", "tiny-sp", "nope", None]),
+    content=st.one_of(prompts, json_values))
+def test_serve_request_bodies(body, model, content):
+    from tie_lite.client_settings import Defaults
+    from tie_lite.serve import APIError, request_settings
+
+    tally = COUNTS.setdefault("serve bodies", [0, 0, 0])
+    tally[0] += 1
+    if isinstance(body, dict) and model is not None:  # most bodies get a real model and a last user message
+        body = {"model": model, "messages": [{"role": "user", "content": content}]} | body
+    try:
+        _, _, load, _, _, _ = request_settings(body, Defaults())
+        assert set(load.models) <= set(Defaults().load.models)
+        tally[2] += 1
+    except APIError as exc:
+        assert exc.status in (400, 404) and exc.message.strip() and "\n" not in exc.message
+    tally[1] += 1

@@ -52,7 +52,7 @@ def request_settings(body, defaults: Defaults):
         raise APIError(400, "the request body must be a JSON object")
     ids = model_ids(defaults)
     model = body.get("model")
-    if model not in ids:
+    if not isinstance(model, str) or model not in ids:
         raise APIError(404, f"unknown model '{str(model)[:60]}'; this server has {', '.join(ids)}", param="model",
                        code="model_not_found")
     unknown = [k for k in body if k not in IGNORED and k not in SETTING_KEYS
