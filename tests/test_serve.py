@@ -166,3 +166,23 @@ def test_binding_beyond_localhost_needs_a_key():
     with contextlib.redirect_stderr(err):
         assert main(["serve", "--host", "0.0.0.0"]) == 2
     assert "--api-key" in err.getvalue() and len(err.getvalue().strip().splitlines()) == 1
+
+
+def test_a_failing_request_ends_alone_and_the_engine_lives_on(served, client, monkeypatch):
+    """A bug or a device error while a request starts ends that request with one line (500); the worker
+    thread survives and the next request is answered."""
+    ensemble = served[0].state.engine.ensemble
+    real = ensemble.batch_limit
+    calls = []
+
+    def fails_once(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("CUDA error: out of memory")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(ensemble, "batch_limit", fails_once)
+    with pytest.raises(openai.InternalServerError) as err:
+        ask(client)
+    assert "internal error (RuntimeError" in err.value.body["message"]
+    assert "Answer:" in ask(client).choices[0].message.content

@@ -21,8 +21,12 @@ from .session import peak_bytes
 from .tie import tie_process
 
 
-def result_members(ensemble, job: Job) -> list:
+def job_members(ensemble, job: Job) -> list:
     return [ensemble.scheduler.loaded[j] for j in job.members]
+
+
+def _internal(exc: Exception) -> str:
+    return f"internal error ({type(exc).__name__}: {' '.join(str(exc).split())[:200]})"
 
 
 class QueueFull(Exception):
@@ -30,15 +34,19 @@ class QueueFull(Exception):
 
 
 class Job:
-    """One request: its events stream out through `events` (tie events, then ("done", Result) or
-    ("error", message) or ("cancelled", None)); `cancel` drops it at the next step."""
+    """One request. `on_event` sees its tie events in the worker thread (by default they are queued on
+    `events` as ("event", e)); `events` ends with ("done", Result), ("error", message) or ("cancelled", None).
+    `cancel` drops it at the next step."""
 
-    def __init__(self, messages, decode, tie, members: list[int]):
+    def __init__(self, messages, decode, tie, members: list[int], on_event=None, events: queue.Queue | None = None):
         self.messages, self.decode, self.tie, self.members = messages, decode, tie, members
-        self.events: queue.Queue = queue.Queue()
+        self.events: queue.Queue = events if events is not None else queue.Queue()
+        # runs in the worker thread, while the trajectories an event carries are still as the event says
+        self.on_event = on_event or (lambda event: self.events.put(("event", event)))
         self.finished = threading.Event()
         self.result = None
         self.error: str | None = None
+        self.limit = 1  # requests one forward may stack with this one (the memory plan's batch limit)
         self._cancel = threading.Event()
 
     def cancel(self) -> None:
@@ -67,6 +75,7 @@ class BatchEngine:
         self._waiting: deque[Job] = deque()
         self._active: dict[Job, object] = {}  # job -> its process
         self._pending: dict[Job, object] = {}  # job -> the Forward it waits for
+        self._starting = 0  # admitted by the worker, being started
         self._cond = threading.Condition()
         self.forwards = 0  # stacked forwards computed (for the load benchmark)
         self.batched = 0  # requests' forwards they served
@@ -76,13 +85,14 @@ class BatchEngine:
     @property
     def load(self) -> dict:
         with self._cond:
-            return {"running": len(self._active), "waiting": len(self._waiting), "max_batch": self.max_batch,
+            return {"running": len(self._active) + self._starting, "waiting": len(self._waiting), "max_batch": self.max_batch,
                     "max_queue": self.max_queue}
 
-    def submit(self, messages, decode, tie, members: list[int]) -> Job:
-        job = Job(messages, decode, tie, members)
+    def submit(self, messages, decode, tie, members: list[int], on_event=None, events: queue.Queue | None = None) -> Job:
+        """Queue a request; `events` lets a caller's `on_event` write into the job's queue from the first step."""
+        job = Job(messages, decode, tie, members, on_event, events)
         with self._cond:
-            if len(self._active) + len(self._waiting) >= self.max_batch + self.max_queue:
+            if len(self._active) + self._starting + len(self._waiting) >= self.max_batch + self.max_queue:
                 raise QueueFull(f"{len(self._active)} requests running and {len(self._waiting)} waiting")
             self._waiting.append(job)
             self._cond.notify()
@@ -94,15 +104,18 @@ class BatchEngine:
         ensemble = self.ensemble
         try:
             ensemble.scheduler.select(job.members)  # the request's lengths against the budget, as a run does
-            ensemble.fit_request(job.messages, job.decode, job.tie)
+            job.limit = ensemble.batch_limit(job.messages, job.decode, job.tie, limit=self.max_batch)
             view = SchedulerView(ensemble.scheduler, job.members)
-            process = tie_process(view, job.messages, job.decode, job.tie, on_event=lambda e: job.events.put(("event", e)),
+            process = tie_process(view, job.messages, job.decode, job.tie, on_event=job.on_event,
                                   should_stop=lambda: job.cancelled)
             self._active[job] = process
-            self._advance(job, None)
         except UserError as exc:
-            self._active.pop(job, None)
             job._end("error", str(exc))
+            return
+        except Exception as exc:  # a bug of ours, or the device failing: this request ends, the worker lives
+            job._end("error", _internal(exc))
+            return
+        self._advance(job, None)
 
     def _advance(self, job: Job, logits) -> None:
         process = self._active[job]
@@ -114,7 +127,7 @@ class BatchEngine:
             ensemble = self.ensemble
             # requests overlap, so the peak is this process's (or device's) since the engine started
             result.memory.update(peak_bytes=peak_bytes(ensemble.device), baseline_bytes=ensemble.baseline_bytes,
-                                 footprint_bytes={m.name: m.footprint_bytes for m in result_members(ensemble, job)})
+                                 footprint_bytes={m.name: m.footprint_bytes for m in job_members(ensemble, job)})
             job._end("done", result)
         except Cancelled:
             self._retire(job)
@@ -124,7 +137,7 @@ class BatchEngine:
             job._end("error", str(exc))
         except Exception as exc:  # a bug of ours must not take the other requests down
             self._retire(job)
-            job._end("error", f"internal error ({type(exc).__name__}: {str(exc)[:200]})")
+            job._end("error", _internal(exc))
 
     def _retire(self, job: Job) -> None:
         self._active.pop(job, None)
@@ -132,34 +145,41 @@ class BatchEngine:
 
     def _loop(self) -> None:
         while True:
-            with self._cond:
-                while not self._waiting and not self._active:
-                    self._cond.wait()
-                admitted = []
-                while self._waiting and len(self._active) + len(admitted) < self.max_batch:
-                    admitted.append(self._waiting.popleft())
-                for job in [j for j in self._waiting if j.cancelled]:  # gone before it started
-                    self._waiting.remove(job)
-                    job._end("cancelled")
-            for job in admitted:
-                if job.cancelled:
-                    job._end("cancelled")
-                else:
-                    self._start(job)
-            for job in [j for j in self._active if j.cancelled]:  # the client went away: free its slot now
-                self._active[job].close()
-                self._retire(job)
-                job._end("cancelled")
-            if not self._pending:
-                continue
             try:
-                out = forward_batch(self._pending, self.ensemble.scheduler, self.max_batch)
-            except Exception as exc:  # e.g. out of memory: every request in flight gets the line
+                self._iteration()
+            except Exception as exc:  # never let the worker die: every request in flight gets the line
                 for job in list(self._active):
                     self._retire(job)
-                    job._end("error", f"the forward failed ({type(exc).__name__}: {str(exc)[:200]})")
-                continue
-            self.forwards += 1
-            self.batched += len(out)
-            for job, logits in out.items():
-                self._advance(job, logits)
+                    job._end("error", _internal(exc))
+
+    def _iteration(self) -> None:
+        with self._cond:
+            while not self._waiting and not self._active:
+                self._cond.wait()
+            admitted = []
+            while self._waiting and len(self._active) + len(admitted) < self.max_batch:
+                admitted.append(self._waiting.popleft())
+            self._starting = len(admitted)  # neither waiting nor active until started: still counted as taken
+            for job in [j for j in self._waiting if j.cancelled]:  # gone before it started
+                self._waiting.remove(job)
+                job._end("cancelled")
+        for job in admitted:
+            if job.cancelled:
+                job._end("cancelled")
+            else:
+                self._start(job)
+            with self._cond:
+                self._starting -= 1
+        for job in [j for j in self._active if j.cancelled]:  # the client went away: free its slot now
+            self._active[job].close()
+            self._retire(job)
+            job._end("cancelled")
+        if not self._pending:
+            return
+        # no more requests in one forward than the tightest of them may stack under the memory budget
+        limit = min(job.limit for job in self._pending)
+        out = forward_batch(self._pending, self.ensemble.scheduler, limit)
+        self.forwards += 1
+        self.batched += len(out)
+        for job, logits in out.items():
+            self._advance(job, logits)

@@ -69,7 +69,7 @@ def _whole(key: str, value: Any, minimum: int | None = None) -> int:
         raise UserError(f"{label} is empty; enter a whole number")
     try:
         number = float(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise UserError(f"{label} '{shown(value)}' is not a whole number") from None
     if not math.isfinite(number) or number != int(number):
         raise UserError(f"{label} {shown(value)} is not a whole number")
@@ -82,7 +82,7 @@ def _number(key: str, value: Any) -> float:
     label = LABELS.get(key, key)
     try:
         number = float(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise UserError(f"{label} '{shown(value)}' is not a number") from None
     if not math.isfinite(number):
         raise UserError(f"{label} must be a finite number")
@@ -103,7 +103,9 @@ def parse_settings(values: dict, defaults: Defaults | None = None) -> tuple[Load
                             f"it cannot be changed from the chat")
     steps = v["steps"]
     steps = None if steps in (None, "", 0, 0.0) else _whole("steps", steps, 1)
-    free = bool(v["free"])
+    free = v["free"]
+    if not isinstance(free, bool):
+        raise UserError("free must be true or false")
     decode = DecodeSettings(
         gen_length=_whole("gen_length", v["gen_length"], 1),
         block_size=_whole("block_size", v["block_size"], 1),
@@ -204,15 +206,18 @@ def history_messages(history: Any, message: str | None = None) -> list[dict]:
     return out
 
 
-def message_text(content: Any) -> str | None:
+def message_text(content: Any, depth: int = 0) -> str | None:
     if content is None:
         return None
     if isinstance(content, str):
         return content
     if isinstance(content, dict):
-        return content.get("text") if content.get("type", "text") == "text" else None
+        text = content.get("text") if content.get("type", "text") == "text" else None
+        return text if isinstance(text, str) else None
     if isinstance(content, (list, tuple)):
-        parts = [message_text(c) for c in content]
+        if depth > 8:
+            raise UserError("a message's content is nested too deeply; send text, or a list of text parts")
+        parts = [message_text(c, depth + 1) for c in content]
         parts = [p for p in parts if p]
         return "\n".join(parts) if parts else None
     return None

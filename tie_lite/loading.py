@@ -172,6 +172,9 @@ def load_member(
                             f"architecture (missing, unexpected or mis-shaped, e.g. "
                             f"{sorted(missing)[0]}); it is damaged or not a {family.name} checkpoint")
         tokenizer = family.load_tokenizer(source, trust_remote_code=family.trust_remote_code)
+        if not family.eos_token_ids and tokenizer.eos_token_id is None:
+            raise UserError(f"cannot load model '{name}': its tokenizer names no end-of-text token (eos_token), "
+                            f"which tie-lite needs to end a response")
     except UserError:
         raise
     except Exception as exc:  # broken checkpoints and remote code fail in many ways; the user needs one line

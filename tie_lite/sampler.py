@@ -29,6 +29,7 @@ import torch
 
 from .drive import Forward, run
 from .errors import UserError
+from .options import shown
 from .layout import Layout, TextState, make_layout
 from .loading import Member
 
@@ -72,9 +73,9 @@ class DecodeSettings:
 
     def validate(self) -> None:
         if self.unmask not in UNMASK_POLICIES:
-            raise UserError(f"unknown --unmask '{self.unmask}'; use one of {', '.join(UNMASK_POLICIES)}")
+            raise UserError(f"unknown --unmask '{shown(self.unmask)}'; use one of {', '.join(UNMASK_POLICIES)}")
         if self.schedule not in SCHEDULES:
-            raise UserError(f"unknown --schedule '{self.schedule}'; use one of {', '.join(SCHEDULES)}")
+            raise UserError(f"unknown --schedule '{shown(self.schedule)}'; use one of {', '.join(SCHEDULES)}")
         if self.gen_length <= 0 or self.block_size <= 0 or self.total_steps <= 0:
             raise UserError("--gen-length, --block-size and --steps must be positive")
         if not math.isfinite(self.temperature):

@@ -19,7 +19,7 @@ import time
 import uuid
 
 from .batching import BatchEngine, QueueFull
-from .client_settings import SETTING_KEYS, Defaults, history_messages, parse_settings
+from .client_settings import SETTING_KEYS, Defaults, history_messages, member_indices, parse_settings
 from .errors import UserError
 from .events import Relay, StepFrame
 from .options import check_text
@@ -88,13 +88,14 @@ def request_settings(body, defaults: Defaults):
         question = messages[-1].get("content")
         check_text(question if isinstance(question, str) else None, "the last message")
         chat = history_messages(messages[:-1], question)
-    except (UserError, TypeError, ValueError, OverflowError) as exc:
+    except (UserError, TypeError, ValueError, OverflowError, RecursionError) as exc:
         raise APIError(400, str(exc) if isinstance(exc, UserError) else f"bad parameter ({exc})") from None
     return model, chat, load, decode, tie, stream
 
 
 def _usage(result, ensemble, messages, final: str) -> dict:
-    member = next(m for m in ensemble.members if m.name == result.final_member.split("#")[0])
+    # the loaded members, not the scheduler's current selection (other requests change that)
+    member = next(m for m in ensemble.scheduler.loaded if m.name == result.final_member.split("#")[0])
     prompt = len(member.prompt_ids(messages))
     completion = len(member.tokenizer.encode(result.text, add_special_tokens=False))
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
@@ -112,7 +113,6 @@ def create_app(ensemble, defaults: Defaults, *, api_key: str | None = None, max_
     from fastapi.responses import JSONResponse, StreamingResponse
 
     engine = engine or BatchEngine(ensemble, max_batch=max_batch, max_queue=max_queue)
-    launched = list(defaults.load.models)
     app = FastAPI(title="tie-lite", docs_url=None, redoc_url=None)
     app.state.engine = engine
 
@@ -133,7 +133,10 @@ def create_app(ensemble, defaults: Defaults, *, api_key: str | None = None, max_
         return error(exc)
 
     @app.get("/health")
-    async def health():
+    async def health(request: Request):
+        given = request.headers.get("authorization", "").encode()
+        if api_key is not None and not secrets.compare_digest(given, f"Bearer {api_key}".encode()):
+            return {"status": "ok"}  # without the key: alive or not, nothing about models or load
         return {"status": "ok", "models": list(model_ids(defaults)), **engine.load}
 
     @app.get("/v1/models")
@@ -148,12 +151,24 @@ def create_app(ensemble, defaults: Defaults, *, api_key: str | None = None, max_
         check_key(request)
         try:
             body = await request.json()
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            raise APIError(400, "the request body is not valid JSON") from None
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
+            raise APIError(400, "the request body is not valid JSON (or nests too deeply)") from None
         model, messages, load, decode, tie, stream = request_settings(body, defaults)
-        members = [launched.index(spec) for spec in load.models]
+        latest: dict = {}  # member name -> its trajectory at its last step (worker thread only)
+        events: queue.Queue = queue.Queue()  # the job's queue, known to on_event before the job exists
+
+        def on_event(event):  # in the worker, while the trajectories are as the event says
+            if isinstance(event, StepFrame):
+                latest[event.member] = event.trajectory
+            elif isinstance(event, Relay) and event.leader in latest:
+                # after a relay every member shares the leader's committed text; a token cut mid-character
+                # decodes to U+FFFD, so the prefix stops before it
+                prefix = latest[event.leader].state().reasoning.strip().split("\ufffd")[0]
+                events.put(("prefix", prefix))
+
         try:
-            job = engine.submit(messages, decode, tie, members)
+            job = engine.submit(messages, decode, tie, member_indices(defaults.load, load),
+                                on_event=on_event if stream else (lambda event: None), events=events)
         except QueueFull as exc:
             raise APIError(429, f"the server is busy ({exc}); retry shortly", kind="rate_limit_error",
                            code="queue_full", headers={"Retry-After": "1"}) from None
@@ -170,6 +185,8 @@ def create_app(ensemble, defaults: Defaults, *, api_key: str | None = None, max_
             job.cancel()
             raise
         if job.error is not None:
+            if job.error.startswith("internal error"):
+                raise APIError(500, job.error, kind="server_error")
             raise APIError(400, job.error)
         if job.result is None:
             raise APIError(503, "the request was cancelled", kind="server_error")
@@ -186,7 +203,6 @@ def create_app(ensemble, defaults: Defaults, *, api_key: str | None = None, max_
             return f"data: {json.dumps(body)}\n\n"
 
         sent = ""
-        latest: dict = {}  # member name -> its trajectory, from the step frames
         try:
             yield chunk({"role": "assistant", "content": ""})
             while True:
@@ -194,20 +210,17 @@ def create_app(ensemble, defaults: Defaults, *, api_key: str | None = None, max_
                     kind, value = await asyncio.to_thread(job.events.get, True, 0.1)
                 except queue.Empty:
                     continue
-                if kind == "event" and isinstance(value, StepFrame):
-                    latest[value.member] = value.trajectory
-                elif kind == "event" and isinstance(value, Relay) and value.leader in latest:
-                    # after a relay every member shares the leader's committed text: stream what it added
-                    prefix = latest[value.leader].state().reasoning.strip()
-                    if prefix.startswith(sent) and len(prefix) > len(sent):
-                        yield chunk({"content": prefix[len(sent):]})
-                        sent = prefix
+                if kind == "prefix":  # stream what the relayed, shared text added since the last chunk
+                    if value.startswith(sent) and len(value) > len(sent):
+                        yield chunk({"content": value[len(sent):]})
+                        sent = value
                 elif kind == "done":
                     text = value.text
-                    rest = text[len(sent):] if text.startswith(sent) else text
-                    if rest:
-                        yield chunk({"content": rest})
-                    yield chunk({}, "stop", usage=_usage(value, ensemble, messages, text), tie=_trace(value))
+                    if text.startswith(sent) and len(text) > len(sent):
+                        yield chunk({"content": text[len(sent):]})
+                    # the trace carries the whole answer too: a client can check what it joined against it
+                    yield chunk({}, "stop", usage=_usage(value, ensemble, messages, text),
+                                tie=_trace(value) | {"text": text})
                     yield "data: [DONE]\n\n"
                     return
                 elif kind in ("error", "cancelled"):

@@ -159,21 +159,25 @@ class Runner:
             self._running += 1
         try:
             self.cache.get(on_load=lambda spec: events.put(("loading", member_names([spec])[0])))
-            job = self.cache.engine().submit(messages, decode, tie, member_indices(self.cache.settings, load))
+
+            def on_event(event):  # in the engine's worker: render now, the trajectory keeps changing
+                if isinstance(event, StepFrame):
+                    events.put(("frame", (event.round, event.member, event.forwards,
+                                          event.trajectory.render(MASK_SYMBOL))))
+                elif not isinstance(event, Final):
+                    events.put(("event", event))
+
+            job = self.cache.engine().submit(messages, decode, tie, member_indices(self.cache.settings, load),
+                                             on_event=on_event)
             events.put(("decoding", None))
             while True:
+                if stop.is_set():  # Stop, or the consumer went away: the engine drops it at the next step
+                    job.cancel()
                 try:
                     kind, value = job.events.get(timeout=0.05)
                 except queue.Empty:
-                    if stop.is_set():
-                        job.cancel()
                     continue
-                if kind == "event" and isinstance(value, StepFrame):  # render now: the trajectory keeps changing
-                    events.put(("frame", (value.round, value.member, value.forwards,
-                                          value.trajectory.render(MASK_SYMBOL))))
-                elif kind == "event" and not isinstance(value, Final):
-                    events.put(("event", value))
-                elif kind == "done":
+                if kind == "done":
                     events.put(("done", value))
                     return
                 elif kind == "cancelled":
