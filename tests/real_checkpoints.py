@@ -108,13 +108,6 @@ LLADA_SPECIALS = {
     "<|eot_id|>": 126348,
 }
 LLADA_VOCAB = 126464  # config vocab_size / embedding_size; the tokenizer covers ids 0..126348
-LLADA_TEMPLATE = (
-    "{% set loop_messages = messages %}{% for message in loop_messages %}"
-    "{% set content = '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n'"
-    "+ message['content'] | trim + '<|eot_id|>' %}"
-    "{% if loop.index0 == 0 %}{% set content = bos_token + content %}{% endif %}{{ content }}{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}"
-)
 
 def word_tokenizer(specials: dict[str, int], size: int, bos: str | None):
     """WordLevel tokenizer over `size` ids: WORDS first, the specials at their ids, fillers elsewhere."""
@@ -189,11 +182,12 @@ def build_llada(root: Path, variant: str = "instruct", name: str | None = None) 
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "config.json").write_text((ref / config).read_text())
     write_weights(folder, json.loads((ref / tensors).read_text()))
-    tokenizer = word_tokenizer(LLADA_SPECIALS, max(LLADA_SPECIALS.values()) + 1, bos="<|startoftext|>")
-    tokenizer.add_special_tokens({"bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>",
-                                  "pad_token": "<|endoftext|>", "mask_token": "<|mdm_mask|>",
+    hub = json.loads((ref / "tokenizer_config.json").read_text())  # the hub tokenizer's template and specials
+    tokenizer = word_tokenizer(LLADA_SPECIALS, max(LLADA_SPECIALS.values()) + 1, bos=hub["bos_token"])
+    tokenizer.add_special_tokens({"bos_token": hub["bos_token"], "eos_token": hub["eos_token"],
+                                  "pad_token": hub["pad_token"], "mask_token": "<|mdm_mask|>",
                                   "additional_special_tokens": ["<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]})
-    tokenizer.chat_template = LLADA_TEMPLATE
+    tokenizer.chat_template = hub["chat_template"]
     tokenizer.save_pretrained(folder)
     marker = _decoy_code(folder, ("configuration_llada.py", "modeling_llada.py"))
     return Checkpoint(folder, "llada", 126336, (126081, 126348), False, marker)

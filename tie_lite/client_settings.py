@@ -12,7 +12,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from .errors import UserError
-from .options import check_lengths, check_seed, check_text, shown
+from .options import check_text, shown
 from .registry import member_names
 from .sampler import DecodeSettings
 from .scoring import SCORES
@@ -114,12 +114,11 @@ def parse_settings(values: dict, defaults: Defaults | None = None) -> tuple[Load
         unmask=str(v["unmask"]),
         threshold=_number("threshold", v["threshold"]),
         topk=_whole("topk", v["topk"]),
-        seed=check_seed(_whole("seed", v["seed"]), "seed"),
+        seed=_whole("seed", v["seed"]),
         answer_length=None if free else _whole("answer_length", v["answer_length"], 1),
         schedule=str(v["schedule"]),
         eps=_number("eps", v["eps"]),
     )
-    check_lengths(decode.gen_length, decode.block_size, decode.steps, decode.answer_length)
     decode.validate()
     select = str(v["select"])
     tie = TieSettings(

@@ -89,9 +89,9 @@ def check_seed(seed: int, flag: str = "--seed") -> int:
     return seed
 
 
-def check_lengths(gen_length: int, block_size: int, steps: int | None, answer_length: int | None) -> None:
-    for flag, value in (("--gen-length", gen_length), ("--block-size", block_size), ("--steps", steps),
-                        ("--answer-length", answer_length)):
+def check_lengths(lengths: dict[str, int | None]) -> None:
+    """{flag: positions}: none of them past MAX_LENGTH (None: not given)."""
+    for flag, value in lengths.items():
         if value is not None and value > MAX_LENGTH:
             raise UserError(f"{flag} {value} is far beyond any model's context; use at most {MAX_LENGTH}")
 
@@ -223,9 +223,6 @@ def load_settings(args):
 def decode_settings(args):
     from .sampler import DecodeSettings
 
-    answer_length = None if args.free else args.answer_length
-    check_lengths(args.gen_length, args.block_size, args.steps, answer_length)
-    check_seed(args.decode_seed, "--seed")
     settings = DecodeSettings(
         gen_length=args.gen_length,
         block_size=args.block_size,
@@ -235,7 +232,7 @@ def decode_settings(args):
         threshold=args.threshold,
         topk=args.topk,
         seed=args.decode_seed,
-        answer_length=answer_length,
+        answer_length=None if args.free else args.answer_length,
         schedule=args.schedule,
         eps=args.eps,
     )

@@ -128,8 +128,7 @@ def cmd_plan(args) -> int:
     for score in args.score.split(","):
         check_score(score, len(models))
     check_choice(args.select, [s for s in SELECTIONS if s != "oracle"], "--select")
-    check_lengths(args.gen_length, 1, None, None)
-    check_lengths(args.prompt_length, 1, None, None)
+    check_lengths({"--gen-length": args.gen_length, "--prompt-length": args.prompt_length})
     plan, estimates = build_plan(models, quant=args.quant, backend=args.quant_backend, device=args.device,
                                  max_memory=args.max_memory, gen_length=args.gen_length,
                                  prompt_length=args.prompt_length, score=args.score, select=args.select,

@@ -29,7 +29,7 @@ import torch
 
 from .drive import Forward, run
 from .errors import UserError
-from .options import shown
+from .options import check_lengths, check_seed, shown
 from .layout import Layout, TextState, make_layout
 from .loading import Member
 
@@ -72,6 +72,9 @@ class DecodeSettings:
         return self.total_steps // (self.gen_length // self.layout_block_size)
 
     def validate(self) -> None:
+        check_lengths({"--gen-length": self.gen_length, "--block-size": self.block_size, "--steps": self.steps,
+                       "--answer-length": self.answer_length})
+        check_seed(self.seed, "--seed")
         if self.unmask not in UNMASK_POLICIES:
             raise UserError(f"unknown --unmask '{shown(self.unmask)}'; use one of {', '.join(UNMASK_POLICIES)}")
         if self.schedule not in SCHEDULES:

@@ -56,7 +56,7 @@ def request_settings(body, defaults: Defaults):
         raise APIError(404, f"unknown model '{str(model)[:60]}'; this server has {', '.join(ids)}", param="model",
                        code="model_not_found")
     unknown = [k for k in body if k not in IGNORED and k not in SETTING_KEYS
-               and k not in ("model", "messages", "max_tokens", "stream", "temperature", "seed")]
+               and k not in ("model", "messages", "max_tokens", "stream")]
     if unknown:
         raise APIError(400, f"unknown field '{str(unknown[0])[:40]}'", param=str(unknown[0])[:40])
     if body.get("n", 1) != 1:
@@ -69,11 +69,7 @@ def request_settings(body, defaults: Defaults):
     for key in ("quant", "backend", "models"):
         if key in body:
             raise APIError(400, f"'{key}' is set by the server's operator; choose a model id instead", param=key)
-    values["models"] = ids[model]
-    if "temperature" in body:
-        values["temperature"] = body["temperature"]
-    if "seed" in body and body["seed"] is not None:
-        values["seed"] = body["seed"]
+    values["models"] = ids[model]  # temperature and seed are settings keys too: they came with the rest
     stream = body.get("stream", False)
     if not isinstance(stream, bool):
         raise APIError(400, "stream must be true or false", param="stream")
@@ -93,7 +89,7 @@ def request_settings(body, defaults: Defaults):
     return model, chat, load, decode, tie, stream
 
 
-def _usage(result, ensemble, messages, final: str) -> dict:
+def _usage(result, ensemble, messages) -> dict:
     # the loaded members, not the scheduler's current selection (other requests change that)
     member = next(m for m in ensemble.scheduler.loaded if m.name == result.final_member.split("#")[0])
     prompt = len(member.prompt_ids(messages))
@@ -194,7 +190,7 @@ def create_app(ensemble, defaults: Defaults, *, api_key: str | None = None, max_
         return {"id": cid, "object": "chat.completion", "created": created, "model": model,
                 "choices": [{"index": 0, "message": {"role": "assistant", "content": result.text},
                              "finish_reason": "stop"}],
-                "usage": _usage(result, ensemble, messages, result.text), "tie": _trace(result)}
+                "usage": _usage(result, ensemble, messages), "tie": _trace(result)}
 
     async def _stream(job, request, cid, created, model, messages):
         def chunk(delta: dict, finish=None, **extra) -> str:
@@ -219,7 +215,7 @@ def create_app(ensemble, defaults: Defaults, *, api_key: str | None = None, max_
                     if text.startswith(sent) and len(text) > len(sent):
                         yield chunk({"content": text[len(sent):]})
                     # the trace carries the whole answer too: a client can check what it joined against it
-                    yield chunk({}, "stop", usage=_usage(value, ensemble, messages, text),
+                    yield chunk({}, "stop", usage=_usage(value, ensemble, messages),
                                 tie=_trace(value) | {"text": text})
                     yield "data: [DONE]\n\n"
                     return

@@ -41,10 +41,8 @@ This script must not import tie_lite; it imports tests/real_checkpoints.py for t
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import shutil
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -54,6 +52,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests"))
 from real_checkpoints import fill_deterministic, tensor_table, write_tokenizer_files
+from common import git, sha256, show, top_figures  # noqa: E402  (scripts/reference/, beside this file)
 
 HUB_REPO = "/work/.mirror/monash-yann+dllm-research/repo"
 HUB_PATH = "models/Dream-7B-Instruct"
@@ -107,35 +106,9 @@ def tokenizer_figures(tokenizer) -> dict:
             "texts": texts, "chats": chats}
 
 
-def git(repo: str, *args: str) -> str:
-    return subprocess.run(["git", "-C", repo, *args], check=True, capture_output=True, text=True).stdout
-
-
-def show(repo: str, commit: str, path: str) -> str:
-    return git(repo, "show", f"{commit}:{path}")
-
-
 def _code_lines(text: str) -> list[str]:
     """The lines that are code (comments, license headers and blank lines dropped)."""
     return [ln for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
-
-
-def sha256(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()
-
-
-def top_figures(logits: torch.Tensor, positions: list[int]) -> list[dict]:
-    rows = []
-    for p in positions:
-        row = logits[p]
-        values, ids = row.topk(5)
-        rows.append({
-            "position": p,
-            "top5_ids": ids.tolist(),
-            "top5_logits": [float(v) for v in values],
-            "fixed_logits": [float(row[i]) for i in FIXED_IDS],
-        })
-    return rows
 
 
 def main() -> None:
@@ -213,7 +186,7 @@ def main() -> None:
                 logits = loaded(x).logits[0]  # raw: output i is the prediction for position i + 1
                 in_memory = model(x).logits[0]
                 assert torch.equal(logits, in_memory)
-                figures_canvases.append({"ids": ids, "positions": top_figures(logits, positions)})
+                figures_canvases.append({"ids": ids, "positions": top_figures(logits, positions, FIXED_IDS)})
 
             # a left-padded batch, masked the way diffusion_generate masks it (4-D boolean query x key mask,
             # positions counted from the first real token)
@@ -226,7 +199,7 @@ def main() -> None:
             mask4 = torch.logical_and(attn.bool()[:, None, None, :], attn.bool()[:, None, :, None])
             padded = loaded(batch, mask4, tok_idx).logits
             assert torch.allclose(padded[0], loaded(batch[:1]).logits[0], atol=1e-5)
-            padded_rows = top_figures(padded[1], [pad + p for p in POSITIONS[2]])
+            padded_rows = top_figures(padded[1], [pad + p for p in POSITIONS[2]], FIXED_IDS)
             for row in padded_rows:
                 row["position_unpadded"] = row["position"] - pad
 

@@ -35,7 +35,9 @@ What it writes under --out (default tests/fixtures/reference/llada/):
 - config-VARIANT.json, tensors-VARIANT.json  the same for variants of the config that the authors' code
                 also supports (grouped-query attention; tied output weights, biases, MQA, logit scaling...);
 - figures.json  logits at fixed positions of fixed canvases (fp32, and bf16 for some), and the token ids
-                the authors' `generate()` returns at temperature 0, cfg 0, remasking low_confidence.
+                the authors' `generate()` returns at temperature 0, cfg 0, remasking low_confidence;
+- tokenizer_config.json  the hub tokenizer's chat template and special tokens (tests/real_checkpoints.py puts
+                them on its small vocabulary, so the chat prompt is rendered by the real template).
 
 This script must not import tie_lite; it imports tests/real_checkpoints.py for the shared weight filler.
 """
@@ -43,11 +45,9 @@ This script must not import tie_lite; it imports tests/real_checkpoints.py for t
 from __future__ import annotations
 
 import argparse
-import hashlib
 import importlib.util
 import json
 import shutil
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -57,6 +57,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests"))
 from real_checkpoints import fill_deterministic, tensor_table
+from common import git, sha256, show, top_figures  # noqa: E402  (scripts/reference/, beside this file)
 
 LLADA_REPO = "/work/.mirror/ML-GSAI+LLaDA/repo"
 LLADA_URL = "https://github.com/ML-GSAI/LLaDA"
@@ -69,6 +70,9 @@ HUB_REPO = "/work/.mirror/monash-yann+dllm-research/repo"
 HUB_URL = "https://github.com/monash-yann/dllm-research"
 HUB_COMMIT = "ecd7cd2f8cbe67f49c34763ba56a451078be5635"
 HUB_PATH = "models/LLaDA-8B-Instruct/config.json"
+HUB_TOKENIZER_PATH = "models/LLaDA-8B-Instruct/tokenizer_config.json"
+TOKENIZER_KEYS = ("chat_template", "bos_token", "eos_token", "pad_token", "add_bos_token", "add_eos_token",
+                  "tokenizer_class")
 
 TINY = dict(d_model=64, n_heads=4, n_kv_heads=4, n_layers=2, mlp_hidden_size=128)
 # Other settings the authors' code implements (hub checkpoints use none of them), checked on the logits only.
@@ -97,18 +101,6 @@ GENERATE_BF16 = [(32, 8, 32), (24, 8, 12)]
 GENERATE_GQA = [(32, 8, 16)]
 
 
-def git(repo: str, *args: str) -> str:
-    return subprocess.run(["git", "-C", repo, *args], check=True, capture_output=True, text=True).stdout
-
-
-def show(repo: str, commit: str, path: str) -> str:
-    return git(repo, "show", f"{commit}:{path}")
-
-
-def sha256(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()
-
-
 def compact_json(value, indent: int = 0) -> str:
     """JSON with objects one key a line and lists of numbers or strings on one line (small, diffable fixtures)."""
     pad, inner = " " * indent, " " * (indent + 1)
@@ -120,20 +112,6 @@ def compact_json(value, indent: int = 0) -> str:
     if isinstance(value, list) and any(isinstance(v, (dict, list)) for v in value):
         return "[\n" + ",\n".join(inner + compact_json(v, indent + 1) for v in value) + "\n" + pad + "]"
     return json.dumps(value)
-
-
-def top_figures(logits: torch.Tensor, positions: list[int]) -> list[dict]:
-    rows = []
-    for p in positions:
-        row = logits[p].float()
-        values, ids = row.topk(5)
-        rows.append({
-            "position": p,
-            "top5_ids": ids.tolist(),
-            "top5_logits": [float(v) for v in values],
-            "fixed_logits": [float(row[i]) for i in FIXED_IDS],
-        })
-    return rows
 
 
 class Recorder:
@@ -202,7 +180,7 @@ def canvas_figures(model, canvases=None) -> list[dict]:
             if canvases is not None and k not in canvases:
                 continue
             logits = model(torch.tensor([ids])).logits[0]
-            rows.append({"canvas": k, "ids": ids, "positions": top_figures(logits, positions)})
+            rows.append({"canvas": k, "ids": ids, "positions": top_figures(logits, positions, FIXED_IDS)})
     return rows
 
 
@@ -217,7 +195,7 @@ def padded_figures(model) -> dict:
         logits = model(batch, attention_mask=attn).logits
         alone = model(batch[:1]).logits
     assert torch.allclose(logits[0], alone[0], atol=1e-5)
-    rows = top_figures(logits[1], [pad + p for p in POSITIONS[2]])
+    rows = top_figures(logits[1], [pad + p for p in POSITIONS[2]], FIXED_IDS)
     return {"batch": batch.tolist(), "attention_mask": attn.tolist(), "row": 1, "positions": rows}
 
 
@@ -253,6 +231,12 @@ def main() -> None:
         hub_text = show(args.hub_repo, hub_commit, HUB_PATH)
         hub_source = {"repo": HUB_URL if args.hub_repo == HUB_REPO else args.hub_repo, "commit": hub_commit,
                       "path": HUB_PATH, "sha256": sha256(hub_text)}
+    hub_tokenizer = None  # the hub's chat template and special tokens (its 269 added tokens are left out)
+    if not args.hub_config:
+        full = json.loads(show(args.hub_repo, hub_commit, HUB_TOKENIZER_PATH))
+        hub_tokenizer = {k: full[k] for k in TOKENIZER_KEYS if k in full}
+        hub_tokenizer["_source"] = {**hub_source, "path": HUB_TOKENIZER_PATH,
+                                    "sha256": sha256(show(args.hub_repo, hub_commit, HUB_TOKENIZER_PATH))}
     hub = json.loads(hub_text)
     assert hub["model_type"] == "llada" and hub["vocab_size"] == 126464 and hub["mask_token_id"] == MASK
 
@@ -337,6 +321,8 @@ def main() -> None:
             (out / entry["config"]).write_text(vsaved)
             (out / entry["tensors"]).write_text(json.dumps(vtable, indent=1) + "\n")
         (out / "figures.json").write_text(compact_json(figures) + "\n")
+        if hub_tokenizer is not None:
+            (out / "tokenizer_config.json").write_text(json.dumps(hub_tokenizer, indent=2) + "\n")
         print(f"wrote {out}: modeling {modeling_commit[:12]}, generate {generate_commit[:12]}, "
               f"configuration {fast_commit[:12]}")
         for r in runs + runs_bf16 + runs_short:

@@ -25,6 +25,8 @@ from transformers import AutoConfig, AutoModel, PretrainedConfig, PreTrainedMode
 from transformers.activations import ACT2FN
 from transformers.modeling_outputs import MaskedLMOutput
 
+from .layers import RMSNorm, rotate_half, sdpa_mask
+
 
 class DreamConfig(PretrainedConfig):
     """The hub config of Dream checkpoints (configuration_dream.py's keys and defaults)."""
@@ -116,26 +118,6 @@ def rope_frequencies(config: DreamConfig) -> torch.Tensor:
     return 1.0 / (float(config.rope_theta) ** exponents)
 
 
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-
-
-class DreamRMSNorm(nn.Module):
-    """RMSNorm computed in float32, the weight applied after casting back to the input dtype."""
-
-    def __init__(self, hidden_size: int, eps: float):
-        super().__init__()
-        self.weight = nn.Parameter(torch.ones(hidden_size))
-        self.eps = eps
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        dtype = x.dtype
-        h = x.to(torch.float32)
-        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * h.to(dtype)
-
-
 class DreamAttention(nn.Module):
     def __init__(self, config: DreamConfig):
         super().__init__()
@@ -156,8 +138,8 @@ class DreamAttention(nn.Module):
         q = heads(self.q_proj(x), self.heads)
         k = heads(self.k_proj(x), self.kv_heads)
         v = heads(self.v_proj(x), self.kv_heads)
-        q = q * cos + _rotate_half(q) * sin
-        k = k * cos + _rotate_half(k) * sin
+        q = q * cos + rotate_half(q) * sin
+        k = k * cos + rotate_half(k) * sin
         group = self.heads // self.kv_heads
         if group > 1:  # grouped-query attention: query head h reads key/value head h // group
             k = k[:, :, None].expand(b, self.kv_heads, group, t, self.head_dim).reshape(b, self.heads, t, self.head_dim)
@@ -182,9 +164,9 @@ class DreamMLP(nn.Module):
 class DreamDecoderLayer(nn.Module):
     def __init__(self, config: DreamConfig):
         super().__init__()
-        self.input_layernorm = DreamRMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.self_attn = DreamAttention(config)
-        self.post_attention_layernorm = DreamRMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.mlp = DreamMLP(config)
 
     def forward(self, x, cos, sin, mask):
@@ -199,27 +181,12 @@ class DreamBackbone(nn.Module):
         super().__init__()
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, padding_idx=_padding_idx(config))
         self.layers = nn.ModuleList(DreamDecoderLayer(config) for _ in range(config.num_hidden_layers))
-        self.norm = DreamRMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 
 
 def _padding_idx(config: DreamConfig) -> int | None:
     pad = config.pad_token_id
     return pad if isinstance(pad, int) and 0 <= pad < config.vocab_size else None
-
-
-def _attention_mask(mask, batch: int, length: int) -> torch.Tensor | None:
-    """SDPA's mask from what callers pass: None (or Dream's "full") for no padding; a (batch, length) 0/1 padding
-    mask (padded keys are never attended); or a ready 4-D boolean / additive mask, used as it is."""
-    if mask is None or not isinstance(mask, torch.Tensor):
-        return None
-    if mask.dim() == 2:
-        if mask.shape != (batch, length):
-            raise ValueError(f"attention_mask of shape {tuple(mask.shape)} does not match the input ({batch}, {length})")
-        keep = mask.to(torch.bool)
-        return None if bool(keep.all()) else keep[:, None, None, :]
-    if mask.dim() == 4:
-        return mask
-    raise ValueError(f"attention_mask must be (batch, length) or 4-D, not {tuple(mask.shape)}")
 
 
 class DreamModel(PreTrainedModel):
@@ -251,7 +218,7 @@ class DreamModel(PreTrainedModel):
             if module.padding_idx is not None:
                 with torch.no_grad():
                     module.weight[module.padding_idx].zero_()
-        elif isinstance(module, DreamRMSNorm):
+        elif isinstance(module, RMSNorm):
             nn.init.ones_(module.weight)
 
     def get_input_embeddings(self):
@@ -292,7 +259,7 @@ class DreamModel(PreTrainedModel):
         if position_ids is None:
             position_ids = torch.arange(t, device=x.device)[None].expand(b, t)
         cos, sin = self.rotary(position_ids, x.dtype)
-        mask = _attention_mask(attention_mask, b, t)
+        mask = sdpa_mask(attention_mask, b, t)
         if mask is not None:
             mask = mask.to(x.device)
         for layer in self.model.layers:

@@ -41,6 +41,8 @@ from transformers import (
 )
 from transformers.modeling_outputs import MaskedLMOutput
 
+from .layers import RMSNorm, rotate_half, sdpa_mask
+
 ACTIVATIONS = {"silu": F.silu, "gelu": F.gelu, "relu": F.relu}
 
 
@@ -233,31 +235,9 @@ def rope_frequencies(config: LLaDAConfig, device=None) -> torch.Tensor:
     return 1.0 / (config.rope_theta ** (torch.arange(0, dim, 2, device=device, dtype=torch.float32) / dim))
 
 
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-
-
-class LLaDARMSNorm(nn.Module):
-    """RMSNorm computed in float32, cast back to the input dtype, then weight * x (+ bias)."""
-
-    def __init__(self, size: int, eps: float, bias: bool):
-        super().__init__()
-        self.weight = nn.Parameter(torch.ones(size))
-        self.bias = nn.Parameter(torch.zeros(size)) if bias else None
-        self.eps = eps
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        dtype = x.dtype
-        h = x.to(torch.float32)
-        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
-        h = self.weight * h.to(dtype)
-        return h + self.bias if self.bias is not None else h
-
-
-def _norm(config: LLaDAConfig) -> LLaDARMSNorm:
+def _norm(config: LLaDAConfig) -> RMSNorm:
     bias = config.bias_for_layer_norm if config.bias_for_layer_norm is not None else config.include_bias
-    return LLaDARMSNorm(config.d_model, config.rms_norm_eps, bool(bias))
+    return RMSNorm(config.d_model, config.rms_norm_eps, bool(bias))
 
 
 class LLaDABlock(nn.Module):
@@ -287,7 +267,7 @@ class LLaDABlock(nn.Module):
             t = t.float()
         else:
             cos, sin = cos.to(t.dtype), sin.to(t.dtype)
-        return (t * cos + _rotate_half(t) * sin).to(dtype)
+        return (t * cos + rotate_half(t) * sin).to(dtype)
 
     def attention(self, x: torch.Tensor, cos, sin, mask) -> torch.Tensor:
         b, t, _ = x.shape
@@ -329,21 +309,6 @@ class LLaDABackbone(nn.Module):
         self.transformer = nn.ModuleDict(parts)
 
 
-def _attention_mask(mask, batch: int, length: int) -> torch.Tensor | None:
-    """SDPA's mask: None (no padding), a (batch, length) 1/0 padding mask (padded keys are never attended), or
-    a ready 4-D boolean / additive mask used as it is."""
-    if mask is None:
-        return None
-    if mask.dim() == 2:
-        if tuple(mask.shape) != (batch, length):
-            raise ValueError(f"attention_mask of shape {tuple(mask.shape)} does not match the input ({batch}, {length})")
-        keep = mask.to(torch.bool)
-        return None if bool(keep.all()) else keep[:, None, None, :]
-    if mask.dim() == 4:
-        return mask
-    raise ValueError(f"attention_mask must be (batch, length) or 4-D, not {tuple(mask.shape)}")
-
-
 class LLaDAModelLM(PreTrainedModel):
     """LLaDA with its hub parameter names. forward(input_ids) returns `.logits`, the prediction for position i
     at index i, over `embedding_size` rows."""
@@ -368,7 +333,7 @@ class LLaDAModelLM(PreTrainedModel):
             nn.init.normal_(module.weight, std=std)
             if getattr(module, "bias", None) is not None:
                 nn.init.zeros_(module.bias)
-        elif isinstance(module, LLaDARMSNorm):
+        elif isinstance(module, RMSNorm):
             nn.init.ones_(module.weight)
             if module.bias is not None:
                 nn.init.zeros_(module.bias)
@@ -418,7 +383,7 @@ class LLaDAModelLM(PreTrainedModel):
         if position_ids is None:
             position_ids = torch.arange(t, device=x.device)[None].expand(b, t)
         cos, sin = self.rotary(position_ids.to(x.device))
-        mask = _attention_mask(attention_mask, b, t)
+        mask = sdpa_mask(attention_mask, b, t)
         if mask is not None:
             mask = mask.to(x.device)
         for block in tr.blocks:

@@ -1,0 +1,44 @@
+"""Pieces LLaDA and Dream compute the same way (each checked bit for bit against its authors' code)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    """RoPE's rotation of the two halves of each head: (x1, x2) -> (-x2, x1)."""
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+class RMSNorm(nn.Module):
+    """RMSNorm computed in float32, cast back to the input dtype, then weight * x (+ bias, LLaDA's option)."""
+
+    def __init__(self, size: int, eps: float, bias: bool = False):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(size))
+        self.bias = nn.Parameter(torch.zeros(size)) if bias else None
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = x.dtype
+        h = x.to(torch.float32)
+        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
+        h = self.weight * h.to(dtype)
+        return h + self.bias if self.bias is not None else h
+
+
+def sdpa_mask(mask, batch: int, length: int) -> torch.Tensor | None:
+    """SDPA's mask from what callers pass: None (or Dream's "full") for no padding; a (batch, length) 0/1 padding
+    mask (padded keys are never attended); or a ready 4-D boolean / additive mask, used as it is."""
+    if mask is None or not isinstance(mask, torch.Tensor):
+        return None
+    if mask.dim() == 2:
+        if tuple(mask.shape) != (batch, length):
+            raise ValueError(f"attention_mask of shape {tuple(mask.shape)} does not match the input ({batch}, {length})")
+        keep = mask.to(torch.bool)
+        return None if bool(keep.all()) else keep[:, None, None, :]
+    if mask.dim() == 4:
+        return mask
+    raise ValueError(f"attention_mask must be (batch, length) or 4-D, not {tuple(mask.shape)}")
