@@ -91,13 +91,13 @@ def sp_tokenizer(texts: list[str], vocab_size: int = 256) -> PreTrainedTokenizer
     return wrap(tok)
 
 
-def task_texts(seed: int) -> list[str]:
+def task_texts(seed: int, phrasing: str = "templates") -> list[str]:
     """Text to train a subword tokenizer on (its own seed range, below the training streams)."""
     rng = random.Random(TRAIN_SEED_BASE - 1 - seed)
     texts = []
     for task in TASKS.values():
         for _ in range(4000):
-            p = task.sample(rng)
+            p = task.sample(rng, None, phrasing)
             texts += [f"User: {p.prompt}\nBot: ", p.reasoning, ANSWER_MARKER, p.answer]
     return texts
 
@@ -127,9 +127,10 @@ def held_out_expressions() -> set[str]:
 class Examples:
     """Streams training batches in the decoding layout."""
 
-    def __init__(self, tokenizer, mix, seed, free_fraction=0.1):
+    def __init__(self, tokenizer, mix, seed, free_fraction=0.1, phrasing="templates"):
         self.tok = tokenizer
         self.mix = mix
+        self.phrasing = phrasing
         self.rng = random.Random(TRAIN_SEED_BASE + seed)
         self.free_fraction = free_fraction
         self.held = held_out_expressions()
@@ -142,10 +143,10 @@ class Examples:
         while True:
             p, given = None, False
             if self.rng.random() < share:  # real operands; kept when the task's first stage is the given one
-                p = task.sample(self.rng, dict(one_stage=0.0))
+                p = task.sample(self.rng, dict(one_stage=0.0, one_digit=self.mix.get("one_digit", 0.0)), self.phrasing)
                 given = p.stages[0] == self.mix.get("given")
             if not given:
-                p = task.sample(self.rng, self.mix)
+                p = task.sample(self.rng, self.mix, self.phrasing)
             if p.reasoning not in self.held:
                 return p, given
 
@@ -209,6 +210,9 @@ def main():
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--steps", type=int, default=10000)
     ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--phrasing", choices=("templates", "varied"), default="templates",
+                    help="templates: the six the shipped members learned; varied: tie_lite/tasks/phrasing.py's grammar "
+                         "(with 1-digit operands in a fifth of the sums)")
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--hidden", type=int, default=64, help="a multiple of 64 (bitsandbytes 4-bit CPU kernels need it)")
     ap.add_argument("--layers", type=int, default=4)
@@ -220,13 +224,15 @@ def main():
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     spec = MEMBERS[args.member]
-    mix = json.loads(args.mix) if args.mix else spec["mix"]
+    mix = json.loads(args.mix) if args.mix else dict(spec["mix"])
+    if args.phrasing == "varied":
+        mix.setdefault("one_digit", 0.2)
     if spec["tokenizer"] == "char":
         tok = char_tokenizer()
     elif spec["tokenizer"] == "sp":
-        tok = sp_tokenizer(task_texts(args.seed))
+        tok = sp_tokenizer(task_texts(args.seed, args.phrasing))
     else:
-        tok = bpe_tokenizer(task_texts(args.seed))
+        tok = bpe_tokenizer(task_texts(args.seed, args.phrasing))
     config = TieTinyConfig(
         vocab_size=-(-len(tok) // 32) * 32,  # padded for quantized kernels
         hidden_size=args.hidden,
@@ -240,7 +246,7 @@ def main():
         shift_logits=spec["shift_logits"],
     )
     model = TieTinyForMaskedLM(config)
-    data = Examples(tok, mix, args.seed)
+    data = Examples(tok, mix, args.seed, phrasing=args.phrasing)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01, betas=(0.9, 0.98))
     warmup = 300
     sched = torch.optim.lr_scheduler.LambdaLR(
@@ -261,7 +267,7 @@ def main():
         if args.checkpoint_every and step and step % args.checkpoint_every == 0:
             save(model, tok, args.out)
     save(model, tok, args.out)
-    meta = dict(member=args.member, seed=args.seed, steps=args.steps, batch=args.batch, lr=args.lr,
+    meta = dict(member=args.member, seed=args.seed, steps=args.steps, batch=args.batch, lr=args.lr, phrasing=args.phrasing,
                 mix=mix, free_fraction=data.free_fraction, layers=args.layers, hidden=args.hidden,
                 threads=args.threads, train_seconds=round(time.time() - start), params=model.num_parameters())
     (args.out / "training.json").write_text(json.dumps(meta, indent=2) + "\n")

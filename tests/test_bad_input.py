@@ -166,7 +166,7 @@ json_values = st.recursive(
 @given(values=st.dictionaries(st.one_of(st.sampled_from(
     ["models", "quant", "backend", "gen_length", "block_size", "steps", "unmask", "threshold", "topk",
      "answer_length", "free", "interval", "score", "select", "select_model", "temperature", "seed", "schedule",
-     "eps"]),
+     "eps", "cache"]),
     st.text(max_size=6)), json_values, max_size=6), history=json_values, message=st.one_of(prompts, json_values))
 def test_chat_settings_history_and_message(values, history, message):
     from tie_lite.errors import UserError

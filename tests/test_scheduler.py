@@ -302,20 +302,20 @@ def test_out_of_memory_mid_run_replans_or_says_what_to_change(monkeypatch):
     ensemble = Ensemble(LoadSettings(max_memory="1GiB"))
     reference = ensemble.run(PROMPT, DecodeSettings(), TieSettings())
     member = ensemble.members[0]
-    original = member.logits
+    original = member.forward
     state = {"raised": 0}
 
-    def flaky(ids, once=True):
+    def flaky(request, once=True):
         if state["raised"] < (1 if once else 10**9):
             state["raised"] += 1
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-        return original(ids)
+        return original(request)
 
-    monkeypatch.setattr(member, "logits", flaky)
+    monkeypatch.setattr(member, "forward", flaky)
     out = ensemble.run(PROMPT, DecodeSettings(), TieSettings())
     assert out.text == reference.text and state["raised"] == 1
     assert ensemble.scheduler.strategy == "swap"  # re-planned under a smaller budget, then ran again
-    monkeypatch.setattr(member, "logits", lambda ids: flaky(ids, once=False))
+    monkeypatch.setattr(member, "forward", lambda request: flaky(request, once=False))
     with pytest.raises(UserError, match="out of memory on cpu: this run needs about") as err:
         ensemble.run(PROMPT, DecodeSettings(), TieSettings())
     assert "\n" not in str(err.value)

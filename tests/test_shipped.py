@@ -3,7 +3,6 @@
 import functools
 
 import pytest
-import torch
 
 from tie_lite.loading import load_member
 from tie_lite.sampler import DecodeSettings, Trajectory

@@ -27,6 +27,7 @@ PUBLIC_SCORES = tuple(s for s in SCORES if s != "oracle")
 SETTING_KEYS = (
     "models", "quant", "backend", "gen_length", "block_size", "steps", "unmask", "threshold", "topk",
     "answer_length", "free", "interval", "score", "select", "select_model", "temperature", "seed", "schedule", "eps",
+    "cache",
 )
 LABELS = {
     "models": "members", "gen_length": "generation length", "block_size": "block size", "steps": "steps",
@@ -59,7 +60,7 @@ class Defaults:
             gen_length=d.gen_length, block_size=d.block_size, steps=d.steps or 0, unmask=d.unmask,
             threshold=d.threshold, topk=d.topk, answer_length=d.answer_length or 8, free=d.answer_length is None,
             interval=t.interval, score=t.score, select=t.select, select_model=t.select_model, temperature=d.temperature,
-            seed=d.seed, schedule=d.schedule, eps=d.eps,
+            seed=d.seed, schedule=d.schedule, eps=d.eps, cache=d.cache,
         )
 
 
@@ -118,6 +119,7 @@ def parse_settings(values: dict, defaults: Defaults | None = None) -> tuple[Load
         answer_length=None if free else _whole("answer_length", v["answer_length"], 1),
         schedule=str(v["schedule"]),
         eps=_number("eps", v["eps"]),
+        cache=str(v["cache"]),
     )
     decode.validate()
     select = str(v["select"])
@@ -225,3 +227,39 @@ def message_text(content: Any, depth: int = 0) -> str | None:
 # --- engine side: models loaded once, one generation at a time, events -> snapshots -----------------
 
 
+
+
+# --- what the shipped members can answer ------------------------------------------------------------------
+
+ARITHMETIC_ONLY = (
+    "The members running here are tie-lite's tiny shipped models, and they only do arithmetic: sums and products "
+    "of numbers below 100, (a+b)*c and a*b+c*d, worked out step by step. Ask e.g. “What is (23+41)*7?”, “what's 37 "
+    "plus 85” or “12 times 4 plus 7 times 3”. For open-ended chat, start tie-lite with LLaDA or Dream members (--model)."
+)
+
+
+def arithmetic_only(load: LoadSettings) -> bool:
+    """Whether every member is one of the project's own tiny models (tie-tiny), trained on the arithmetic tasks only."""
+    import json
+    from pathlib import Path
+
+    from .registry import resolve
+
+    for spec in load.models:
+        config = Path(resolve(spec)[1]) / "config.json"
+        try:
+            if json.loads(config.read_text()).get("model_type") != "tie-tiny":
+                return False
+        except (OSError, ValueError, AttributeError):
+            return False
+    return True
+
+
+def off_task_reply(load: LoadSettings, message: str) -> str | None:
+    """The plain answer for a message the members cannot answer (a greeting, prose, no arithmetic expression in
+    it), instead of presenting arithmetic garbage as a reply; None when the members should answer it."""
+    from .tasks.phrasing import find_expression
+
+    if find_expression(message) is None and arithmetic_only(load):
+        return ARITHMETIC_ONLY
+    return None

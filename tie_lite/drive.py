@@ -10,10 +10,44 @@ from dataclasses import dataclass
 import torch
 
 
+PAD = -1  # stacked canvases are right-padded with this id; the member masks it out of attention
+
+
 @dataclass
 class Forward:
+    """Canvases one member computes. The answer sent back is one `Row` per canvas (loading.Member.forward)."""
+
     member: object  # loading.Member
-    ids: torch.Tensor  # (batch, length)
+    ids: torch.Tensor  # (rows, length)
+    need: list[torch.Tensor] | None = None  # per row: the canvas positions whose logits are read; None: all
+    store: bool = False  # keep each row's keys and values (a block refresh of the KV cache)
+    caches: list | None = None  # per row: a CanvasCache to reuse; then only `query` positions are recomputed
+    query: list[torch.Tensor] | None = None
+    canvas_lengths: list[int] | None = None  # per row, when rows of different lengths were stacked (right-padded)
+
+    @property
+    def lengths(self) -> list[int]:
+        return self.canvas_lengths or [self.ids.shape[1]] * self.ids.shape[0]
+
+    @property
+    def kind(self) -> tuple:
+        """Requests of one kind stack into one forward."""
+        return (self.need is None, self.store, self.caches is not None)
+
+    @staticmethod
+    def stack(requests: list[Forward]) -> Forward:
+        if len(requests) == 1:
+            return requests[0]
+        first = requests[0]
+
+        def joined(field):
+            lists = [getattr(r, field) for r in requests]
+            return None if lists[0] is None else [x for part in lists for x in part]
+
+        width = max(r.ids.shape[1] for r in requests)  # right-padded; Member.forward masks the padding out
+        ids = torch.cat([torch.nn.functional.pad(r.ids, (0, width - r.ids.shape[1]), value=PAD) for r in requests])
+        lengths = [n for r in requests for n in r.lengths]
+        return Forward(first.member, ids, joined("need"), first.store, joined("caches"), joined("query"), lengths)
 
 
 def run(process, scheduler=None):
@@ -23,7 +57,7 @@ def run(process, scheduler=None):
         while True:
             if scheduler is not None:
                 scheduler.use_member(request.member)
-            request = process.send(request.member.logits(request.ids))
+            request = process.send(request.member.forward(request))
     except StopIteration as stop:
         return stop.value
 
@@ -32,17 +66,20 @@ def forward_batch(pending: dict, scheduler=None, max_batch: int = 64) -> dict:
     """One stacked forward for some of `pending` ({key: Forward}): the requests for one member and canvas
     length, the resident member's first, the largest group otherwise. Returns {key: logits} for those."""
     groups = defaultdict(list)
-    for k, req in pending.items():
-        groups[(id(req.member), req.ids.shape[1])].append(k)
+    for k, req in pending.items():  # canvases of different lengths stack (padded), cached ones only alike
+        groups[(id(req.member), req.kind, req.ids.shape[1] if req.caches is not None else None)].append(k)
     current = scheduler.members[scheduler.current] if scheduler is not None and scheduler.current is not None else None
     key = max(groups, key=lambda g: (current is not None and g[0] == id(current), len(groups[g])))
     ks = groups[key][:max_batch]
     member = pending[ks[0]].member
     if scheduler is not None:
         scheduler.use_member(member)
-    sizes = [pending[k].ids.shape[0] for k in ks]
-    logits = member.logits(torch.cat([pending[k].ids for k in ks]))
-    return dict(zip(ks, torch.split(logits, sizes)))
+    rows = member.forward(Forward.stack([pending[k] for k in ks]))
+    out, at = {}, 0
+    for k in ks:
+        n = pending[k].ids.shape[0]
+        out[k], at = rows[at : at + n], at + n
+    return out
 
 
 def run_many(processes, scheduler=None, on_done=None, max_batch: int = 64) -> list:

@@ -41,10 +41,13 @@ def method_settings(method: str, names: list[str], tie):
                     f"{', '.join(BOUNDS)}")
 
 
-def evaluate(ensemble, task, n: int, seed: int, methods: list[str], decode, tie, out=None, progress=None):
+def evaluate(ensemble, task, n: int, seed: int, methods: list[str], decode, tie, out=None, progress=None,
+             phrasing: str = "templates"):
+    """Accuracy per method on n problems of `task` asked in the `phrasing` set's templates (the same problems
+    for every set: only the wording differs)."""
     names = [m.name for m in ensemble.members]
     plans = {method: method_settings(method, names, tie) for method in methods}
-    problems = task.generate(n, seed)
+    problems = task.generate(n, seed, phrasing=phrasing)
     results, traces = {}, {}
     for method, (indices, settings) in plans.items():
         correct, steps, changes, relays = 0, 0, 0, 0
@@ -147,6 +150,10 @@ def add_eval_parser(sub) -> None:
     e.add_argument("--json", action="store_true")
     e.add_argument("--out", help="write one JSON line per problem and method")
     e.add_argument("--plot", help="write a PNG: accuracy per method and when leaders change")
+    e.add_argument("--phrasing", default="templates",
+                   help="how the problems are asked (the same problems in each): templates (the six the shipped "
+                        "members were trained on), varied (many templates, spaces, words for + and *, casing), "
+                        "held-out (templates no training uses, written like varied)")
     e.add_argument("--list-tasks", action="store_true", help="print the task names and exit")
     add_model_args(e)
     add_decode_args(e, seed_flag="--sample-seed")
@@ -161,7 +168,9 @@ def cmd_eval(args) -> int:
                           load_settings, plan_tokens, tie_settings)
     from .registry import member_names
     from .session import Ensemble
+    from .options import check_choice
     from .tasks import TASKS, get_task
+    from .tasks.phrasing import PHRASINGS
 
     if args.list_tasks:
         print("\n".join(TASKS))
@@ -169,6 +178,7 @@ def cmd_eval(args) -> int:
     if not args.task:
         raise UserError("give --task NAME (see `tie-lite eval --list-tasks`)")
     task = get_task(args.task)
+    check_choice(args.phrasing, tuple(PHRASINGS), "--phrasing")
     if not 1 <= args.n <= MAX_PROBLEMS:
         raise UserError(f"--n must be between 1 and {MAX_PROBLEMS}")
     check_seed(args.seed)
@@ -195,17 +205,20 @@ def cmd_eval(args) -> int:
     out = open(args.out, "w") if args.out else None
     try:
         results, traces = evaluate(ensemble, task, args.n, args.seed, methods, decode, tie, out,
-                                   progress=lambda m: (bar.set_postfix_str(m), bar.update(1)))
+                                   progress=lambda m: (bar.set_postfix_str(m), bar.update(1)), phrasing=args.phrasing)
     finally:
         bar.close()
         if out is not None:
             out.close()
     if args.plot:
-        plot(results, traces, args.plot, f"{task.name}, n={args.n}, seed {args.seed}, score {tie.score}")
+        plot(results, traces, args.plot, f"{task.name} ({args.phrasing} phrasings), n={args.n}, seed {args.seed}, "
+                                         f"score {tie.score}")
     if args.json:
-        print(json.dumps({"task": task.name, "n": args.n, "seed": args.seed, "settings": {"score": tie.score,
-                          "select": tie.select, "interval": tie.interval}, "results": results}, indent=2))
+        print(json.dumps({"task": task.name, "n": args.n, "seed": args.seed, "phrasing": args.phrasing,
+                          "settings": {"score": tie.score, "select": tie.select, "interval": tie.interval,
+                                       "cache": decode.cache}, "results": results}, indent=2))
     else:
-        print(f"{task.name}: n={args.n}, seed {args.seed}, score {','.join(scores)}, select {tie.select}")
+        print(f"{task.name} ({args.phrasing} phrasings): n={args.n}, seed {args.seed}, score {','.join(scores)}, "
+              f"select {tie.select}, cache {decode.cache}")
         print(table(results))
     return 0

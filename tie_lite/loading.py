@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 import transformers
@@ -43,9 +43,86 @@ class Member:
         out = self.model(input_ids=ids.to(self.device)).logits
         return self.family.align(out, self.shifted).float()
 
+    @property
+    def caches(self) -> bool:
+        """The project's own model classes keep KV caches and compute logits at chosen positions only."""
+        return self.family.native_module is not None
+
+    def read_positions(self, positions: torch.Tensor) -> torch.Tensor:
+        """The model outputs holding the predictions for canvas `positions` (Dream-style: one to the left)."""
+        return (positions - 1).clamp_min(0) if self.shifted else positions
+
+    @torch.no_grad()
+    def forward(self, request) -> list[Row]:
+        """Compute a drive.Forward: float32 logits at each row's `need` positions (all positions when None),
+        and each row's KV cache when asked to store one."""
+        ids, lengths = request.ids, request.lengths
+        padded = len(set(lengths)) > 1 or lengths[0] != ids.shape[1]
+        if padded and (request.need is None or not self.caches):  # whole canvases: one at a time
+            rows = [self.forward(replace(request, ids=ids[r : r + 1, :n], need=None if request.need is None else
+                                         request.need[r : r + 1], store=False, caches=None, query=None,
+                                         canvas_lengths=None))[0] for r, n in enumerate(lengths)]
+            return rows
+        if request.need is None:
+            return [Row(row, None) for row in self.logits(ids)]
+        if not self.caches:  # remote code: whole-canvas logits, then the positions asked for
+            full = self.logits(ids)
+            return [Row(PositionLogits(n, full[r, n])) for r, n in enumerate(request.need)]
+        reads = [self.read_positions(n) for n in request.need]
+        kwargs = {}
+        if request.caches is not None:  # recompute the query positions (and those the logits read) only
+            from .models.cache import CanvasCache
+
+            queries = [torch.unique(torch.cat([q, rd])) for q, rd in zip(request.query, reads)]
+            query = _padded(queries)
+            at = _padded([torch.searchsorted(q, rd) for q, rd in zip(queries, reads)])
+            inputs = ids.gather(1, query)
+            kwargs = dict(position_ids=query.to(self.device), canvas_cache=CanvasCache.stack(request.caches))
+        else:
+            inputs, at = ids, _padded(reads)
+            kwargs = dict(store_cache=request.store)
+            if padded:  # rows of different lengths: the padding is never attended, and never a token id
+                keep = torch.arange(ids.shape[1])[None] < torch.tensor(lengths)[:, None]
+                inputs = inputs.masked_fill(~keep, self.mask_id)
+                kwargs["attention_mask"] = keep.to(self.device)
+        out = self.model(input_ids=inputs.to(self.device), logits_at=at.to(self.device), **kwargs)
+        logits = out.logits.float()
+        caches = out.canvas_cache.rows(lengths) if request.store else [None] * len(reads)
+        return [Row(PositionLogits(n, logits[r, : n.numel()]), caches[r]) for r, n in enumerate(request.need)]
+
     def prompt_ids(self, messages: list[dict]) -> list[int]:
         return self.family.prompt_ids(self.tokenizer, messages)
 
+
+@dataclass
+class Row:
+    """One canvas's share of a forward: its logits (indexable by canvas position) and, when stored, its cache."""
+
+    logits: object
+    cache: object = None
+
+
+class PositionLogits:
+    """Logits at some canvas positions, indexed by canvas position like a whole-canvas tensor would be."""
+
+    def __init__(self, positions: torch.Tensor, values: torch.Tensor):
+        self.positions, self.values = positions, values
+        size = int(positions.max()) + 1 if positions.numel() else 0
+        self._row = torch.full((size,), -1, dtype=torch.long)
+        self._row[positions] = torch.arange(positions.numel())
+
+    def __getitem__(self, positions: torch.Tensor) -> torch.Tensor:
+        rows = self._row[positions] if positions.numel() else positions
+        if positions.numel() and bool((rows < 0).any()):
+            raise IndexError("logits were not computed at some of these positions")
+        return self.values[rows.to(self.values.device)]
+
+
+def _padded(rows: list[torch.Tensor]) -> torch.Tensor:
+    """Index rows of different lengths as one (rows, longest) tensor, each padded with its own last index."""
+    width = max(max(r.numel() for r in rows), 1)
+    return torch.stack([torch.cat([r, r[-1:].expand(width - r.numel())]) if r.numel() else torch.zeros(width, dtype=torch.long)
+                        for r in rows])
 
 def tokenizer_key(tokenizer) -> str:
     """Members with equal keys share a vocabulary, so canvases relay between them id for id."""

@@ -36,6 +36,7 @@ from .loading import Member
 UNMASK_POLICIES = ("low_confidence", "threshold", "topk", "margin", "entropy", "random", "maskgit_plus", "topk_margin")
 DREAM_ALGS = ("maskgit_plus", "topk_margin", "entropy")  # diffusion_generate's `alg` names
 SCHEDULES = ("blocks", "dream")
+CACHES = ("none", "prefix", "dual")
 DREAM_ENTROPY_EPS = 1e-10  # diffusion_generate's log(p + 1e-10)
 FREE_ANSWER_POSITIONS = 8  # free layout: how many masked positions past the current block are watched
 
@@ -53,6 +54,7 @@ class DecodeSettings:
     answer_length: int | None = 8  # None: free layout (no answer marker)
     schedule: str = "blocks"  # "blocks" (LLaDA's semi-autoregressive blocks) or "dream" (diffusion_generate's)
     eps: float = 1e-3  # "dream": the last timestep of linspace(1, eps, steps + 1)
+    cache: str = "none"  # block KV cache: none, prefix (the committed prefix's keys/values) or dual (the suffix's too)
 
     @property
     def dream(self) -> bool:
@@ -79,6 +81,8 @@ class DecodeSettings:
             raise UserError(f"unknown --unmask '{shown(self.unmask)}'; use one of {', '.join(UNMASK_POLICIES)}")
         if self.schedule not in SCHEDULES:
             raise UserError(f"unknown --schedule '{shown(self.schedule)}'; use one of {', '.join(SCHEDULES)}")
+        if self.cache not in CACHES:
+            raise UserError(f"unknown --cache '{shown(self.cache)}'; use one of {', '.join(CACHES)}")
         if self.gen_length <= 0 or self.block_size <= 0 or self.total_steps <= 0:
             raise UserError("--gen-length, --block-size and --steps must be positive")
         if not math.isfinite(self.temperature):
@@ -137,6 +141,10 @@ class Trajectory:
     total_steps: int = 0
     total_top1: float = 0.0
     watch: bool = True  # record TCC / top-1 at the watched positions (scoring reads them; one member does not)
+    cache: object = None  # the KV cache of the latest block refresh (models/cache.py), and its block's start
+    cache_block: int = -1
+    round_cache: object = None  # the first refresh of this round, on the canvas the round started from
+    round_cache_ids: torch.Tensor | None = None
 
     @classmethod
     def start(cls, member: Member, messages: list[dict], settings: DecodeSettings) -> Trajectory:
@@ -185,6 +193,7 @@ class Trajectory:
         self.round_start = self.ids.clone()
         self.round_tcc = 0.0
         self.round_steps = 0
+        self.round_cache = self.round_cache_ids = None
 
     def adopt(self, other: Trajectory) -> None:
         """Relay: take `other`'s canvas, id for id when the tokenizers match, else through text."""
@@ -196,6 +205,7 @@ class Trajectory:
             self.ids = self.layout.write_state(self.member.tokenizer, self.prompt_ids, other.state())
         self.block_step = 0
         self.prev_top1 = None
+        self.cache = None  # another canvas: the next step refreshes
 
     # --- decoding ---------------------------------------------------------------------------------
 
@@ -215,19 +225,30 @@ class Trajectory:
             idx = inside.nonzero().flatten()[:FREE_ANSWER_POSITIONS]
         return idx
 
-    def step(self, settings: DecodeSettings, logits: torch.Tensor) -> bool:
-        """Commit from one forward's logits (for this canvas). False when it was already complete."""
+    def plan_step(self) -> StepPlan | None:
+        """What the next step reads: its block, the positions it may commit and the watched ones; None when
+        the canvas is complete. Known before the forward, so the forward computes logits there only."""
         lay = self.layout
         masked = self.masked  # once per step: the block, the candidates and the watched positions share it
         gen = masked[lay.prompt_len :]
         if not gen.any():
-            return False
+            return None
         block = lay.block(int(gen.nonzero()[0]) // lay.block_size)
         candidates = torch.zeros_like(masked)
         candidates[block] = masked[block]
         if lay.has_answer and masked[lay.reasoning].any():
             candidates[lay.answer] = False  # answers are committed after all of the reasoning
         cand = candidates.nonzero().flatten()
+        watched = self.scored_positions(masked, block) if self.watch else cand[:0]
+        return StepPlan(masked, block, cand, watched)
+
+    def step(self, settings: DecodeSettings, logits, plan: StepPlan | None = None) -> bool:
+        """Commit from one forward's logits (for this canvas, indexable by position). False when it was
+        already complete."""
+        plan = plan or self.plan_step()
+        if plan is None:
+            return False
+        lay, masked, block, cand = self.layout, plan.masked, plan.block, plan.cand
         self.forwards += 1
 
         cand_logits = logits[cand]
@@ -239,7 +260,7 @@ class Trajectory:
         confidence = _confidence(settings.unmask, probs, x0, self.generator, dream=settings.dream)
 
         if settings.dream:
-            left = int(gen.sum())
+            left = int(masked[lay.prompt_len :].sum())
             count = dream_transfer_count(left, self.block_step, settings.total_steps, settings.eps)
             while count == 0:  # a step of Dream's that commits nothing: the next one sees the same canvas
                 self.block_step += 1
@@ -255,7 +276,7 @@ class Trajectory:
         # stable: among equally confident positions the leftmost goes first (saturated EOS runs tie often)
         chosen = torch.sort(confidence, descending=True, stable=True).indices[:count]
         if self.watch:
-            self._record(logits, self.scored_positions(masked, block))
+            self._record(logits, plan.watched)
         self.ids[cand[chosen]] = x0[chosen]
         self.block_step += 1
         if not (self.ids[block] == lay.mask_id).any():
@@ -291,15 +312,44 @@ class Trajectory:
         for _ in range(blocks):
             blk = self.current_block()
             while blk is not None and self.current_block() == blk:
-                logits = yield Forward(self.member, self.ids[None])
-                self.step(settings, logits[0])
+                plan = self.plan_step()
+                row = (yield self.forward_request(settings, plan))[0]
+                if row.cache is not None:
+                    self._keep_cache(row.cache, plan)
+                self.step(settings, row.logits, plan)
                 if on_step is not None:
                     on_step(self)
             if self.done:
                 return
 
+    def forward_request(self, settings: DecodeSettings, plan: StepPlan) -> Forward:
+        """The forward a step needs: logits at its candidates and watched positions only; with a cache, a
+        whole-canvas refresh at each new block (a relay lands on one, so it costs no extra forward) and then
+        only the positions that change (prefix: the block onwards; dual: the block and the watched ones)."""
+        need = [torch.unique(torch.cat([plan.cand, plan.watched]))]
+        if settings.cache == "none" or not self.member.caches:
+            return Forward(self.member, self.ids[None], need=need)
+        if self.cache is None or self.cache_block != plan.block.start:
+            return Forward(self.member, self.ids[None], need=need, store=True)
+        stop = self.layout.total_len if settings.cache == "prefix" else plan.block.stop
+        query = torch.arange(plan.block.start, stop)  # the member adds the positions the logits are read at
+        return Forward(self.member, self.ids[None], need=need, caches=[self.cache], query=[query])
+
+    def _keep_cache(self, cache, plan: StepPlan) -> None:
+        self.cache, self.cache_block = cache, plan.block.start
+        if self.round_cache is None:  # verify scores this round's commitments against this canvas
+            self.round_cache, self.round_cache_ids = cache, self.ids.clone()
+
     def run_blocks(self, settings: DecodeSettings, blocks: int, on_step=None) -> None:
         run(self.advance(settings, blocks, on_step))
+
+
+@dataclass(frozen=True)
+class StepPlan:
+    masked: torch.Tensor
+    block: slice
+    cand: torch.Tensor  # positions this step may commit
+    watched: torch.Tensor  # positions whose predictions TCC and scoring watch
 
 
 def _gumbel_argmax(logits: torch.Tensor, temperature: float, generator: torch.Generator) -> torch.Tensor:

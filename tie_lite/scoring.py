@@ -49,7 +49,12 @@ def round_scores(trajs: list[Trajectory], kind: str, order: list[int], gold: Tex
 
 
 def member_view(judge: Trajectory, trajs: list[Trajectory], kind: str):
-    """Process: what `judge`'s member thinks of each trajectory, all of them in one batched forward."""
+    """Process: what `judge`'s member thinks of each trajectory, all of them in one batched forward.
+
+    Logits are computed at the positions scored only, and each distinct canvas once: after a relay the verify
+    canvases are all the canvas the round started from, so verify costs one forward a judge, not M. With a
+    KV cache the judge kept that canvas's keys and values at its round's first step, and the forward
+    recomputes the scored positions only."""
     canvases, targets = [], []
     for t in trajs:
         if kind == "verify":
@@ -57,20 +62,34 @@ def member_view(judge: Trajectory, trajs: list[Trajectory], kind: str):
             targets.append((positions, tokens))
         else:
             ids = translate(t, judge)
+            positions = watched_positions(judge, ids)
+            targets.append((positions, None))
         canvases.append(ids)
-    logits = yield Forward(judge.member, torch.stack(canvases))
-    judge.forwards += len(trajs)
+    distinct, which = [], []
+    for ids in canvases:
+        j = next((j for j, d in enumerate(distinct) if torch.equal(d, ids)), None)
+        if j is None:
+            j = len(distinct)
+            distinct.append(ids)
+        which.append(j)
+    needs = [torch.unique(torch.cat([targets[i][0] for i in range(len(trajs)) if which[i] == j]))
+             for j in range(len(distinct))]
+    if kind == "verify" and len(distinct) == 1 and judge.round_cache is not None and torch.equal(distinct[0], judge.round_cache_ids):
+        request = Forward(judge.member, distinct[0][None], need=needs, caches=[judge.round_cache], query=[needs[0][:0]])
+    else:
+        request = Forward(judge.member, torch.stack(distinct), need=needs)
+    rows = yield request
+    judge.forwards += len(distinct)
     out = []
-    for i, ids in enumerate(canvases):
-        if kind == "verify":
-            positions, tokens = targets[i]
-            if positions.numel() == 0:
-                out.append(0.0)
-                continue
-            logp = torch.log_softmax(logits[i, positions], dim=-1).gather(-1, tokens[:, None])
+    for i, (positions, tokens) in enumerate(targets):
+        logits = rows[which[i]].logits
+        if positions.numel() == 0:
+            out.append(0.0)
+        elif kind == "verify":
+            logp = torch.log_softmax(logits[positions], dim=-1).gather(-1, tokens[:, None])
             out.append(float(logp.mean()))
         else:
-            out.append(_confidence_stat(judge, ids, logits[i], kind))
+            out.append(_confidence_stat(judge, logits[positions], kind))
     return out
 
 
@@ -81,18 +100,21 @@ def translate(t: Trajectory, judge: Trajectory) -> torch.Tensor:
     return judge.layout.write_state(judge.member.tokenizer, judge.prompt_ids, t.state())
 
 
-def _confidence_stat(judge: Trajectory, ids: torch.Tensor, logits: torch.Tensor, kind: str) -> float:
+def watched_positions(judge: Trajectory, ids: torch.Tensor) -> torch.Tensor:
+    """The positions a cross-model confidence score reads on canvas `ids`, as `judge`'s layout watches them."""
     lay = judge.layout
     masked = ids == lay.mask_id
     gen = masked[lay.prompt_len :]
     if not gen.any():
-        return 0.0
+        return torch.zeros(0, dtype=torch.long)
     blk = int(gen.nonzero()[0]) // lay.block_size
     probe = Trajectory(judge.member, lay, judge.prompt_ids, ids, judge.generator)
-    positions = probe.scored_positions(masked, lay.block(blk))
-    if positions.numel() == 0:
-        return 0.0
-    probs = torch.softmax(logits[positions], dim=-1)
+    return probe.scored_positions(masked, lay.block(blk))
+
+
+def _confidence_stat(judge: Trajectory, logits: torch.Tensor, kind: str) -> float:
+    lay = judge.layout
+    probs = torch.softmax(logits, dim=-1)
     top = probs.topk(min(2, probs.shape[-1]), dim=-1)
     keep = ~torch.isin(top.indices[:, 0], torch.tensor(lay.eos_ids))
     if not keep.any():

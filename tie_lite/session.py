@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import resource
 import shutil
 import time
@@ -17,7 +18,7 @@ from .weights import WeightStore, _weight_tensors, swap_dir
 from .layout import check_context
 from .registry import DEFAULT_ENSEMBLE
 from .scheduler import Scheduler, format_size, make_plan, parse_size
-from .sampler import DecodeSettings
+from .sampler import FREE_ANSWER_POSITIONS, DecodeSettings
 from .scoring import needs_cross_model
 from .tie import Result, TieSettings, run_tie
 
@@ -149,7 +150,8 @@ class Ensemble:
         total_len = max(len(m.prompt_ids(messages)) for m in self.members) + decode.gen_length
         cross = needs_cross_model(tie.score, len(index), tie.select)
         batch = (len(index) if cross else 1) * times
-        return max(self.estimates[j].working_bytes(total_len, batch) for j in index)
+        read = read_positions(decode, tie)
+        return max(self.estimates[j].working_bytes(total_len, batch, read, decode.cache != "none") for j in index)
 
     def batch_limit(self, messages, decode: DecodeSettings, tie: TieSettings, limit: int = 64) -> int:
         """How many canvases like this request's one forward may stack under the budget (eval's batching
@@ -232,6 +234,14 @@ class Ensemble:
             + (f"pass {flag} so members swap, " if usable > needed else "")
             + "use --quant 4bit or a shorter --gen-length"
         )
+
+
+def read_positions(decode: DecodeSettings, tie: TieSettings) -> int:
+    """The most positions one forward computes logits at: a round's blocks (what verify re-checks; a step
+    reads one block's candidates) plus the watched answer positions."""
+    blocks = max(1, math.ceil(tie.interval / decode.steps_per_block))
+    watched = decode.answer_length or FREE_ANSWER_POSITIONS
+    return min(decode.gen_length, blocks * decode.layout_block_size) + watched
 
 
 def _needs(estimates, total_len: int, batch: int):

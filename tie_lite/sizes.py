@@ -67,18 +67,22 @@ class SizeEstimate:
     reload: bool  # swapped by releasing and reloading (bitsandbytes 8-bit, quanto), not by moving
     shifted: bool = False
 
-    def working_bytes(self, total_len: int, batch: int = 1) -> int:
+    def working_bytes(self, total_len: int, batch: int = 1, read: int | None = None, cache: bool = False) -> int:
         """Transient memory of one forward over `batch` canvases of `total_len` positions, plus the sampler's
-        float work on its output. Logits dominate for 126k-152k vocabularies."""
+        float work on its output. Logits dominate for 126k-152k vocabularies: they are computed at the `read`
+        positions a step reads (all of them when not told). With `cache`, each canvas's kept keys and values
+        (the block's and the round's first) count too."""
         d = self.dims
         act = 2 if self.device == "cuda" else (2 if d["dtype"] in ("bfloat16", "float16") and self.quant == "none" else 4)
         b, n = batch, total_len
-        logits = b * n * d["vocab"] * (4 + (act if act != 4 else 0) + (4 if self.shifted else 0))
+        r = n if read is None else min(n, read)
+        logits = b * r * d["vocab"] * (4 + (act if act != 4 else 0))
+        kept = 2 * 2 * d["layers"] * d["kv_heads"] * (d["hidden"] // max(1, d["heads"])) * n * act if cache else 0
         states = b * n * (6 * d["hidden"] + 3 * d["intermediate"]) * act
         attention = b * d["heads"] * n * n * 4
         sampler = min(n, 32) * d["vocab"] * 8  # float32 softmax + float64 Gumbel noise over one block's candidates
         dequant = d["hidden"] * max(d["hidden"], d["intermediate"]) * act if self.quant != "none" else 0
-        return int(logits + states + attention + sampler + dequant)
+        return int(logits + states + attention + sampler + dequant + b * kept)
 
 
 def estimate_member(spec: str, *, quant: str = "none", backend: str = "bitsandbytes", device: str = "cpu",

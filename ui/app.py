@@ -31,10 +31,11 @@ from tie_lite.errors import UserError
 from tie_lite.events import Cancelled, Final, Relay, RoundScores, StepFrame, Swap
 from tie_lite.batching import BatchEngine, QueueFull
 from tie_lite.client_settings import (PUBLIC_SCORES, PUBLIC_SELECTIONS, SETTING_KEYS, STOPPED, Defaults,
-                                      describe, history_messages, member_indices, message_text, parse_settings)
+                                      describe, history_messages, member_indices, message_text, off_task_reply,
+                                      parse_settings)
 from tie_lite.options import check_text
 from tie_lite.registry import member_names
-from tie_lite.sampler import SCHEDULES, UNMASK_POLICIES, DecodeSettings
+from tie_lite.sampler import CACHES, SCHEDULES, UNMASK_POLICIES, DecodeSettings
 from tie_lite.session import Ensemble, LoadSettings
 from tie_lite.tie import Result, TieSettings
 
@@ -358,6 +359,10 @@ def build_app(ensemble: Ensemble | None = None, defaults: Defaults | None = None
             messages = history_messages(history, message)
         except UserError as exc:
             raise gr.Error(str(exc), print_exception=False) from None
+        plain = off_task_reply(load, message)
+        if plain is not None:
+            yield plain
+            return
         with closing(runner.stream(messages, load, decode, tie, session_of(request))) as stream:
             for p in stream:
                 if p.phase == "decoding" and p.canvas:
@@ -406,6 +411,11 @@ def build_app(ensemble: Ensemble | None = None, defaults: Defaults | None = None
             messages = history_messages(history[:-1], question)
         except UserError as exc:  # back to the textbox, the message in the status line
             yield (history[:-1], question, f"⚠ {exc}", skip, skip, skip, f"⚠ {exc}") + idle
+            return
+        plain = off_task_reply(load, question)
+        if plain is not None:  # said plainly, without decoding
+            yield (history + [{"role": "assistant", "content": plain}], skip, "not an arithmetic question", skip, skip,
+                   skip, skip) + idle
             return
         shown_rounds = -1
         with closing(runner.stream(messages, load, decode, tie, session_of(request))) as stream:
@@ -480,6 +490,8 @@ def build_app(ensemble: Ensemble | None = None, defaults: Defaults | None = None
                 schedule = gr.Dropdown(list(SCHEDULES), value=start["schedule"], label="step schedule",
                                        info="blocks: LLaDA's; dream: Dream's diffusion_generate (no blocks)")
                 eps = gr.Number(start["eps"], label="eps", info="last timestep of the dream schedule")
+                kv_cache = gr.Dropdown(list(CACHES), value=start["cache"], label="KV cache",
+                                    info="refreshed at each block; dual is fastest")
             with gr.Row():
                 interval = gr.Number(start["interval"], label="interval", info="steps per round", precision=0)
                 score = gr.Dropdown(list(PUBLIC_SCORES), value=start["score"], label="score",
@@ -490,7 +502,7 @@ def build_app(ensemble: Ensemble | None = None, defaults: Defaults | None = None
             check_line = gr.Markdown(check(*[start[k] for k in SETTING_KEYS]), elem_id="tie-check")
 
         controls = [models, quant, backend, gen_length, block_size, steps, unmask, threshold, topk, answer_length,
-                    free, interval, score, select, select_model, temperature, seed, schedule, eps]
+                    free, interval, score, select, select_model, temperature, seed, schedule, eps, kv_cache]
         assert len(controls) == len(SETTING_KEYS)
         for c in controls:
             c.change(check, controls, check_line, queue=False, show_progress="hidden", api_visibility="private")

@@ -23,8 +23,8 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import AutoConfig, AutoModel, PretrainedConfig, PreTrainedModel
 from transformers.activations import ACT2FN
-from transformers.modeling_outputs import MaskedLMOutput
 
+from .cache import CanvasCache, CanvasLMOutput, head_rows, positions_and_kv
 from .layers import RMSNorm, rotate_half, sdpa_mask
 
 
@@ -129,7 +129,7 @@ class DreamAttention(nn.Module):
         self.o_proj = nn.Linear(self.heads * hd, d, bias=False)
         self.dropout = config.attention_dropout
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor | None, kv) -> torch.Tensor:
         b, t, _ = x.shape
 
         def heads(z, n):
@@ -140,10 +140,11 @@ class DreamAttention(nn.Module):
         v = heads(self.v_proj(x), self.kv_heads)
         q = q * cos + rotate_half(q) * sin
         k = k * cos + rotate_half(k) * sin
-        group = self.heads // self.kv_heads
+        k, v = kv(k, v)
+        group, keys = self.heads // self.kv_heads, k.shape[2]
         if group > 1:  # grouped-query attention: query head h reads key/value head h // group
-            k = k[:, :, None].expand(b, self.kv_heads, group, t, self.head_dim).reshape(b, self.heads, t, self.head_dim)
-            v = v[:, :, None].expand(b, self.kv_heads, group, t, self.head_dim).reshape(b, self.heads, t, self.head_dim)
+            k = k[:, :, None].expand(b, self.kv_heads, group, keys, self.head_dim).reshape(b, self.heads, keys, self.head_dim)
+            v = v[:, :, None].expand(b, self.kv_heads, group, keys, self.head_dim).reshape(b, self.heads, keys, self.head_dim)
         # bidirectional: no causal mask (a masked diffusion model reads the whole canvas)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0)
         return self.o_proj(out.transpose(1, 2).reshape(b, t, self.heads * self.head_dim))
@@ -169,8 +170,8 @@ class DreamDecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.mlp = DreamMLP(config)
 
-    def forward(self, x, cos, sin, mask):
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask)
+    def forward(self, x, cos, sin, mask, kv):
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, kv)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -250,21 +251,25 @@ class DreamModel(PreTrainedModel):
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
         inputs_embeds: torch.Tensor | None = None,
+        canvas_cache: CanvasCache | None = None,
+        store_cache: bool = False,
+        logits_at: torch.Tensor | None = None,
         **kwargs,
-    ) -> MaskedLMOutput:
+    ) -> CanvasLMOutput:
+        """Logits of a canvas (see models/cache.py for `canvas_cache`, `store_cache` and `logits_at`)."""
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids and inputs_embeds")
         x = self.model.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
         b, t = x.shape[:2]
-        if position_ids is None:
-            position_ids = torch.arange(t, device=x.device)[None].expand(b, t)
+        position_ids, kv = positions_and_kv(x, position_ids, canvas_cache, store_cache, x.device)
         cos, sin = self.rotary(position_ids, x.dtype)
-        mask = sdpa_mask(attention_mask, b, t)
+        mask = sdpa_mask(attention_mask, b, t if canvas_cache is None else canvas_cache.keys[0].shape[2])
         if mask is not None:
             mask = mask.to(x.device)
-        for layer in self.model.layers:
-            x = layer(x, cos, sin, mask)
-        return MaskedLMOutput(logits=self.lm_head(self.model.norm(x)))
+        for i, layer in enumerate(self.model.layers):
+            x = layer(x, cos, sin, mask, lambda k, v, i=i: kv(i, k, v))
+        logits = self.lm_head(self.model.norm(head_rows(x, logits_at)))
+        return CanvasLMOutput(logits=logits, canvas_cache=kv.kept)
 
 
 AutoConfig.register(DreamConfig.model_type, DreamConfig, exist_ok=True)

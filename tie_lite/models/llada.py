@@ -39,8 +39,8 @@ from transformers import (
     PretrainedConfig,
     PreTrainedModel,
 )
-from transformers.modeling_outputs import MaskedLMOutput
 
+from .cache import CanvasCache, CanvasLMOutput, head_rows, positions_and_kv
 from .layers import RMSNorm, rotate_half, sdpa_mask
 
 ACTIVATIONS = {"silu": F.silu, "gelu": F.gelu, "relu": F.relu}
@@ -269,7 +269,7 @@ class LLaDABlock(nn.Module):
             cos, sin = cos.to(t.dtype), sin.to(t.dtype)
         return (t * cos + rotate_half(t) * sin).to(dtype)
 
-    def attention(self, x: torch.Tensor, cos, sin, mask) -> torch.Tensor:
+    def attention(self, x: torch.Tensor, cos, sin, mask, kv) -> torch.Tensor:
         b, t, _ = x.shape
 
         def heads(z, n):
@@ -278,6 +278,7 @@ class LLaDABlock(nn.Module):
         q = self._rotate(heads(self.q_proj(x), self.heads), cos, sin)
         k = self._rotate(heads(self.k_proj(x), self.kv_heads), cos, sin)
         v = heads(self.v_proj(x), self.kv_heads)
+        k, v = kv(k, v)
         if self.kv_heads != self.heads:  # grouped-query attention: query head h reads key/value head h // group
             group = self.heads // self.kv_heads
             k = k.repeat_interleave(group, dim=1, output_size=self.heads)
@@ -286,8 +287,8 @@ class LLaDABlock(nn.Module):
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         return self.attn_out(out.transpose(1, 2).reshape(b, t, self.heads * self.head_dim))
 
-    def forward(self, x: torch.Tensor, cos, sin, mask) -> torch.Tensor:
-        x = x + self.attention(self.attn_norm(x), cos, sin, mask)
+    def forward(self, x: torch.Tensor, cos, sin, mask, kv) -> torch.Tensor:
+        x = x + self.attention(self.attn_norm(x), cos, sin, mask, kv)
         h = self.ff_norm(x)
         return x + self.ff_out(self.act(self.ff_proj(h)) * self.up_proj(h))
 
@@ -371,8 +372,12 @@ class LLaDAModelLM(PreTrainedModel):
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
         inputs_embeds: torch.Tensor | None = None,
+        canvas_cache: CanvasCache | None = None,
+        store_cache: bool = False,
+        logits_at: torch.Tensor | None = None,
         **kwargs,
-    ) -> MaskedLMOutput:
+    ) -> CanvasLMOutput:
+        """Logits of a canvas (see models/cache.py for `canvas_cache`, `store_cache` and `logits_at`)."""
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids and inputs_embeds")
         tr = self.model.transformer
@@ -380,18 +385,17 @@ class LLaDAModelLM(PreTrainedModel):
         if self.config.input_emb_norm:
             x = x * (self.config.d_model ** 0.5)
         b, t = x.shape[:2]
-        if position_ids is None:
-            position_ids = torch.arange(t, device=x.device)[None].expand(b, t)
-        cos, sin = self.rotary(position_ids.to(x.device))
-        mask = sdpa_mask(attention_mask, b, t)
+        position_ids, kv = positions_and_kv(x, position_ids, canvas_cache, store_cache, x.device)
+        cos, sin = self.rotary(position_ids)
+        mask = sdpa_mask(attention_mask, b, t if canvas_cache is None else canvas_cache.keys[0].shape[2])
         if mask is not None:
             mask = mask.to(x.device)
-        for block in tr.blocks:
-            x = block(x, cos, sin, mask)
-        logits = tr.ff_out(tr.ln_f(x))
+        for i, block in enumerate(tr.blocks):
+            x = block(x, cos, sin, mask, lambda k, v, i=i: kv(i, k, v))
+        logits = tr.ff_out(tr.ln_f(head_rows(x, logits_at)))
         if self.config.scale_logits:
             logits = logits * (1 / math.sqrt(self.config.d_model))
-        return MaskedLMOutput(logits=logits)
+        return CanvasLMOutput(logits=logits, canvas_cache=kv.kept)
 
 
 AutoConfig.register(LLaDAConfig.model_type, LLaDAConfig, exist_ok=True)

@@ -10,7 +10,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import AutoConfig, AutoModelForMaskedLM, PretrainedConfig, PreTrainedModel
-from transformers.modeling_outputs import MaskedLMOutput
+
+from .cache import CanvasLMOutput, head_rows, positions_and_kv
+from .layers import sdpa_mask
 
 
 class TieTinyConfig(PretrainedConfig):
@@ -46,13 +48,14 @@ def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tens
     return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
 
 
-def rotary(length: int, head_dim: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Rotary position angles: attention sees relative offsets, which is what copying digits and
-    lining up columns needs when the numbers sit at different places in differently worded prompts."""
+def rotary(position_ids: torch.Tensor, head_dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rotary position angles, (batch, 1, length, head_dim / 2): attention sees relative offsets, which is
+    what copying digits and lining up columns needs when the numbers sit at different places in differently
+    worded prompts."""
     half = head_dim // 2
-    freqs = 1.0 / (10000 ** (torch.arange(half, device=device, dtype=torch.float32) / half))
-    angles = torch.arange(length, device=device, dtype=torch.float32)[:, None] * freqs[None]
-    return angles.cos(), angles.sin()
+    freqs = 1.0 / (10000 ** (torch.arange(half, device=position_ids.device, dtype=torch.float32) / half))
+    angles = position_ids.to(torch.float32)[:, :, None] * freqs[None, None]
+    return angles.cos()[:, None], angles.sin()[:, None]
 
 
 class _Block(nn.Module):
@@ -69,7 +72,7 @@ class _Block(nn.Module):
         self.up_proj = nn.Linear(d, config.intermediate_size)
         self.down_proj = nn.Linear(config.intermediate_size, d)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, kv, mask=None) -> torch.Tensor:
         b, t, d = x.shape
         h = self.norm1(x)
 
@@ -78,8 +81,9 @@ class _Block(nn.Module):
 
         q, k, v = split(self.q_proj(h)), split(self.k_proj(h)), split(self.v_proj(h))
         q, k = _rotate(q, cos, sin), _rotate(k, cos, sin)
+        k, v = kv(k, v)
         # No causal mask: masked diffusion models attend in both directions.
-        a = F.scaled_dot_product_attention(q, k, v)
+        a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         x = x + self.o_proj(a.transpose(1, 2).reshape(b, t, d))
         return x + self.down_proj(F.gelu(self.up_proj(self.norm2(x))))
 
@@ -112,14 +116,18 @@ class TieTinyForMaskedLM(PreTrainedModel):
     def get_output_embeddings(self):
         return self.lm_head
 
-    def forward(self, input_ids: torch.Tensor, labels: torch.Tensor | None = None, **_) -> MaskedLMOutput:
-        cos, sin = rotary(input_ids.shape[1], self.config.hidden_size // self.config.num_attention_heads, input_ids.device)
+    def forward(self, input_ids: torch.Tensor, position_ids=None, canvas_cache=None, store_cache: bool = False,
+                logits_at=None, attention_mask=None, **_) -> CanvasLMOutput:
+        """Logits of a canvas (see models/cache.py for `canvas_cache`, `store_cache` and `logits_at`)."""
         x = self.embed_tokens(input_ids)
+        position_ids, kv = positions_and_kv(input_ids, position_ids, canvas_cache, store_cache, x.device)
+        cos, sin = rotary(position_ids, self.config.hidden_size // self.config.num_attention_heads)
         cos, sin = cos.to(x.dtype), sin.to(x.dtype)
-        for layer in self.layers:
-            x = layer(x, cos, sin)
-        logits = self.lm_head(self.norm(x))
-        return MaskedLMOutput(logits=logits)
+        mask = sdpa_mask(attention_mask, *input_ids.shape[:2])
+        for i, layer in enumerate(self.layers):
+            x = layer(x, cos, sin, lambda k, v, i=i: kv(i, k, v), mask)
+        logits = self.lm_head(self.norm(head_rows(x, logits_at)))
+        return CanvasLMOutput(logits=logits, canvas_cache=kv.kept)
 
 
 AutoConfig.register(TieTinyConfig.model_type, TieTinyConfig, exist_ok=True)

@@ -10,6 +10,8 @@ import random
 import re
 from dataclasses import dataclass, field
 
+from .phrasing import SHIPPED_TEMPLATES, write_prompt
+
 ANSWER_MARKER = "Answer:"
 
 
@@ -63,12 +65,20 @@ def parse_answer(text: str) -> str | None:
     return text.rsplit(ANSWER_MARKER, 1)[1].strip()
 
 
-def small_sum(rng: random.Random) -> tuple[int, int]:
-    """Two 2-digit numbers with a 2-digit sum (uniform over such pairs), so the product that follows
-    is a 2-digit number by a digit."""
+def addend(rng: random.Random, high: int, one_digit: float = 0.0) -> int:
+    """A 2-digit operand of a sum, or with probability `one_digit` a 1-digit one (people ask "8 + 5" too; the
+    shipped members' training mix has none, and with none the random stream is the same as without)."""
+    if one_digit and rng.random() < one_digit:
+        return rng.randint(1, 9)
+    return rng.randint(10, high)
+
+
+def small_sum(rng: random.Random, one_digit: float = 0.0) -> tuple[int, int]:
+    """Two numbers below 90 (2-digit, or some 1-digit) with a 2-digit sum, so the product that follows is a
+    2-digit number by a digit."""
     while True:
-        a, b = rng.randint(10, 89), rng.randint(10, 89)
-        if a + b <= 99:
+        a, b = addend(rng, 89, one_digit), addend(rng, 89, one_digit)
+        if 10 <= a + b <= 99:
             return a, b
 
 
@@ -91,34 +101,32 @@ class ArithmeticTask:
     product_stage = "product"  # the stage name of a plain product
     description = ""
     examples: tuple[str, ...] = ()
-    # Phrasings users type; {e} is the expression.
-    phrasings = (
-        "What is {e}?",
-        "Compute {e} step by step.",
-        "Calculate {e}.",
-        "{e} = ?",
-        "Solve {e}. Show your work.",
-        "What's {e}?",
-    )
-
-    def sample(self, rng: random.Random, mix: dict[str, float] | None = None) -> Problem:
+    def sample(self, rng: random.Random, mix: dict[str, float] | None = None, phrasing: str = "templates",
+               words: random.Random | None = None) -> Problem:
+        """A problem drawn with `rng`, asked in the phrasing set (tasks/phrasing.py); other sets than `templates`
+        are written with `words` (default `rng`)."""
         raise NotImplementedError
 
-    def generate(self, n: int, seed: int, mix: dict[str, float] | None = None) -> list[Problem]:
-        rng = random.Random(seed)
-        return [self.sample(rng, mix) for _ in range(n)]
+    def generate(self, n: int, seed: int, mix: dict[str, float] | None = None, phrasing: str = "templates") -> list[Problem]:
+        """n seeded problems; every phrasing set asks the same problems, only the wording differs."""
+        rng, words = random.Random(seed), random.Random(f"phrasing-{seed}")
+        return [self.sample(rng, mix, phrasing, words) for _ in range(n)]
 
-    def _problem(self, rng, expr, steps, answer, stages) -> Problem:
-        prompt = rng.choice(self.phrasings).format(e=expr)
+    def _problem(self, rng, tokens, steps, answer, stages, phrasing, words) -> Problem:
+        template = rng.choice(SHIPPED_TEMPLATES)  # drawn in every set: the problem stream stays the same
+        if phrasing == "templates":
+            prompt = template.format(e="".join(map(str, tokens)))
+        else:
+            prompt = write_prompt(tokens, words or rng, phrasing)
         return Problem(self.name, prompt, ";".join(steps), str(answer), stages)
 
-    def _one_stage(self, rng, mix) -> Problem:
-        """A plain sum of two 2-digit numbers, or a plain product of a 2-digit number by a digit."""
+    def _one_stage(self, rng, mix, phrasing, words) -> Problem:
+        """A plain sum of two numbers below 100, or a plain product of a 2-digit number by a digit."""
         if rng.random() < mix.get("one_stage_sum", 0.5):
-            a, b = rng.randint(10, 99), rng.randint(10, 99)
-            return self._problem(rng, f"{a}+{b}", [f"{a}+{b}={a + b}"], a + b, ("sum",))
+            a, b = addend(rng, 99, mix.get("one_digit", 0.0)), addend(rng, 99, mix.get("one_digit", 0.0))
+            return self._problem(rng, [a, "+", b], [f"{a}+{b}={a + b}"], a + b, ("sum",), phrasing, words)
         a, b = rng.randint(10, 99), rng.randint(2, 9)
-        return self._problem(rng, f"{a}*{b}", [product_step(a, b)], a * b, (self.product_stage,))
+        return self._problem(rng, [a, "*", b], [product_step(a, b)], a * b, (self.product_stage,), phrasing, words)
 
     def check(self, problem: Problem, output: str) -> Check:
         answer = parse_answer(output)
@@ -137,18 +145,19 @@ class SumThenProduct(ArithmeticTask):
     description = "(a+b)*c with the sum and the product written out; plain sums and products too"
     examples = ("What is (23+41)*7?", "Compute (23+41)*7 step by step.", "What is 37+85?", "What is 64*7?")
 
-    def sample(self, rng, mix=None):
+    def sample(self, rng, mix=None, phrasing="templates", words=None):
         mix = mix or {}
         if rng.random() < mix.get("one_stage", 0.15):
-            return self._one_stage(rng, mix)
-        (a, b), c = small_sum(rng), rng.randint(2, 9)
+            return self._one_stage(rng, mix, phrasing, words)
+        (a, b), c = small_sum(rng, mix.get("one_digit", 0.0)), rng.randint(2, 9)
         r = rng.random()
         if r < mix.get("trivial_product", 0.0):
             c = 1
         elif r < mix.get("trivial_product", 0.0) + mix.get("trivial_sum", 0.0):
             a, b = rng.randint(20, 99), 0  # adding 0, over the range of the real sums
         s = a + b
-        return self._problem(rng, f"({a}+{b})*{c}", [f"{a}+{b}={s}", product_step(s, c)], s * c, ("sum", "product"))
+        return self._problem(rng, ["(", a, "+", b, ")", "*", c], [f"{a}+{b}={s}", product_step(s, c)], s * c,
+                             ("sum", "product"), phrasing, words)
 
     def stage_results(self, problem, eqs):
         gold = _equations(problem.reasoning)
@@ -175,10 +184,10 @@ class ProductsThenSum(ArithmeticTask):
     description = "a*b+c*d with both products and the sum written out; plain products and sums too"
     examples = ("What is 23*4+17*5?", "Compute 23*4+17*5 step by step.", "What is 23*4?", "What is 92+85?")
 
-    def sample(self, rng, mix=None):
+    def sample(self, rng, mix=None, phrasing="templates", words=None):
         mix = mix or {}
         if rng.random() < mix.get("one_stage", 0.15):
-            return self._one_stage(rng, mix)
+            return self._one_stage(rng, mix, phrasing, words)
         (a, b), (c, d) = small_product(rng), small_product(rng)
         r = rng.random()
         if r < mix.get("trivial_product", 0.0):
@@ -187,7 +196,7 @@ class ProductsThenSum(ArithmeticTask):
             c = 0
         p, q = a * b, c * d
         steps = [product_step(a, b), product_step(c, d), f"{p}+{q}={p + q}"]
-        return self._problem(rng, f"{a}*{b}+{c}*{d}", steps, p + q, ("products", "sum"))
+        return self._problem(rng, [a, "*", b, "+", c, "*", d], steps, p + q, ("products", "sum"), phrasing, words)
 
     def stage_results(self, problem, eqs):
         gold = _equations(problem.reasoning)

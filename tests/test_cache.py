@@ -1,0 +1,129 @@
+"""The block KV cache and logits at the read positions only: what they compute, when they refresh, and that
+a relay and cross-model verification cost no extra whole-canvas forward."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from real_checkpoints import build_dream, build_llada
+from tie_lite.drive import Forward
+from tie_lite.loading import load_member
+from tie_lite.sampler import DecodeSettings, Trajectory
+from tie_lite.scheduler import Scheduler
+from tie_lite.scoring import round_scores
+from tie_lite.tie import TieSettings, tie_process
+
+PROMPT = [{"role": "user", "content": "What is (23+41)*7?"}]
+
+
+@pytest.fixture(scope="module")
+def natives(tmp_path_factory, shipped):
+    """One member of each native family: tie-tiny (both logit conventions), LLaDA, Dream (shifted)."""
+    root = tmp_path_factory.mktemp("cache-members")
+    return {**shipped, "llada": load_member(str(build_llada(root).path)), "dream": load_member(str(build_dream(root).path))}
+
+
+def recording(process, log):
+    """Drive a process like drive.run, keeping every Forward it asks for."""
+    try:
+        request = next(process)
+        while True:
+            log.append(request)
+            request = process.send(request.member.forward(request))
+    except StopIteration as stop:
+        return stop.value
+
+
+@pytest.mark.parametrize("name", ["tiny-sp", "tiny-bpe", "llada", "dream"])
+def test_a_cache_of_the_same_canvas_gives_the_whole_canvas_logits(natives, name):
+    member = natives[name]
+    settings = DecodeSettings(gen_length=32, block_size=8)
+    t = Trajectory.start(member, [{"role": "user", "content": "hi"}], settings)
+    t.run_blocks(settings, 1)  # one block committed, the rest masked
+    full = member.logits(t.ids[None])[0]
+    need = torch.tensor([3, t.layout.prompt_len + 9, t.layout.total_len - 1])
+    stored = member.forward(Forward(member, t.ids[None], need=[need], store=True))[0]
+    assert stored.cache is not None
+    torch.testing.assert_close(stored.logits[need], full[need], rtol=1e-5, atol=1e-5)
+    query = torch.arange(t.layout.prompt_len + 8, t.layout.prompt_len + 16)
+    cached = member.forward(Forward(member, t.ids[None], need=[need], caches=[stored.cache], query=[query]))[0]
+    torch.testing.assert_close(cached.logits[need], full[need], rtol=1e-5, atol=1e-5)
+    assert cached.logits.values.shape == (need.numel(), full.shape[-1])  # never canvas x vocabulary
+    with pytest.raises(IndexError):
+        cached.logits[torch.tensor([5])]
+
+
+@pytest.mark.parametrize("mode", ["prefix", "dual"])
+def test_the_cache_refreshes_once_a_block_and_recomputes_only_what_changes(shipped, mode):
+    member = shipped["tiny-sp"]
+    settings = DecodeSettings(cache=mode)
+    t = Trajectory.start(member, PROMPT, settings)
+    masked = int(t.masked.sum())
+    log = []
+    recording(t.advance(settings, t.layout.num_blocks), log)
+    assert t.done and t.forwards == masked  # one token a step: as many forwards as without a cache
+    refreshes = [r for r in log if r.store]
+    assert len(refreshes) == t.layout.num_blocks  # one whole-canvas forward a block
+    for r in log:
+        if r.caches is not None:
+            q = r.query[0]
+            if mode == "dual":
+                assert q.numel() == settings.block_size  # the block only (the member adds the watched positions)
+            else:
+                assert int(q[-1]) == t.layout.total_len - 1  # the block onwards
+        assert r.need[0].numel() <= settings.block_size + settings.answer_length
+
+
+def test_the_ensemble_with_a_cache_is_about_as_accurate_as_without(shipped):
+    """The cache approximates (the suffix's keys and values are up to a block old), so single answers may move;
+    the ensemble's accuracy stays (the eval at n = 500 measures it to the point: README)."""
+    from tie_lite.drive import run_many
+    from tie_lite.tasks import TASKS, VALIDATION_SEED
+
+    task = TASKS["sum-product"]
+    problems = task.generate(48, VALIDATION_SEED)
+    correct = {}
+    for mode in ("none", "dual"):
+        scheduler = Scheduler(list(shipped.values()))
+        procs = [tie_process(scheduler, [{"role": "user", "content": p.prompt}], DecodeSettings(cache=mode),
+                             TieSettings(score="verify")) for p in problems]
+        correct[mode] = sum(task.check(p, r.text).correct for p, r in zip(problems, run_many(procs, scheduler)))
+    assert correct["none"] >= 20 and correct["dual"] >= correct["none"] - 4, correct
+
+
+def test_a_relay_is_the_receivers_refresh_and_verify_costs_no_whole_canvas_forward(tmp_path):
+    """Two members with one tokenizer (LLaDA and its GQA variant): the receiver's first forward after a relay is
+    its block refresh, and verify reads each judge's cached round-start canvas at the scored positions only."""
+    a = load_member(str(build_llada(tmp_path).path))
+    b = load_member(str(build_llada(tmp_path, "gqa").path))
+    decode = DecodeSettings(gen_length=32, block_size=8, cache="dual")
+    log = []
+    proc = tie_process(Scheduler([a, b]), [{"role": "user", "content": "hi"}], decode,
+                       TieSettings(interval=8, score="verify"))
+    result = recording(proc, log)
+    uncached = recording(tie_process(Scheduler([a, b]), [{"role": "user", "content": "hi"}],
+                                     DecodeSettings(gen_length=32, block_size=8), TieSettings(interval=8, score="verify")), [])
+    assert len(result.rounds) == len(uncached.rounds)
+    whole = [r for r in log if r.caches is None]
+    assert all(r.store for r in whole)  # every whole-canvas forward is a block refresh
+    assert len(whole) == 2 * 4  # one a block for each member: relays and scoring added none
+    scoring = [r for r in log if r.caches is not None and r.query[0].numel() == 0]
+    assert len(scoring) >= 2 * (len(result.rounds) - 1)  # each judge, each round, over its cache
+    for r in scoring:
+        assert r.ids.shape[0] == 1  # the M verify canvases were one canvas: computed once
+
+
+def test_cached_verify_scores_equal_whole_canvas_verify(tmp_path):
+    a = load_member(str(build_llada(tmp_path).path))
+    b = load_member(str(build_llada(tmp_path, "gqa").path))
+    scores = {}
+    for mode in ("none", "dual"):
+        decode = DecodeSettings(gen_length=32, block_size=8, cache=mode)
+        trajs = [Trajectory.start(m, [{"role": "user", "content": "hi"}], decode) for m in (a, b)]
+        recording(trajs[1].advance(decode, 1), [])
+        recording(trajs[0].advance(decode, 1), [])
+        log = []
+        scores[mode] = recording(round_scores(trajs, "verify", [0, 1]), log)
+        assert (mode == "dual") == all(r.caches is not None for r in log)
+    assert scores["none"] == pytest.approx(scores["dual"], abs=1e-5)

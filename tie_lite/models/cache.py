@@ -1,0 +1,93 @@
+"""The block KV cache the native models share, and logits at chosen positions only.
+
+A full forward of a canvas can keep every layer's keys and values (`store_cache=True`). A later forward
+passes `canvas_cache` and only some positions' tokens (`position_ids` says where they sit): each layer
+computes keys and values for those positions, writes them over the cached ones, and attends over the whole
+canvas. Which positions are recomputed is the caller's choice: everything after the committed prefix
+(Fast-dLLM's prefix cache) or only the current block and the watched positions (its dual cache). With
+`logits_at`, the output head runs only at those indices of the input, never over canvas x vocabulary.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from transformers.utils import ModelOutput
+
+
+@dataclass
+class CanvasCache:
+    """Keys and values of every layer for whole canvases: (batch, kv_heads, length, head_dim) each."""
+
+    keys: list[torch.Tensor]
+    values: list[torch.Tensor]
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.keys + self.values)
+
+    @staticmethod
+    def stack(caches: list[CanvasCache]) -> CanvasCache:
+        if len(caches) == 1:
+            return caches[0]
+        return CanvasCache([torch.cat(ks) for ks in zip(*(c.keys for c in caches))],
+                           [torch.cat(vs) for vs in zip(*(c.values for c in caches))])
+
+    def rows(self, lengths: list[int] | None = None) -> list[CanvasCache]:
+        """One cache per canvas of the batch (views, no copies), each cut to its canvas's length."""
+        n = self.keys[0].shape[0] if self.keys else 0
+        lengths = lengths or [None] * n
+        return [CanvasCache([k[i : i + 1, :, : lengths[i]] for k in self.keys],
+                            [v[i : i + 1, :, : lengths[i]] for v in self.values]) for i in range(n)]
+
+
+@dataclass
+class CanvasLMOutput(ModelOutput):
+    logits: torch.Tensor | None = None
+    canvas_cache: CanvasCache | None = None
+
+
+class LayerKV:
+    """What each attention layer attends over: its own fresh keys/values, or those written into a cached
+    canvas at `positions`; and, when storing, what it keeps for later forwards."""
+
+    def __init__(self, cache: CanvasCache | None = None, positions: torch.Tensor | None = None, store: bool = False):
+        if cache is not None and positions is None:
+            raise ValueError("a canvas_cache forward needs position_ids: where its tokens sit in the canvas")
+        if cache is not None and store:
+            raise ValueError("store_cache takes a whole canvas, not a canvas_cache forward")
+        self.cache, self.store = cache, store
+        self.kept = CanvasCache([], []) if store else None
+        self._index = None
+        if cache is not None:
+            self._index = positions.to(cache.keys[0].device)[:, None, :, None]  # (batch, 1, q, 1) for scatter
+
+    def __call__(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.store:
+            self.kept.keys.append(k)
+            self.kept.values.append(v)
+        if self.cache is None:
+            return k, v
+        index = self._index.expand(-1, k.shape[1], -1, k.shape[3])
+        full_k = self.cache.keys[layer].to(k.dtype).scatter(2, index, k)
+        full_v = self.cache.values[layer].to(v.dtype).scatter(2, index, v)
+        return full_k, full_v
+
+
+def positions_and_kv(input_ids, position_ids, canvas_cache, store_cache, device):
+    """(position_ids, LayerKV) for a native model's forward; position_ids default to 0..length-1."""
+    b, t = input_ids.shape[:2]
+    if position_ids is None:
+        if canvas_cache is not None:
+            raise ValueError("a canvas_cache forward needs position_ids: where its tokens sit in the canvas")
+        position_ids = torch.arange(t, device=device)[None].expand(b, t)
+    return position_ids.to(device), LayerKV(canvas_cache, position_ids, store_cache)
+
+
+def head_rows(x: torch.Tensor, logits_at: torch.Tensor | None) -> torch.Tensor:
+    """The hidden states the output head reads: all of them, or those at `logits_at` (batch, n) indices."""
+    if logits_at is None:
+        return x
+    index = logits_at.to(x.device)[:, :, None].expand(-1, -1, x.shape[-1])
+    return x.gather(1, index)
