@@ -183,6 +183,25 @@ def test_bad_settings_return_a_readable_error(client, settings, says):
     assert says in str(info.value)
 
 
+def test_off_task_messages_get_a_plain_answer_and_arithmetic_in_any_wording_is_decoded(client, served):
+    engine = served[0].tie_cache.engine()
+    forwards = engine.forwards
+    for prose in ("hello!", "Tell me a story about 3 cats"):
+        reply = client.predict(prose, api_name="/chat")
+        assert "only do arithmetic" in reply and "What is (23+41)*7?" in reply
+    assert engine.forwards == forwards  # nothing was decoded for them
+    assert "Answer:" in client.predict("what's 37 plus 85", None, {"steps": 24}, api_name="/chat")
+
+
+def test_off_task_reply_only_for_the_tiny_arithmetic_members(tmp_path):
+    from tie_lite.client_settings import off_task_reply
+    from tie_lite.session import LoadSettings
+
+    assert off_task_reply(LoadSettings(), "hi there") is not None
+    assert off_task_reply(LoadSettings(), "What is 8 + 5?") is None
+    assert off_task_reply(LoadSettings(models=("GSAI-ML/LLaDA-8B-Instruct",)), "hi there") is None
+
+
 def test_an_empty_message_is_refused(client):
     from gradio_client.exceptions import AppError
 

@@ -46,7 +46,7 @@ class Defaults:
     device, memory budget and remote-code trust, none of which a client can change."""
 
     load: LoadSettings = field(default_factory=LoadSettings)
-    decode: DecodeSettings = field(default_factory=DecodeSettings)
+    decode: DecodeSettings = field(default_factory=lambda: DecodeSettings(cache="dual"))  # the CLI's default
     tie: TieSettings = field(default_factory=lambda: TieSettings(score="verify"))  # best on the validation seed
 
     @property

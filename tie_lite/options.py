@@ -16,7 +16,7 @@ from pathlib import Path
 from .errors import UserError
 
 DEFAULTS = dict(gen_length=64, block_size=16, answer_length=8, interval=16, score="verify", select="lowest-tcc",
-                cache="none")
+                cache="dual")  # cache: as accurate as none on the validation seed, 2.5-3x faster there
 QUANTS = ("none", "8bit", "4bit")
 BACKENDS = ("bitsandbytes", "quanto")
 DEVICES = ("cpu", "cuda", "auto")
@@ -183,8 +183,9 @@ def add_decode_args(p: argparse.ArgumentParser, seed_flag: str = "--seed") -> No
                         "round then spans the whole generation)")
     g.add_argument("--eps", type=number, default=1e-3, metavar="EPS", help="last timestep of --schedule dream")
     g.add_argument("--cache", default=DEFAULTS["cache"],
-                   help="block KV cache: none | prefix (reuse the committed prefix's keys and values within a block) | "
-                        "dual (the masked suffix's too); refreshed at every block boundary, where relays land")
+                   help="block KV cache: dual (default: the committed prefix's and the masked suffix's keys and values "
+                        "reused within a block) | prefix (the prefix's only) | none (exact, as the reference "
+                        "samplers compute); refreshed at every block boundary, where relays land")
     g.add_argument("--threshold", type=number, default=0.9, metavar="TAU", help="confidence for --unmask threshold")
     g.add_argument("--topk", type=whole, default=2, metavar="K", help="tokens a step for --unmask topk")
     g.add_argument(seed_flag, dest="decode_seed", type=whole, default=0, metavar="S", help="sampling seed (temperature > 0)")

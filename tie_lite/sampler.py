@@ -54,7 +54,9 @@ class DecodeSettings:
     answer_length: int | None = 8  # None: free layout (no answer marker)
     schedule: str = "blocks"  # "blocks" (LLaDA's semi-autoregressive blocks) or "dream" (diffusion_generate's)
     eps: float = 1e-3  # "dream": the last timestep of linspace(1, eps, steps + 1)
-    cache: str = "none"  # block KV cache: none, prefix (the committed prefix's keys/values) or dual (the suffix's too)
+    # block KV cache: none (exact, the reference samplers' computation), prefix (the committed prefix's keys and
+    # values reused within a block) or dual (the suffix's too). The CLI, chat and server default to dual.
+    cache: str = "none"
 
     @property
     def dream(self) -> bool:
