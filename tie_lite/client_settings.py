@@ -240,17 +240,19 @@ ARITHMETIC_ONLY = (
 
 def arithmetic_only(load: LoadSettings) -> bool:
     """Whether every member is one of the project's own tiny models (tie-tiny), trained on the arithmetic tasks only."""
-    import json
     from pathlib import Path
 
+    from .checkpoint import read_config
     from .registry import resolve
 
     for spec in load.models:
-        config = Path(resolve(spec)[1]) / "config.json"
+        name, source = resolve(spec)
+        if not Path(source).is_dir():  # a hub id: not one of the project's own models (and never fetched here)
+            return False
         try:
-            if json.loads(config.read_text()).get("model_type") != "tie-tiny":
+            if read_config(source, name).get("model_type") != "tie-tiny":
                 return False
-        except (OSError, ValueError, AttributeError):
+        except UserError:
             return False
     return True
 

@@ -75,9 +75,10 @@ class LayerKV:
         return full_k, full_v
 
 
-def positions_and_kv(input_ids, position_ids, canvas_cache, store_cache, device):
-    """(position_ids, LayerKV) for a native model's forward; position_ids default to 0..length-1."""
-    b, t = input_ids.shape[:2]
+def positions_and_kv(inputs, position_ids, canvas_cache, store_cache, device):
+    """(position_ids, LayerKV) for a native model's forward over `inputs` (batch, length, ...); position_ids
+    default to 0..length-1."""
+    b, t = inputs.shape[:2]
     if position_ids is None:
         if canvas_cache is not None:
             raise ValueError("a canvas_cache forward needs position_ids: where its tokens sit in the canvas")
