@@ -5,6 +5,7 @@ generation; many problems at once (one batched forward per member and canvas len
 from __future__ import annotations
 
 from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import torch
@@ -60,6 +61,16 @@ def run(process, scheduler=None):
             request = process.send(request.member.forward(request))
     except StopIteration as stop:
         return stop.value
+
+
+def run_side_by_side(processes: list) -> list:
+    """Drive processes whose members sit on devices of their own at the same time, one thread each: torch
+    leaves the GIL inside its kernels, so the devices compute together. Every process owns its state (its
+    trajectory, its generator), so the results are those of running them one after another."""
+    if len(processes) < 2:
+        return [run(p) for p in processes]
+    with ThreadPoolExecutor(len(processes)) as pool:
+        return list(pool.map(run, processes))
 
 
 def forward_batch(pending: dict, scheduler=None, max_batch: int = 64) -> dict:

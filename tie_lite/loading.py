@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import time
 from dataclasses import dataclass, field, replace
 
@@ -131,12 +132,18 @@ def tokenizer_key(tokenizer) -> str:
 
 
 def resolve_device(device: str) -> torch.device:
+    """cpu | cuda | cuda:N | auto -> a torch device that exists here."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda was asked for but no CUDA GPU is visible; use --device cpu or auto")
-    if device not in ("cpu", "cuda"):
-        raise UserError(f"unknown --device '{device}'; use cpu, cuda or auto")
+    if not re.fullmatch(r"cpu|cuda(:\d+)?", device):
+        raise UserError(f"unknown --device '{device}'; use cpu, cuda, cuda:N or auto")
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise UserError(f"--device {device} was asked for but no CUDA GPU is visible; use --device cpu or auto")
+        index = int(device.partition(":")[2] or 0)
+        if index >= torch.cuda.device_count():
+            raise UserError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA GPU(s), "
+                            f"cuda:0 to cuda:{torch.cuda.device_count() - 1}")
     return torch.device(device)
 
 

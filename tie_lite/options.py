@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import re
 import warnings
 from pathlib import Path
 
@@ -142,7 +143,7 @@ def check_load_args(args) -> None:
 
     check_choice(args.quant, QUANTS, "--quant")
     check_choice(args.quant_backend, BACKENDS, "--quant-backend")
-    check_choice(args.device, DEVICES, "--device")
+    member_devices(args)
     check_choice(args.dtype, DTYPES, "--dtype")
     parse_size(args.max_memory)
     for spec in args.model or ():
@@ -159,7 +160,9 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
                         "an ensemble (default: the shipped pair)")
     g.add_argument("--quant", default="none", help="none | 8bit | 4bit (default none)")
     g.add_argument("--quant-backend", default="bitsandbytes", help="bitsandbytes | quanto (quanto: pip install 'tie-lite[quanto]')")
-    g.add_argument("--device", default="cpu", help="cpu | cuda | auto (default cpu)")
+    g.add_argument("--device", action="append", metavar="DEVICE",
+                   help="cpu | cuda | cuda:N | auto (default cpu); one per --model places each member on its own "
+                        "device, and members on different devices decode their rounds side by side")
     g.add_argument("--max-memory", metavar="SIZE", help="device memory budget, e.g. 10GiB or 600MB")
     g.add_argument("--dtype", default="auto", help="auto | float32 | bfloat16 | float16 (auto: bfloat16 on CUDA, "
                                                    "the checkpoint's own dtype on the CPU)")
@@ -208,16 +211,33 @@ def add_tie_args(p: argparse.ArgumentParser) -> None:
 # --- settings from flags ------------------------------------------------------------------------------
 
 
+def member_devices(args) -> list[str]:
+    """--device: one for every member, or one per --model in order."""
+    devices = args.device or ["cpu"]
+    for d in devices:
+        if d not in DEVICES and not re.fullmatch(r"cuda:\d+", d):
+            raise UserError(f"unknown --device '{shown(d)}'; use one of cpu, cuda, cuda:N, auto")
+    from .registry import DEFAULT_ENSEMBLE
+
+    models = len(args.model or DEFAULT_ENSEMBLE)
+    if len(devices) not in (1, models):
+        raise UserError(f"--device was given {len(devices)} times for {models} models; give it once for all "
+                        "members or once per --model, in the same order")
+    return devices
+
+
 def load_settings(args):
     from .registry import DEFAULT_ENSEMBLE
     from .session import LoadSettings
 
     check_load_args(args)
+    devices = member_devices(args)
     return LoadSettings(
         models=tuple(args.model or DEFAULT_ENSEMBLE),
         quant=args.quant,
         backend=args.quant_backend,
-        device=args.device,
+        device=devices[0],
+        placement=tuple(devices) if len(devices) > 1 else (),
         dtype=args.dtype,
         trust_remote_code=args.trust_remote_code,
         allow_pickle=args.allow_pickle,

@@ -123,13 +123,16 @@ def render(plan: Plan, estimates: list[SizeEstimate], total_len: int, batch: int
 def cmd_plan(args) -> int:
     models = args.model or list(_default_models())
     check_load_args(args)
+    if args.device and len(args.device) > 1:
+        raise UserError("tie-lite plan plans the members on one device; give --device once (members placed one "
+                        "per device each need only fit their own)")
     if args.score is None:
         args.score = default_score(len(models))
     for score in args.score.split(","):
         check_score(score, len(models))
     check_choice(args.select, [s for s in SELECTIONS if s != "oracle"], "--select")
     check_lengths({"--gen-length": args.gen_length, "--prompt-length": args.prompt_length})
-    plan, estimates = build_plan(models, quant=args.quant, backend=args.quant_backend, device=args.device,
+    plan, estimates = build_plan(models, quant=args.quant, backend=args.quant_backend, device=args.device[0] if args.device else "cpu",
                                  max_memory=args.max_memory, gen_length=args.gen_length,
                                  prompt_length=args.prompt_length, score=args.score, select=args.select,
                                  dtype=args.dtype)

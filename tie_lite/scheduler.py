@@ -240,8 +240,9 @@ class Scheduler:
 
     def __init__(self, members: list[Member], *, strategy: str = "resident", capacity: int | None = None,
                  stores: list | None = None, sizes: list[int] | None = None, initial: list[int] | None = None,
-                 on_event=None):
+                 on_event=None, parallel: bool = False):
         self.loaded = list(members)
+        self.parallel = parallel  # every member on a device of its own: a round's members advance concurrently
         self.members = self.loaded
         self.strategy = strategy
         self.capacity = capacity
@@ -414,6 +415,7 @@ class SchedulerView:
     def __init__(self, scheduler: Scheduler, indices: list[int]):
         self.scheduler = scheduler
         self.members = [scheduler.loaded[j] for j in indices]
+        self.parallel = scheduler.parallel
 
     def order(self, round_index: int) -> list[int]:
         m = len(self.members)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from .drive import Forward
+from .drive import Forward, run_side_by_side
 from .errors import UserError
 from .layout import TextState
 from .sampler import Trajectory
@@ -34,15 +34,19 @@ def check_score(name: str, members: int) -> None:
         raise UserError("--score verify asks the other members to re-check a trajectory; give at least two --model")
 
 
-def round_scores(trajs: list[Trajectory], kind: str, order: list[int], gold: TextState | None = None):
+def round_scores(trajs: list[Trajectory], kind: str, order: list[int], gold: TextState | None = None,
+                 parallel: bool = False):
     """Process (see drive.py) returning one score per trajectory. Cross-model forwards go member by
-    member in `order` (whichever is resident first), so scoring adds no swaps."""
+    member in `order` (whichever is resident first), so scoring adds no swaps; with `parallel` (every
+    member on a device of its own) the judges score at the same time."""
     if kind == "tcc":
         return [-t.round_tcc for t in trajs]
     if kind == "oracle":
         return [1.0 if matches_gold(t.state(), gold) else 0.0 for t in trajs]
     views = {}
-    for j in order:
+    if parallel:
+        views = dict(zip(order, run_side_by_side([member_view(trajs[j], trajs, kind) for j in order])))
+    for j in [] if parallel else order:
         views[j] = yield from member_view(trajs[j], trajs, kind)
     # summed in member order whatever the forward order, so swapped runs match resident ones bit for bit
     return [sum(views[j][i] for j in sorted(views)) / len(views) for i in range(len(trajs))]

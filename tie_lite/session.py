@@ -33,6 +33,7 @@ class LoadSettings:
     quant: str = "none"
     backend: str = "bitsandbytes"
     device: str = "cpu"
+    placement: tuple[str, ...] = ()  # one device per member, in order; empty: every member on `device`
     dtype: str = "auto"
     trust_remote_code: bool = False
     allow_pickle: bool = False
@@ -54,6 +55,10 @@ class Ensemble:
             raise UserError("give at least one --model")
         self.settings = settings
         budget = parse_size(settings.max_memory)
+        placement = [resolve_device(d) for d in settings.placement]
+        if placement and budget is not None:
+            raise UserError("--max-memory plans members that share one device; with one --device per member, "
+                            "leave it out (each member must fit its own device)")
         device = resolve_device(settings.device)
         self.device = device
         self.budget = budget
@@ -72,11 +77,13 @@ class Ensemble:
             self.estimates = [estimate_member(spec, quant=settings.quant, backend=settings.backend,
                                               device=device.type, dtype=settings.dtype) for spec in settings.models]
             members: list[Member] = []
-            for spec in settings.models:
+            for k, spec in enumerate(settings.models):
                 if on_load is not None:
                     on_load(spec)
-                members.append(load_member(spec, **kwargs))
-            self.scheduler = Scheduler(members)
+                where = dict(device=settings.placement[k]) if placement else {}
+                members.append(load_member(spec, **{**kwargs, **where}))
+            # members on devices of their own compute at the same time; sharing one, they take turns
+            self.scheduler = Scheduler(members, parallel=len(set(placement)) == len(members) > 1)
         else:
             self.scheduler = self._load_planned(budget, kwargs, on_load, plan_tokens or PLAN_TOKENS)
         self.load_seconds = time.perf_counter() - start

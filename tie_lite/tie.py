@@ -7,7 +7,7 @@ import math
 import time
 from dataclasses import dataclass, field
 
-from .drive import run
+from .drive import run, run_side_by_side
 from .errors import UserError
 from .events import Cancelled, Final, Relay, RoundScores, StepFrame
 from .layout import TextState
@@ -86,21 +86,29 @@ def tie_process(
     if len(trajs) == 1:  # plain decoding: no round to score, no final choice, so no TCC bookkeeping
         trajs[0].watch = False
     blocks_per_round = max(1, math.ceil(tie.interval / decode.steps_per_block))
+    parallel = getattr(scheduler, "parallel", False) and len(trajs) > 1
+
+    def advance_all(processes):  # members on devices of their own advance together, else one by one
+        if parallel:
+            run_side_by_side(processes)
+        else:
+            for process in processes:
+                yield from process
+
     rounds: list[dict] = []
     leaders: list[int] = []
     r = 0
     while True:
-        for i in scheduler.order(r):
+        def on_step(t, i, r=r):
+            if should_stop is not None and should_stop():
+                raise Cancelled()
+            emit(StepFrame(r, names[i], t.forwards, t))
 
-            def on_step(t, i=i):
-                if should_stop is not None and should_stop():
-                    raise Cancelled()
-                emit(StepFrame(r, names[i], t.forwards, t))
-
-            yield from trajs[i].advance(decode, blocks_per_round, on_step)
+        yield from advance_all([trajs[i].advance(decode, blocks_per_round, lambda t, i=i: on_step(t, i))
+                                for i in scheduler.order(r)])
         finished = any(t.done for t in trajs)
         if len(trajs) > 1:
-            scores = yield from round_scores(trajs, tie.score, scheduler.scoring_order(), gold)
+            scores = yield from round_scores(trajs, tie.score, scheduler.scoring_order(), gold, parallel)
         else:
             scores = [-t.round_tcc for t in trajs]
         leader = max(range(len(trajs)), key=lambda i: (scores[i], -i))
@@ -117,13 +125,13 @@ def tie_process(
             t.begin_round()
         r += 1
     unfinished = [t for t in trajs if not t.done]
-    for t in unfinished:  # the others complete their own responses, after the last relay
-        yield from t.advance(decode, t.layout.num_blocks)
+    # the others complete their own responses, after the last relay
+    yield from advance_all([t.advance(decode, t.layout.num_blocks) for t in unfinished])
     verify = None
     if tie.select == "verify" and len(trajs) > 1:
         # members re-check what each response committed since the last relay, completion included
         reuse = tie.score == "verify" and not unfinished
-        verify = scores if reuse else (yield from round_scores(trajs, "verify", scheduler.scoring_order()))
+        verify = scores if reuse else (yield from round_scores(trajs, "verify", scheduler.scoring_order(), None, parallel))
     final = select_final(trajs, names, leaders, tie, verify, gold)
     text = trajs[final].text()
     result = Result(

@@ -1,0 +1,70 @@
+#!/usr/bin/env python
+"""Benchmark: two members advancing a round side by side (each on a device of its own) against one by one.
+
+    python scripts/bench_parallel.py            # figures to stdout (JSON with --json)
+
+With no second device here, the two "devices" are two CPU cores: torch runs single-threaded, so each member's
+thread computes on one core, as each member would on its own GPU. The members are bench_cache.py's
+LLaDA-architecture members (the real 126,464-row vocabulary, random weights, two seeds).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_cache import PROMPT, build_member  # noqa: E402
+
+from tie_lite.sampler import DecodeSettings  # noqa: E402
+from tie_lite.session import Ensemble, LoadSettings  # noqa: E402
+from tie_lite.tie import TieSettings  # noqa: E402
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--layers", type=int, default=4)
+    p.add_argument("--width", type=int, default=512)
+    p.add_argument("--gen-length", type=int, default=64)
+    p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--json", action="store_true")
+    args = p.parse_args(argv)
+    torch.set_num_threads(1)  # one core per member, as one device per member
+    with tempfile.TemporaryDirectory() as root:
+        paths = [build_member(Path(root), seed, args.layers, args.width, head_scale=0.8) for seed in (1, 2)]
+        ensemble = Ensemble(LoadSettings(models=tuple(paths), dtype="float32"))
+        decode = DecodeSettings(gen_length=args.gen_length, block_size=16, answer_length=None)
+        figures = {}
+        for score in ("tcc", "verify"):
+            tie = TieSettings(interval=16, score=score, select="verify" if score == "verify" else "lowest-tcc")
+            for mode in (False, True):
+                ensemble.scheduler.parallel = mode
+                best, result = float("inf"), None
+                for _ in range(args.repeats):
+                    start = time.perf_counter()
+                    result = ensemble.run(PROMPT, decode, tie)
+                    best = min(best, time.perf_counter() - start)
+                figures[f"{score} {'side by side' if mode else 'one by one'}"] = {
+                    "seconds": round(best, 3), "rounds": len(result.rounds),
+                    "seconds_per_round": round(best / len(result.rounds), 3), "text": result.text}
+            one, two = (figures[f"{score} {k}"] for k in ("one by one", "side by side"))
+            assert one["text"] == two["text"], "side by side changed the output"
+            figures[f"{score} ratio"] = round(two["seconds"] / one["seconds"], 3)
+    figures["machine"] = {"cpus": os.cpu_count(), "torch_threads_per_member": 1, "torch": torch.__version__}
+    if args.json:
+        print(json.dumps(figures, indent=1))
+    else:
+        for k, v in figures.items():
+            print(k, {a: b for a, b in v.items() if a != "text"} if isinstance(v, dict) else v)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
