@@ -73,6 +73,17 @@ def run_side_by_side(processes: list) -> list:
         return list(pool.map(run, processes))
 
 
+def run_each(processes: list, side_by_side: bool):
+    """Process returning every process's result: side by side (members on devices of their own), or one
+    after another through this process's own driver."""
+    if side_by_side:
+        return run_side_by_side(processes)
+    results = []
+    for process in processes:
+        results.append((yield from process))
+    return results
+
+
 def forward_batch(pending: dict, scheduler=None, max_batch: int = 64) -> dict:
     """One stacked forward for some of `pending` ({key: Forward}): the requests for one member and canvas
     length, the resident member's first, the largest group otherwise. Returns {key: logits} for those."""

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 import time
 from dataclasses import dataclass, field, replace
 
@@ -14,7 +13,7 @@ import transformers
 from .checkpoint import checked_family, read_config, weight_files
 from .errors import UserError
 from .families import Family
-from .options import BACKENDS, DTYPES, QUANTS, check_choice
+from .options import BACKENDS, DTYPES, QUANTS, check_choice, check_device
 from .registry import resolve
 from .weights import measured_footprint
 
@@ -135,9 +134,7 @@ def resolve_device(device: str) -> torch.device:
     """cpu | cuda | cuda:N | auto -> a torch device that exists here."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if not re.fullmatch(r"cpu|cuda(:\d+)?", device):
-        raise UserError(f"unknown --device '{device}'; use cpu, cuda, cuda:N or auto")
-    if device.startswith("cuda"):
+    if check_device(device).startswith("cuda"):
         if not torch.cuda.is_available():
             raise UserError(f"--device {device} was asked for but no CUDA GPU is visible; use --device cpu or auto")
         index = int(device.partition(":")[2] or 0)

@@ -20,7 +20,7 @@ DEFAULTS = dict(gen_length=64, block_size=16, answer_length=8, interval=16, scor
                 cache="dual")  # cache: as accurate as none on the validation seed, 2.5-3x faster there
 QUANTS = ("none", "8bit", "4bit")
 BACKENDS = ("bitsandbytes", "quanto")
-DEVICES = ("cpu", "cuda", "auto")
+DEVICES = ("cpu", "cuda", "cuda:N", "auto")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 SEED_LIMIT = 2**64  # torch generators take seeds in [0, 2**64)
 MAX_LENGTH = 1 << 20  # positions: far past any context, small enough that arithmetic on sizes stays finite
@@ -211,12 +211,15 @@ def add_tie_args(p: argparse.ArgumentParser) -> None:
 # --- settings from flags ------------------------------------------------------------------------------
 
 
+def check_device(device: str) -> str:
+    if not re.fullmatch(r"cpu|cuda(:\d+)?|auto", device):
+        raise UserError(f"unknown --device '{shown(device)}'; use one of {', '.join(DEVICES)}")
+    return device
+
+
 def member_devices(args) -> list[str]:
     """--device: one for every member, or one per --model in order."""
-    devices = args.device or ["cpu"]
-    for d in devices:
-        if d not in DEVICES and not re.fullmatch(r"cuda:\d+", d):
-            raise UserError(f"unknown --device '{shown(d)}'; use one of cpu, cuda, cuda:N, auto")
+    devices = [check_device(d) for d in args.device or ["cpu"]]
     from .registry import DEFAULT_ENSEMBLE
 
     models = len(args.model or DEFAULT_ENSEMBLE)

@@ -7,7 +7,7 @@ import json
 from .errors import UserError
 from .loading import load_status
 from .sizes import SizeEstimate, estimate_member
-from .options import add_model_args, check_choice, check_lengths, check_load_args, default_score, whole
+from .options import add_model_args, check_choice, check_lengths, check_load_args, default_score, member_devices, whole
 from .scoring import check_score, needs_cross_model
 from .tie import SELECTIONS
 from .scheduler import Need, Plan, format_size, make_plan, parse_size
@@ -132,7 +132,7 @@ def cmd_plan(args) -> int:
         check_score(score, len(models))
     check_choice(args.select, [s for s in SELECTIONS if s != "oracle"], "--select")
     check_lengths({"--gen-length": args.gen_length, "--prompt-length": args.prompt_length})
-    plan, estimates = build_plan(models, quant=args.quant, backend=args.quant_backend, device=args.device[0] if args.device else "cpu",
+    plan, estimates = build_plan(models, quant=args.quant, backend=args.quant_backend, device=member_devices(args)[0],
                                  max_memory=args.max_memory, gen_length=args.gen_length,
                                  prompt_length=args.prompt_length, score=args.score, select=args.select,
                                  dtype=args.dtype)

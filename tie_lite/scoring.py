@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from .drive import Forward, run_side_by_side
+from .drive import Forward, run_each
 from .errors import UserError
 from .layout import TextState
 from .sampler import Trajectory
@@ -43,11 +43,7 @@ def round_scores(trajs: list[Trajectory], kind: str, order: list[int], gold: Tex
         return [-t.round_tcc for t in trajs]
     if kind == "oracle":
         return [1.0 if matches_gold(t.state(), gold) else 0.0 for t in trajs]
-    views = {}
-    if parallel:
-        views = dict(zip(order, run_side_by_side([member_view(trajs[j], trajs, kind) for j in order])))
-    for j in [] if parallel else order:
-        views[j] = yield from member_view(trajs[j], trajs, kind)
+    views = dict(zip(order, (yield from run_each([member_view(trajs[j], trajs, kind) for j in order], parallel))))
     # summed in member order whatever the forward order, so swapped runs match resident ones bit for bit
     return [sum(views[j][i] for j in sorted(views)) / len(views) for i in range(len(trajs))]
 

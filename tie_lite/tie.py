@@ -7,7 +7,7 @@ import math
 import time
 from dataclasses import dataclass, field
 
-from .drive import run, run_side_by_side
+from .drive import run, run_each
 from .errors import UserError
 from .events import Cancelled, Final, Relay, RoundScores, StepFrame
 from .layout import TextState
@@ -86,15 +86,7 @@ def tie_process(
     if len(trajs) == 1:  # plain decoding: no round to score, no final choice, so no TCC bookkeeping
         trajs[0].watch = False
     blocks_per_round = max(1, math.ceil(tie.interval / decode.steps_per_block))
-    parallel = getattr(scheduler, "parallel", False) and len(trajs) > 1
-
-    def advance_all(processes):  # members on devices of their own advance together, else one by one
-        if parallel:
-            run_side_by_side(processes)
-        else:
-            for process in processes:
-                yield from process
-
+    parallel = getattr(scheduler, "parallel", False) and len(trajs) > 1  # members on devices of their own
     rounds: list[dict] = []
     leaders: list[int] = []
     r = 0
@@ -104,8 +96,8 @@ def tie_process(
                 raise Cancelled()
             emit(StepFrame(r, names[i], t.forwards, t))
 
-        yield from advance_all([trajs[i].advance(decode, blocks_per_round, lambda t, i=i: on_step(t, i))
-                                for i in scheduler.order(r)])
+        yield from run_each([trajs[i].advance(decode, blocks_per_round, lambda t, i=i: on_step(t, i))
+                             for i in scheduler.order(r)], parallel)
         finished = any(t.done for t in trajs)
         if len(trajs) > 1:
             scores = yield from round_scores(trajs, tie.score, scheduler.scoring_order(), gold, parallel)
@@ -126,7 +118,7 @@ def tie_process(
         r += 1
     unfinished = [t for t in trajs if not t.done]
     # the others complete their own responses, after the last relay
-    yield from advance_all([t.advance(decode, t.layout.num_blocks) for t in unfinished])
+    yield from run_each([t.advance(decode, t.layout.num_blocks) for t in unfinished], parallel)
     verify = None
     if tie.select == "verify" and len(trajs) > 1:
         # members re-check what each response committed since the last relay, completion included
