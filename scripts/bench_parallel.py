@@ -28,6 +28,33 @@ from tie_lite.session import Ensemble, LoadSettings  # noqa: E402
 from tie_lite.tie import TieSettings  # noqa: E402
 
 
+def ray_figures(paths, decode, repeats: int, local: dict) -> dict:
+    """The same runs with each member a single-threaded Ray actor on a local cluster: round time against the
+    one-process run, bytes crossing between the driver and the actors, and the overhead Ray adds (a round's
+    wall time less the slower actor's compute time in it)."""
+    remote = Ensemble(LoadSettings(models=tuple(paths), dtype="float32", ray="local"))
+    out = {}
+    for score in ("tcc", "verify"):
+        tie = TieSettings(interval=16, score=score, select="verify" if score == "verify" else "lowest-tcc")
+        best = None
+        for _ in range(repeats):
+            crossed = [m.bytes_crossed for m in remote.members]
+            computed = [m.actor_seconds for m in remote.members]
+            start = time.perf_counter()
+            result = remote.run(PROMPT, decode, tie)
+            wall = time.perf_counter() - start
+            rounds = len(result.rounds)
+            slower = max(m.actor_seconds - c for m, c in zip(remote.members, computed))
+            run = {"seconds": round(wall, 3), "rounds": rounds, "seconds_per_round": round(wall / rounds, 3),
+                   "bytes_per_round": round(sum(m.bytes_crossed - c for m, c in zip(remote.members, crossed)) / rounds),
+                   "ray_overhead_ms_per_round": round(1000 * (wall - slower) / rounds, 1), "text": result.text}
+            best = run if best is None or wall < best["seconds"] else best
+        assert best["text"] == local[f"{score} one by one"]["text"], "Ray changed the output"
+        out[f"{score} ray"] = best
+        out[f"{score} ray ratio"] = round(best["seconds"] / local[f"{score} one by one"]["seconds"], 3)
+    return out
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--layers", type=int, default=4)
@@ -35,6 +62,7 @@ def main(argv=None) -> int:
     p.add_argument("--gen-length", type=int, default=64)
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--json", action="store_true")
+    p.add_argument("--no-ray", action="store_true", help="leave out the Ray mode (two actors on a local cluster)")
     args = p.parse_args(argv)
     torch.set_num_threads(1)  # one core per member, as one device per member
     with tempfile.TemporaryDirectory() as root:
@@ -57,6 +85,8 @@ def main(argv=None) -> int:
             one, two = (figures[f"{score} {k}"] for k in ("one by one", "side by side"))
             assert one["text"] == two["text"], "side by side changed the output"
             figures[f"{score} ratio"] = round(two["seconds"] / one["seconds"], 3)
+        if not args.no_ray:
+            figures.update(ray_figures(paths, decode, args.repeats, figures))
     figures["machine"] = {"cpus": os.cpu_count(), "torch_threads_per_member": 1, "torch": torch.__version__}
     if args.json:
         print(json.dumps(figures, indent=1))

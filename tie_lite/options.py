@@ -164,6 +164,10 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
                    help="cpu | cuda | cuda:N | auto (default cpu); one per --model places each member on its own "
                         "device, and members on different devices decode their rounds side by side")
     g.add_argument("--max-memory", metavar="SIZE", help="device memory budget, e.g. 10GiB or 600MB")
+    g.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
+                   help="run every member as a Ray actor (pip install 'tie-lite[ray]'): alone, on a local cluster "
+                        "started here; with an address (e.g. 10.0.0.5:6379 or auto), on that cluster; each member "
+                        "computes where its weights are and the members decode side by side")
     g.add_argument("--dtype", default="auto", help="auto | float32 | bfloat16 | float16 (auto: bfloat16 on CUDA, "
                                                    "the checkpoint's own dtype on the CPU)")
     g.add_argument("--trust-remote-code", action="store_true",
@@ -245,6 +249,7 @@ def load_settings(args):
         trust_remote_code=args.trust_remote_code,
         allow_pickle=args.allow_pickle,
         max_memory=args.max_memory,
+        ray=getattr(args, "ray", None),
     )
 
 

@@ -191,6 +191,23 @@ class Trajectory:
     def render(self, mask_symbol: str = "░") -> str:
         return self.layout.render(self.member.tokenizer, self.ids, mask_symbol)
 
+    def round_start_state(self) -> TextState:
+        return self.layout.read_state(self.member.tokenizer, self.round_start)
+
+    @property
+    def tokenizer_key(self) -> str:
+        return self.member.tokenizer_key
+
+    def same_canvas(self, other) -> bool:
+        """Whether `other` (a trajectory or its relay state) writes canvases id for id as this one does."""
+        return other.tokenizer_key == self.tokenizer_key and other.layout == self.layout
+
+    def judge(self, trajs: list, kind: str):
+        """Process: this member's cross-model scores of every trajectory (scoring.member_view)."""
+        from .scoring import member_view
+
+        return (yield from member_view(self, trajs, kind))
+
     def begin_round(self) -> None:
         self.round_start = self.ids.clone()
         self.round_tcc = 0.0
@@ -201,7 +218,7 @@ class Trajectory:
         """Relay: take `other`'s canvas, id for id when the tokenizers match, else through text."""
         if other is self:
             return
-        if other.member.tokenizer_key == self.member.tokenizer_key and other.layout == self.layout:
+        if self.same_canvas(other):
             self.ids = other.ids.clone()
         else:
             self.ids = self.layout.write_state(self.member.tokenizer, self.prompt_ids, other.state())

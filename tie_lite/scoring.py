@@ -43,7 +43,7 @@ def round_scores(trajs: list[Trajectory], kind: str, order: list[int], gold: Tex
         return [-t.round_tcc for t in trajs]
     if kind == "oracle":
         return [1.0 if matches_gold(t.state(), gold) else 0.0 for t in trajs]
-    views = dict(zip(order, (yield from run_each([member_view(trajs[j], trajs, kind) for j in order], parallel))))
+    views = dict(zip(order, (yield from run_each([trajs[j].judge(trajs, kind) for j in order], parallel))))
     # summed in member order whatever the forward order, so swapped runs match resident ones bit for bit
     return [sum(views[j][i] for j in sorted(views)) / len(views) for i in range(len(trajs))]
 
@@ -95,7 +95,7 @@ def member_view(judge: Trajectory, trajs: list[Trajectory], kind: str):
 
 def translate(t: Trajectory, judge: Trajectory) -> torch.Tensor:
     """`t`'s canvas as `judge`'s member sees it (id for id with a shared tokenizer, else through text)."""
-    if t.member.tokenizer_key == judge.member.tokenizer_key and t.layout == judge.layout:
+    if judge.same_canvas(t):
         return t.ids
     return judge.layout.write_state(judge.member.tokenizer, judge.prompt_ids, t.state())
 
@@ -131,7 +131,7 @@ def verify_canvas(judge: Trajectory, t: Trajectory):
     """Canvas for `judge` with `t`'s round commitments masked again, and the (positions, tokens) to score:
     every committed token but end-of-text padding (an end-of-text after another one in its region), which
     follows from the first and would otherwise outweigh the answer digits it sits next to."""
-    if t.member.tokenizer_key == judge.member.tokenizer_key and t.layout == judge.layout:
+    if judge.same_canvas(t):
         mask_id = t.layout.mask_id
         committed = (t.round_start == mask_id) & (t.ids != mask_id)
         positions = committed.nonzero().flatten()
@@ -139,7 +139,7 @@ def verify_canvas(judge: Trajectory, t: Trajectory):
         ids[positions] = mask_id
         tokens = t.ids[positions]
     else:
-        before = t.layout.read_state(t.member.tokenizer, t.round_start)
+        before = t.round_start_state()
         ids, positions, tokens = judge.layout.write_span(judge.member.tokenizer, judge.prompt_ids, before, t.state())
     full = ids.clone()
     full[positions] = tokens

@@ -38,6 +38,7 @@ class LoadSettings:
     trust_remote_code: bool = False
     allow_pickle: bool = False
     max_memory: str | None = None
+    ray: str | None = None  # 'local' (start a cluster here) or a cluster address: every member a Ray actor
 
 
 class Ensemble:
@@ -54,6 +55,9 @@ class Ensemble:
         if not settings.models:
             raise UserError("give at least one --model")
         self.settings = settings
+        if settings.ray is not None:
+            self._start_remote(settings, on_load)
+            return
         budget = parse_size(settings.max_memory)
         placement = [resolve_device(d) for d in settings.placement]
         if placement and budget is not None:
@@ -86,6 +90,26 @@ class Ensemble:
             self.scheduler = Scheduler(members, parallel=len(set(placement)) == len(members) > 1)
         else:
             self.scheduler = self._load_planned(budget, kwargs, on_load, plan_tokens or PLAN_TOKENS)
+        self.load_seconds = time.perf_counter() - start
+
+    def _start_remote(self, s: LoadSettings, on_load) -> None:
+        """Members as Ray actors (remote.py): each loads and computes where Ray places it, side by side."""
+        from .remote import start_members
+
+        if s.max_memory is not None or s.placement:
+            raise UserError("with --ray each member is an actor that Ray places (one GPU each with --device cuda); "
+                            "leave out --max-memory and the per-member --device")
+        start = time.perf_counter()
+        if on_load is not None:
+            on_load(", ".join(s.models))
+        kwargs = dict(quant=s.quant, backend=s.backend, device=s.device, dtype=s.dtype,
+                      trust_remote_code=s.trust_remote_code, allow_pickle=s.allow_pickle)
+        members = start_members(s.ray, list(s.models), kwargs, s.device)
+        self.device = torch.device("cpu")  # the driver's own memory is what this process can report
+        self.budget = self.budget_source = self.plan = None
+        self.estimates = []
+        self.baseline_bytes = current_bytes(self.device)
+        self.scheduler = Scheduler(members, parallel=len(members) > 1)
         self.load_seconds = time.perf_counter() - start
 
     def _load_planned(self, budget: int, kwargs: dict, on_load, tokens: int) -> Scheduler:
@@ -177,6 +201,8 @@ class Ensemble:
         which can turn a resident plan into swapping, or not fit at all (a UserError saying what to change).
         `run` calls it; a caller driving processes itself (eval) calls it with its longest prompt first.
         Returns the working memory it planned for."""
+        if self.settings.ray is not None:
+            return 0  # each actor's memory is its worker's; the layout still checks the context there
         if self.budget is None:
             self._check_host_memory(messages, decode, tie)
             return 0

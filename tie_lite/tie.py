@@ -82,9 +82,8 @@ def tie_process(
     if "oracle" in (tie.score, tie.select) and gold is None:
         raise UserError("oracle methods need a task whose generator knows the gold worked solution")
     emit = on_event or (lambda event: None)
-    trajs = [Trajectory.start(m, messages, decode) for m in members]
-    if len(trajs) == 1:  # plain decoding: no round to score, no final choice, so no TCC bookkeeping
-        trajs[0].watch = False
+    # one member is plain decoding: no round to score, no final choice, so no TCC bookkeeping
+    trajs = [start_trajectory(m, messages, decode, watch=len(members) > 1) for m in members]
     blocks_per_round = max(1, math.ceil(tie.interval / decode.steps_per_block))
     parallel = getattr(scheduler, "parallel", False) and len(trajs) > 1  # members on devices of their own
     rounds: list[dict] = []
@@ -140,6 +139,17 @@ def tie_process(
     )
     emit(Final(result))
     return result
+
+
+def start_trajectory(member, messages: list[dict], decode: DecodeSettings, watch: bool):
+    """A member's trajectory: here, or on its Ray actor (remote.py) when the member is one."""
+    from .remote import RemoteMember, RemoteTrajectory
+
+    if isinstance(member, RemoteMember):
+        return RemoteTrajectory(member, messages, decode, watch)
+    traj = Trajectory.start(member, messages, decode)
+    traj.watch = watch
+    return traj
 
 
 def select_final(trajs, names, leaders, tie: TieSettings, verify_scores, gold) -> int:
