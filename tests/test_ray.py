@@ -83,3 +83,12 @@ def test_a_member_dying_mid_request_is_one_error_and_the_next_request_works(ense
     message = str(lost.value)
     assert "\n" not in message and victim.name in message and "send the request again" in message
     assert summary(remote.run(PROMPT, decode, tie)) == summary(here.run(PROMPT, decode, tie))
+
+
+def test_the_api_servers_usage_counts_tokens_on_the_actors(ensembles):
+    from tie_lite.serve import _usage
+
+    here, remote = ensembles
+    result = remote.run(PROMPT, DecodeSettings(), TieSettings())
+    usage = _usage(result, remote, PROMPT)
+    assert usage == _usage(result, here, PROMPT) and usage["prompt_tokens"] > 0

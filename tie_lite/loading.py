@@ -93,6 +93,10 @@ class Member:
     def prompt_ids(self, messages: list[dict]) -> list[int]:
         return self.family.prompt_ids(self.tokenizer, messages)
 
+    def token_counts(self, messages: list[dict], text: str) -> tuple[int, int]:
+        """Prompt and completion tokens, as an API's usage reports them."""
+        return len(self.prompt_ids(messages)), len(self.tokenizer.encode(text, add_special_tokens=False))
+
 
 @dataclass
 class Row:

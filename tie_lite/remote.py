@@ -103,6 +103,10 @@ class MemberActor:
         scores = run(member_view(t, states, kind))
         return scores, t.forwards, time.perf_counter() - start
 
+    def token_counts(self, messages, text: str) -> tuple[int, int]:
+        self.load()
+        return self.member.token_counts(messages, text)
+
     def adopt(self, state: RelayState) -> None:
         self._own().adopt(state)
 
@@ -139,6 +143,9 @@ class RemoteMember:
         info = self.call("load")
         self.pid = info["pid"]
         return info
+
+    def token_counts(self, messages, text: str) -> tuple[int, int]:
+        return self.call("token_counts", messages, text)
 
     def call(self, method: str, *args):
         """One actor call, waited for. A dead or restarting actor is one line; Ray restarts it, so the next

@@ -92,8 +92,7 @@ def request_settings(body, defaults: Defaults):
 def _usage(result, ensemble, messages) -> dict:
     # the loaded members, not the scheduler's current selection (other requests change that)
     member = next(m for m in ensemble.scheduler.loaded if m.name == result.final_member.split("#")[0])
-    prompt = len(member.prompt_ids(messages))
-    completion = len(member.tokenizer.encode(result.text, add_special_tokens=False))
+    prompt, completion = member.token_counts(messages, result.text)
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
 
