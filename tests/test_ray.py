@@ -1,4 +1,4 @@
-"""Members as Ray actors on a local CPU cluster: the in-process answer, bit for bit, and a member actor
+"""Members as Ray actors on a local CPU cluster (CLI, API usage and chat): the in-process answer, bit for bit, and a member actor
 that dies mid-request costs that request only."""
 
 import json
@@ -92,3 +92,29 @@ def test_the_api_servers_usage_counts_tokens_on_the_actors(ensembles):
     result = remote.run(PROMPT, DecodeSettings(), TieSettings())
     usage = _usage(result, remote, PROMPT)
     assert usage == _usage(result, here, PROMPT) and usage["prompt_tokens"] > 0
+
+
+def test_the_chat_runs_on_ray_members(ensembles):
+    from dataclasses import replace
+
+    from gradio_client import Client
+
+    from ui.app import build_app, launch_app
+
+    try:
+        from test_ui import free_port
+    except ImportError:
+        from .test_ui import free_port
+
+    here, remote = ensembles
+    demo = build_app(remote)  # the summary reads each member's name, size and quantization from its actor
+    port = free_port()
+    launch_app(demo, port=port, prevent_thread_lock=True, quiet=True)
+    try:
+        client = Client(f"http://127.0.0.1:{port}/", verbose=False)
+        settings = {"score": "verify", "select": "verify"}
+        reply = client.predict(PROMPT[0]["content"], None, settings, api_name="/chat")
+        decode, tie = demo.tie_defaults.decode, replace(demo.tie_defaults.tie, **settings)
+        assert reply == here.run(PROMPT, decode, tie).text
+    finally:
+        demo.close()

@@ -79,7 +79,7 @@ class MemberActor:
         if self.member is None:
             self.member = load_member(self.spec, **self.load_kwargs)
         m = self.member
-        return {"name": m.name, "footprint_bytes": m.footprint_bytes, "pid": os.getpid()}
+        return {"name": m.name, "footprint_bytes": m.footprint_bytes, "quant": m.quant, "pid": os.getpid()}
 
     def start(self, messages, decode, watch: bool) -> Snapshot:
         from .sampler import Trajectory
@@ -132,11 +132,11 @@ class RemoteMember:
     def __init__(self, actor, spec: str):
         self.actor, self.spec = actor, spec
         self.name = spec
-        self.footprint_bytes = 0
+        self.footprint_bytes, self.quant = 0, "none"
         self.bytes_crossed = 0
         self.actor_seconds = 0.0
         info = self.load()
-        self.name, self.footprint_bytes, self.pid = info["name"], info["footprint_bytes"], info["pid"]
+        self.name, self.footprint_bytes, self.quant = info["name"], info["footprint_bytes"], info["quant"]
 
     def load(self) -> dict:
         """Load (or, after a restart, reload) the model; returns its name, size and worker process id."""
