@@ -1,5 +1,5 @@
-"""Members as Ray actors on a local CPU cluster (CLI, API usage and chat): the in-process answer, bit for bit, and a member actor
-that dies mid-request costs that request only."""
+"""Members as Ray actors on a local CPU cluster (CLI, API usage, chat): the in-process answer, bit for bit,
+and a member actor that dies mid-request costs that request only."""
 
 import json
 import os
