@@ -15,6 +15,7 @@ from tie_lite.registry import resolve
 from tie_lite.sampler import DecodeSettings
 from tie_lite.session import Ensemble, LoadSettings
 from tie_lite.tasks import EVAL_SEED, TASKS
+from tie_lite.tasks.phrasing import PHRASINGS
 from tie_lite.tie import TieSettings
 
 ABOUT = {
@@ -31,6 +32,29 @@ ABOUT = {
                 "problems the sum is given (written in, never masked), so it also learns to multiply a value it "
                 "reads from its own worked steps",
 }
+
+
+def runs(meta: dict) -> list[dict]:
+    """The training runs that made the checkpoint, first to last (a run with `init` went on from another)."""
+    return (runs(meta["init"]) if "init" in meta else []) + [meta]
+
+
+def training(meta: dict, where: str) -> str:
+    parts = [f"{m['steps']} steps of batch {m['batch']} on the `{m.get('phrasing', 'templates')}` phrasings, AdamW lr "
+             f"{m['lr']}, cosine schedule, {m['train_seconds'] / 60:.0f} minutes" for m in runs(meta)]
+    return "; then ".join(parts) + f", each on {where}"
+
+
+def reproduce(meta: dict, name: str, threads_flag: str) -> str:
+    commands = []
+    for m in runs(meta):
+        flags = f" --init models/{name}" if "init" in m else ""
+        flags += f" --phrasing {m['phrasing']}" if m.get("phrasing", "templates") != "templates" else ""
+        flags += f" --steps {m['steps']}" if m["steps"] != 10000 else ""
+        flags += f" --lr {m['lr']}" if m["lr"] != 3e-3 else ""
+        commands.append(f"`python scripts/train_tiny.py --member {name} --seed {m['seed']}{flags} --out models/{name}"
+                        f"{threads_flag}`")
+    return ", then ".join(commands)
 
 
 def main():
@@ -52,10 +76,11 @@ def main():
     decode = DecodeSettings()
     rows = []
     for task in TASKS.values():
-        results, _ = evaluate(ensemble, task, args.n, args.seed, [name], decode, TieSettings())
-        r = results[name]
-        stages = ", ".join(f"{k} {v:.1f}%" for k, v in r["stages"].items())
-        rows.append(f"| {task.name} | {r['accuracy']:.1f}% | {stages} |")
+        for phrasing in PHRASINGS:
+            results, _ = evaluate(ensemble, task, args.n, args.seed, [name], decode, TieSettings(), phrasing=phrasing)
+            r = results[name]
+            stages = ", ".join(f"{k} {v:.1f}%" for k, v in r["stages"].items())
+            rows.append(f"| {task.name} | `{phrasing}` | {r['accuracy']:.1f}% | {stages} |")
     size = sum(p.stat().st_size for p in folder.iterdir()) / 1e6
     card = f"""# {name}
 
@@ -74,9 +99,8 @@ ensemble member, not as a good calculator on its own.
   `User: ...\\nBot: `), worked reasoning, EOS padding, `Answer:`, answer, EOS padding;
   {100 * meta.get('free_fraction', 0.2):.0f}% of examples in the free layout (no fixed marker). Mix (see
   `scripts/train_tiny.py`): `{json.dumps(meta['mix'])}`.
-- Training: {meta['steps']} steps of batch {meta['batch']}, AdamW lr {meta['lr']}, cosine schedule;
-  {meta['train_seconds'] / 60:.0f} minutes on {where}.
-  Reproduce: `python scripts/train_tiny.py --member {name} --seed {meta['seed']} --out models/{name}{threads_flag}`.
+- Training: {training(meta, where)}.
+  Reproduce: {reproduce(meta, name, threads_flag)}.
 
 ## Measured accuracy
 
@@ -86,8 +110,8 @@ n = {args.n} problems per task, evaluation seed {args.seed}
 `tie-lite eval --task TASK --n {args.n} --seed {args.seed} --model {name}`). A stage counts as right when its
 written step is right given the values written before it.
 
-| task | accuracy | per stage |
-|---|---|---|
+| task | phrasing | accuracy | per stage |
+|---|---|---|---|
 """ + "\n".join(rows) + "\n"
     (folder / "README.md").write_text(card)
     print(card)

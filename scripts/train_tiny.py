@@ -203,30 +203,8 @@ def save(model, tok, out: Path):
     model.train()
 
 
-def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--member", choices=sorted(MEMBERS), required=True)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out", type=Path, required=True)
-    ap.add_argument("--steps", type=int, default=10000)
-    ap.add_argument("--batch", type=int, default=64)
-    ap.add_argument("--phrasing", choices=("templates", "varied"), default="templates",
-                    help="templates: the six the shipped members learned; varied: tie_lite/tasks/phrasing.py's grammar "
-                         "(with 1-digit operands in a fifth of the sums)")
-    ap.add_argument("--lr", type=float, default=3e-3)
-    ap.add_argument("--hidden", type=int, default=64, help="a multiple of 64 (bitsandbytes 4-bit CPU kernels need it)")
-    ap.add_argument("--layers", type=int, default=4)
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--mix", help='override the member\'s training mix, JSON, e.g. \'{"trivial_product": 0.6}\'')
-    ap.add_argument("--checkpoint-every", type=int, default=0, help="also save every N steps (to watch training)")
-    args = ap.parse_args()
-
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
-    spec = MEMBERS[args.member]
-    mix = json.loads(args.mix) if args.mix else dict(spec["mix"])
-    if args.phrasing == "varied":
-        mix.setdefault("one_digit", 0.2)
+def new_member(spec: dict, args):
+    """A freshly initialised member and its tokenizer, trained on the task text."""
     if spec["tokenizer"] == "char":
         tok = char_tokenizer()
     elif spec["tokenizer"] == "sp":
@@ -245,7 +223,42 @@ def main():
         eos_token_id=tok.eos_token_id,
         shift_logits=spec["shift_logits"],
     )
-    model = TieTinyForMaskedLM(config)
+    return TieTinyForMaskedLM(config), tok
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--member", choices=sorted(MEMBERS), required=True)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--steps", type=int, default=10000)
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--phrasing", choices=("templates", "varied"), default="templates",
+                    help="templates: the six the shipped members learned; varied: tie_lite/tasks/phrasing.py's grammar "
+                         "(with 1-digit operands in a fifth of the sums)")
+    ap.add_argument("--lr", type=float, default=3e-3)
+    ap.add_argument("--hidden", type=int, default=64, help="a multiple of 64 (bitsandbytes 4-bit CPU kernels need it)")
+    ap.add_argument("--layers", type=int, default=4)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--mix", help='override the member\'s training mix, JSON, e.g. \'{"trivial_product": 0.6}\'')
+    ap.add_argument("--init", type=Path, help="go on training this checkpoint (its model and tokenizer), e.g. a member "
+                                              "trained on the templates, now on --phrasing varied")
+    ap.add_argument("--checkpoint-every", type=int, default=0, help="also save every N steps (to watch training)")
+    args = ap.parse_args()
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    spec = MEMBERS[args.member]
+    mix = json.loads(args.mix) if args.mix else dict(spec["mix"])
+    if args.phrasing == "varied":
+        mix.setdefault("one_digit", 0.2)
+    if args.init:
+        tok = PreTrainedTokenizerFast.from_pretrained(args.init)
+        model = TieTinyForMaskedLM.from_pretrained(args.init)
+        if model.config.shift_logits != spec["shift_logits"]:
+            raise SystemExit(f"{args.init} is not a {args.member} checkpoint (its logit convention differs)")
+    else:
+        model, tok = new_member(spec, args)
     data = Examples(tok, mix, args.seed, phrasing=args.phrasing)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01, betas=(0.9, 0.98))
     warmup = 300
@@ -270,6 +283,9 @@ def main():
     meta = dict(member=args.member, seed=args.seed, steps=args.steps, batch=args.batch, lr=args.lr, phrasing=args.phrasing,
                 mix=mix, free_fraction=data.free_fraction, layers=args.layers, hidden=args.hidden,
                 threads=args.threads, train_seconds=round(time.time() - start), params=model.num_parameters())
+    if args.init:  # what it went on from, with how that was trained
+        meta.update(layers=model.config.num_hidden_layers, hidden=model.config.hidden_size,
+                    init=json.loads((args.init / "training.json").read_text()))
     (args.out / "training.json").write_text(json.dumps(meta, indent=2) + "\n")
     print(json.dumps(meta))
 

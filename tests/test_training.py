@@ -46,3 +46,27 @@ def test_a_given_first_stage_is_written_in_and_never_masked(sp_tokenizer):
             generated = tok.decode([t for t, m in zip(row, can_mask) if m]).replace(" ", "")
             assert generated.startswith(f"{p}+{q}={int(p) + int(q)}"), generated  # the member's own stage
     assert seen > 20
+
+
+def test_training_goes_on_from_a_checkpoint_with_its_tokenizer(tmp_path):
+    """How the shipped members learned varied phrasing: a run on the templates, then one more from it."""
+    import json
+    import subprocess
+    import sys
+
+    from tie_lite.loading import load_member
+
+    script = [sys.executable, str(Path(__file__).parents[1] / "scripts" / "train_tiny.py"), "--member", "tiny-bpe",
+              "--batch", "4"]
+    first, second = tmp_path / "first", tmp_path / "second"
+    subprocess.run(script + ["--steps", "1", "--out", str(first)], check=True, capture_output=True)
+    subprocess.run(script + ["--steps", "2", "--init", str(first), "--phrasing", "varied", "--seed", "1",
+                             "--out", str(second)], check=True, capture_output=True)
+    assert (second / "tokenizer.json").read_text() == (first / "tokenizer.json").read_text()
+    meta = json.loads((second / "training.json").read_text())
+    assert (meta["phrasing"], meta["steps"], meta["init"]["steps"]) == ("varied", 2, 1)
+    member = load_member(str(second))
+    assert member.model.config.shift_logits  # still a tiny-bpe member
+    wrong = subprocess.run(script[:-3] + ["tiny-sp", "--init", str(first), "--out", str(tmp_path / "x")],
+                           capture_output=True, text=True)
+    assert wrong.returncode != 0 and "not a tiny-sp checkpoint" in wrong.stderr
