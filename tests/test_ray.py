@@ -17,8 +17,10 @@ from tie_lite.tie import TieSettings  # noqa: E402
 
 try:
     from test_bad_input import run_cli
+    from test_ui import free_port
 except ImportError:
     from .test_bad_input import run_cli
+    from .test_ui import free_port
 
 PROMPT = [{"role": "user", "content": "What is 23*4+17*5?"}]
 
@@ -41,6 +43,11 @@ def test_cli_ray_flag_gives_the_in_process_answer():
 def test_ray_refuses_a_memory_budget_in_one_line():
     code, _, err = run_cli(["generate", "What is 2+3?", "--ray", "--max-memory", "1GiB"], "ray")
     assert code == 2 and "--ray" in err and "--max-memory" in err
+
+
+def test_joining_a_cluster_that_is_not_there_is_one_line():
+    code, _, err = run_cli(["generate", "What is 2+3?", "--ray", f"127.0.0.1:{free_port()}"], "ray")
+    assert code == 2 and "no Ray cluster answers there" in err and len(err.strip().splitlines()) == 1
 
 
 @pytest.fixture(scope="module")
@@ -100,11 +107,6 @@ def test_the_chat_runs_on_ray_members(ensembles):
     from gradio_client import Client
 
     from ui.app import build_app, launch_app
-
-    try:
-        from test_ui import free_port
-    except ImportError:
-        from .test_ui import free_port
 
     here, remote = ensembles
     demo = build_app(remote)  # the summary reads each member's name, size and quantization from its actor

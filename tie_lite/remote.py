@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import socket
 import time
 from dataclasses import dataclass
 
@@ -238,6 +239,8 @@ class RemoteTrajectory:
 def start_members(address: str, specs: list[str], load_kwargs: dict, device: str) -> list[RemoteMember]:
     """Start (address 'local') or join a Ray cluster and one actor per member; on CUDA each asks for a GPU."""
     ray = import_ray()
+    if address != "local":
+        check_reachable(address)
     if not ray.is_initialized():
         opts = dict(include_dashboard=False, log_to_driver=False, logging_level="ERROR")
         if address == "local":
@@ -263,6 +266,19 @@ def start_members(address: str, specs: list[str], load_kwargs: dict, device: str
     kwargs = {**load_kwargs, "device": "cuda" if gpus else load_kwargs["device"]}
     actors = [actor_class.remote(spec, kwargs, cpus) for spec in specs]
     return [RemoteMember(actor, spec) for actor, spec in zip(actors, specs)]
+
+
+def check_reachable(address: str, seconds: float = 5.0) -> None:
+    """Ray waits minutes for a cluster that is not there (and prints C++ warnings meanwhile): try the head's port
+    first and say so in one line. 'auto' and other forms without a port are left to Ray."""
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=seconds).close()
+    except OSError as exc:
+        raise UserError(f"--ray {address}: no Ray cluster answers there ({exc.strerror or exc}); start one with "
+                        "'ray start --head' on that machine, or give --ray alone for a local one") from None
 
 
 def wait_for_free(ray, cpus: int, gpus: int, seconds: float = 10.0) -> None:
