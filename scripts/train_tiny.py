@@ -281,11 +281,11 @@ def main():
             save(model, tok, args.out)
     save(model, tok, args.out)
     meta = dict(member=args.member, seed=args.seed, steps=args.steps, batch=args.batch, lr=args.lr, phrasing=args.phrasing,
-                mix=mix, free_fraction=data.free_fraction, layers=args.layers, hidden=args.hidden,
+                mix=mix, free_fraction=data.free_fraction, layers=model.config.num_hidden_layers,
+                hidden=model.config.hidden_size,
                 threads=args.threads, train_seconds=round(time.time() - start), params=model.num_parameters())
     if args.init:  # what it went on from, with how that was trained
-        meta.update(layers=model.config.num_hidden_layers, hidden=model.config.hidden_size,
-                    init=json.loads((args.init / "training.json").read_text()))
+        meta["init"] = json.loads((args.init / "training.json").read_text())
     (args.out / "training.json").write_text(json.dumps(meta, indent=2) + "\n")
     print(json.dumps(meta))
 

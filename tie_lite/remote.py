@@ -132,8 +132,7 @@ class RemoteMember:
 
     def __init__(self, actor, spec: str):
         self.actor, self.spec = actor, spec
-        self.name = spec
-        self.footprint_bytes, self.quant = 0, "none"
+        self.name = spec  # until the actor says (error lines name the member)
         self.bytes_crossed = 0
         self.actor_seconds = 0.0
         info = self.load()
