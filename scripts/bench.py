@@ -44,9 +44,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch  # noqa: E402
 
-from tie_lite.sampler import DecodeSettings, Trajectory  # noqa: E402
-from tie_lite.session import Ensemble, LoadSettings  # noqa: E402
-from tie_lite.tie import TieSettings  # noqa: E402
+from tie_lite.engine.sampler import DecodeSettings, Trajectory  # noqa: E402
+from tie_lite.engine.tie import TieSettings  # noqa: E402
+from tie_lite.runtime.session import Ensemble, LoadSettings  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 SHIPPED = ("tiny-sp", "tiny-bpe")
@@ -234,7 +234,7 @@ def reference_decode(member, messages, gen_length: int, block_size: int, steps: 
 
 def engine_ids(ensemble, index: int, messages, decode: DecodeSettings):
     """tie-lite's single-member decode, returning its final canvas (read from the event stream)."""
-    from tie_lite.events import StepFrame
+    from tie_lite.engine.events import StepFrame
 
     last = {}
 
@@ -351,8 +351,8 @@ POLICIES = {"low_confidence": {}, "threshold": {"threshold": 0.9}, "topk": {"top
 
 def acceleration(ensemble, task_name: str, n: int, decode: DecodeSettings, seed: int = 2, log=print) -> dict:
     """Section 3: tie-lite's own eval (batched over problems) under each unmasking policy."""
-    from tie_lite.options import DEFAULTS
-    from tie_lite.eval import evaluate
+    from tie_lite.faces.eval import evaluate
+    from tie_lite.faces.options import DEFAULTS
     from tie_lite.tasks import get_task
 
     task = get_task(task_name)
@@ -417,7 +417,7 @@ def memory_section(models, prompts, decode: DecodeSettings, repeats: int, reques
     not drowned by the Python runtime as they are with the 1-2 MB shipped members."""
     import subprocess
 
-    from tie_lite.sizes import estimate_member
+    from tie_lite.runtime.sizes import estimate_member
 
     bm, script = _bench_memory()
     tmp = Path(tempfile.mkdtemp(prefix="tie-bench-memory-"))
@@ -528,7 +528,7 @@ def long_context_copy(spec: str, positions: int, folder: Path) -> str:
     when its context is long enough already."""
     from safetensors.torch import load_file, save_file
 
-    from tie_lite.registry import resolve
+    from tie_lite.runtime.registry import resolve
 
     _, source = resolve(spec)
     config = json.loads((Path(source) / "config.json").read_text())
@@ -680,7 +680,7 @@ def run_bench(args, log=print) -> dict:
     device = torch.device(args.device)
     sections = set(args.sections.split(",")) if args.sections else {"engine", "tie", "acceleration", "memory", "growth"}
     models = tuple(args.model or SHIPPED)
-    from tie_lite.options import DEFAULTS
+    from tie_lite.faces.options import DEFAULTS
 
     decode = DecodeSettings(gen_length=args.gen_length or DEFAULTS["gen_length"], block_size=args.block_size)
     prompts = task_prompts(args.task, sizes["prompts"])
@@ -729,7 +729,7 @@ def run_bench(args, log=print) -> dict:
 
 
 def fmt_bytes(n) -> str:
-    from tie_lite.scheduler import format_size
+    from tie_lite.checks import format_size
 
     return "-" if n is None else format_size(n)
 

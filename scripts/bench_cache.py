@@ -32,10 +32,10 @@ sys.path.insert(0, str(ROOT / "tests"))  # the hub-convention checkpoint builder
 
 from real_checkpoints import build_llada  # noqa: E402
 
-from tie_lite.drive import Forward  # noqa: E402
-from tie_lite.sampler import DecodeSettings, Trajectory  # noqa: E402
-from tie_lite.session import Ensemble, LoadSettings, read_positions  # noqa: E402
-from tie_lite.tie import TieSettings  # noqa: E402
+from tie_lite.engine.process import Forward  # noqa: E402
+from tie_lite.engine.sampler import DecodeSettings, Trajectory  # noqa: E402
+from tie_lite.engine.tie import TieSettings  # noqa: E402
+from tie_lite.runtime.session import Ensemble, LoadSettings, read_positions  # noqa: E402
 
 PROMPT = [{"role": "user", "content": "hi , what is 12 + 34 * 5 ? You are a helpful assistant . Answer : "
                                       "the answer is what ?"}]
@@ -68,7 +68,7 @@ class WholeCanvasLogits(Trajectory):
 
 
 def decode_once(ensemble, decode, tie, members, before=False) -> dict:
-    import tie_lite.tie as tie_module
+    import tie_lite.engine.tie as tie_module
 
     if before:
         tie_module.Trajectory = WholeCanvasLogits

@@ -36,9 +36,9 @@ PROMPTS = ["What is (23+41)*7?", "What is (15+62)*3?", "What is 12*4+31*2?", "Wh
 def child(cfg: dict) -> dict:
     import torch
 
-    from tie_lite.sampler import DecodeSettings
-    from tie_lite.session import Ensemble, LoadSettings
-    from tie_lite.tie import TieSettings
+    from tie_lite.engine.sampler import DecodeSettings
+    from tie_lite.engine.tie import TieSettings
+    from tie_lite.runtime.session import Ensemble, LoadSettings
 
     if cfg["threads"]:
         torch.set_num_threads(cfg["threads"])
@@ -73,8 +73,8 @@ def synthetic_members(root: Path, hidden: int, count: int) -> list[str]:
     """Random tie-tiny checkpoints (3 layers of width `hidden`) with the shipped tiny-sp tokenizer."""
     import torch
 
-    from tie_lite.registry import resolve
     from tie_lite.models.tiny import TieTinyConfig, TieTinyForMaskedLM
+    from tie_lite.runtime.registry import resolve
 
     src = Path(resolve("tiny-sp")[1])
     base = json.loads((src / "config.json").read_text())
@@ -94,7 +94,7 @@ def synthetic_members(root: Path, hidden: int, count: int) -> list[str]:
 
 
 def budgets(models, quant, device, tokens) -> dict:
-    from tie_lite.sizes import estimate_member
+    from tie_lite.runtime.sizes import estimate_member
 
     est = [estimate_member(m, quant=quant, device=device) for m in models]
     working = max(e.working_bytes(tokens) for e in est)

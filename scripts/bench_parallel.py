@@ -23,9 +23,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_cache import PROMPT, build_member  # noqa: E402
 
-from tie_lite.sampler import DecodeSettings  # noqa: E402
-from tie_lite.session import Ensemble, LoadSettings  # noqa: E402
-from tie_lite.tie import TieSettings  # noqa: E402
+from tie_lite.engine.sampler import DecodeSettings  # noqa: E402
+from tie_lite.engine.tie import TieSettings  # noqa: E402
+from tie_lite.runtime.session import Ensemble, LoadSettings  # noqa: E402
 
 
 def ray_figures(paths, decode, repeats: int, local: dict) -> dict:

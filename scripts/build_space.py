@@ -3,8 +3,8 @@
 
     python scripts/build_space.py OUTDIR          # then: cd OUTDIR && python app.py   (or push it to a Space)
 
-OUTDIR gets app.py, requirements.txt, README.md with the Spaces front matter, a copy of the
-`tie_lite` and `ui` packages and the shipped models (from models/, or $TIE_LITE_MODELS). The Space runs
+OUTDIR gets app.py, requirements.txt, README.md with the Spaces front matter, a copy of
+the `tie_lite` package and the shipped models (from models/, or $TIE_LITE_MODELS). The Space runs
 the shipped ensemble on the CPU; set the Space variable TIE_LITE_DEVICE=cuda on GPU hardware. Where the
 `spaces` package imports (it does on Spaces), the generation handlers are wrapped in `spaces.GPU`.
 """
@@ -29,10 +29,10 @@ scripts/build_space.py). Space variables: TIE_LITE_DEVICE (cpu | cuda | auto, de
 import os
 import sys
 
-from tie_lite.options import quiet_libraries
-from tie_lite.registry import DEFAULT_ENSEMBLE, models_dir
-from tie_lite.session import Ensemble, LoadSettings
-from ui.app import Defaults, build_app, launch_app
+from tie_lite.faces.options import quiet_libraries
+from tie_lite.runtime.registry import DEFAULT_ENSEMBLE, models_dir
+from tie_lite.runtime.session import Ensemble, LoadSettings
+from tie_lite.faces.chat.app import Defaults, build_app, launch_app
 
 try:  # present on Spaces: on ZeroGPU hardware the generation handlers get the GPU while they run
     import spaces
@@ -97,8 +97,9 @@ TORCH_INDEX = "--extra-index-url https://download.pytorch.org/whl/cpu"
 
 def requirements() -> list[str]:
     """Every runtime dependency pinned to the version installed here (the versions the tests ran with)."""
-    import tomllib
     from importlib.metadata import version
+
+    import tomllib
 
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     keep = [TORCH_INDEX]
@@ -118,7 +119,7 @@ def copy_package(name: str, out: Path) -> None:
 
 
 def copy_models(out: Path) -> list[str]:
-    from tie_lite.registry import DEFAULT_ENSEMBLE, ENTRIES, models_dir
+    from tie_lite.runtime.registry import DEFAULT_ENSEMBLE, ENTRIES, models_dir
 
     src_root = models_dir()
     copied = []
@@ -145,7 +146,7 @@ def build(out: Path, force: bool = False) -> Path:
             raise SystemExit(f"build_space: {out} is not empty; pass --force to replace it")
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
-    for pkg in ("tie_lite", "ui"):
+    for pkg in ("tie_lite",):
         copy_package(pkg, out)
     members = copy_models(out)
     if (ROOT / "LICENSE").is_file():

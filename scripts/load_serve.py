@@ -86,7 +86,7 @@ def main() -> int:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
-    server = subprocess.Popen([sys.executable, "-m", "tie_lite.cli", "serve", "--port", str(port), "--max-batch", "16",
+    server = subprocess.Popen([sys.executable, "-m", "tie_lite.faces.cli", "serve", "--port", str(port), "--max-batch", "16",
                                "--max-queue", "64"], cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)
     try:
         for _ in range(600):

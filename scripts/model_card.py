@@ -10,13 +10,13 @@ import argparse
 import json
 from pathlib import Path
 
-from tie_lite.eval import evaluate
-from tie_lite.registry import resolve
-from tie_lite.sampler import DecodeSettings
-from tie_lite.session import Ensemble, LoadSettings
+from tie_lite.engine.sampler import DecodeSettings
+from tie_lite.engine.tie import TieSettings
+from tie_lite.faces.eval import evaluate
+from tie_lite.runtime.registry import resolve
+from tie_lite.runtime.session import Ensemble, LoadSettings
 from tie_lite.tasks import EVAL_SEED, TASKS
 from tie_lite.tasks.phrasing import PHRASINGS
-from tie_lite.tie import TieSettings
 
 ABOUT = {
     "tiny-sp": "SentencePiece-style BPE tokenizer (spaces written as '▁' as in LLaMA-family tokenizers, digits "

@@ -39,8 +39,14 @@ from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, train
 from transformers import PreTrainedTokenizerFast
 
 from tie_lite.families import chat_prompt_ids
-from tie_lite.tasks import ANSWER_MARKER, TASKS, TRAIN_SEED_BASE, EVAL_SEED, VALIDATION_SEED
 from tie_lite.models.tiny import TieTinyConfig, TieTinyForMaskedLM
+from tie_lite.tasks import (
+    ANSWER_MARKER,
+    EVAL_SEED,
+    TASKS,
+    TRAIN_SEED_BASE,
+    VALIDATION_SEED,
+)
 
 SPECIALS = ["[PAD]", "[UNK]", "[MASK]", "[EOS]"]
 CHAT_TEMPLATE = (

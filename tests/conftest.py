@@ -12,6 +12,6 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 @pytest.fixture(scope="session")
 def shipped():
     """The shipped default members, loaded once (fp32, CPU)."""
-    from tie_lite.loading import load_member
+    from tie_lite.runtime.loading import load_member
 
     return {name: load_member(name) for name in ("tiny-sp", "tiny-bpe")}

@@ -15,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tie_lite.registry import models_dir
+from tie_lite.runtime.registry import models_dir
 
 try:
     from test_ui import tiny_models  # noqa: F401  (a fixture: a frozen copy of the shipped members)
@@ -28,7 +28,7 @@ HANG = 60.0  # seconds: far past the slowest valid run here; a hang or an unchec
 
 def run_cli(argv: list[str], kind: str) -> tuple[int, str, str]:
     """`tie-lite ARGV` in-process; asserts the contract and returns (code, stdout, stderr)."""
-    from tie_lite.cli import main
+    from tie_lite.faces.cli import main
 
     out, err = io.StringIO(), io.StringIO()
     start = time.perf_counter()
@@ -169,9 +169,9 @@ json_values = st.recursive(
      "eps", "cache"]),
     st.text(max_size=6)), json_values, max_size=6), history=json_values, message=st.one_of(prompts, json_values))
 def test_chat_settings_history_and_message(values, history, message):
+    from tie_lite.checks import check_text
     from tie_lite.errors import UserError
-    from tie_lite.options import check_text
-    from ui.app import Defaults, history_messages, parse_settings
+    from tie_lite.faces.chat.app import Defaults, history_messages, parse_settings
 
     tally = COUNTS.setdefault("chat settings", [0, 0, 0])
     tally[0] += 1
@@ -255,8 +255,8 @@ def test_damaged_checkpoints(tiny_models, tmp_path_factory, case, budget):
     model=st.sampled_from(["tie:tiny-sp+tiny-bpe", "tiny-sp", "nope", None]),
     content=st.one_of(prompts, json_values))
 def test_serve_request_bodies(body, model, content):
-    from tie_lite.client_settings import Defaults
-    from tie_lite.serve import APIError, request_settings
+    from tie_lite.faces.client_settings import Defaults
+    from tie_lite.faces.serve import APIError, request_settings
 
     tally = COUNTS.setdefault("serve bodies", [0, 0, 0])
     tally[0] += 1

@@ -26,14 +26,14 @@ quiet = lambda *a, **k: None  # noqa: E731
 
 @pytest.fixture(scope="module")
 def ensemble():
-    from tie_lite.session import Ensemble, LoadSettings
+    from tie_lite.runtime.session import Ensemble, LoadSettings
 
     return Ensemble(LoadSettings(models=bench.SHIPPED))
 
 
 @pytest.fixture(scope="module")
 def decode():
-    from tie_lite.sampler import DecodeSettings
+    from tie_lite.engine.sampler import DecodeSettings
 
     return DecodeSettings(gen_length=32, block_size=16)
 
@@ -46,7 +46,7 @@ def prompts():
 @pytest.mark.parametrize("name", bench.SHIPPED)
 @pytest.mark.parametrize("gen_length,block_size", [(32, 16), (48, 8)])
 def test_reference_loop_matches_engine_token_for_token(ensemble, prompts, name, gen_length, block_size):
-    from tie_lite.sampler import DecodeSettings
+    from tie_lite.engine.sampler import DecodeSettings
 
     index = [m.name for m in ensemble.scheduler.loaded].index(name)
     member = ensemble.scheduler.loaded[index]
@@ -123,7 +123,7 @@ def test_growth_section_and_plot(tmp_path, prompts):
 
 
 def test_long_context_copy_keeps_the_model(tmp_path):
-    from tie_lite.loading import load_member
+    from tie_lite.runtime.loading import load_member
 
     src = load_member("tiny-sp")
     trained = src.max_length

@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from real_checkpoints import build_dream, build_llada
-from tie_lite.drive import Forward
-from tie_lite.loading import load_member
-from tie_lite.sampler import DecodeSettings, Trajectory
-from tie_lite.scheduler import Scheduler
-from tie_lite.scoring import round_scores
-from tie_lite.tie import TieSettings, tie_process
+
+from tie_lite.engine.process import Forward
+from tie_lite.engine.sampler import DecodeSettings, Trajectory
+from tie_lite.engine.scoring import round_scores
+from tie_lite.engine.tie import TieSettings, tie_process
+from tie_lite.runtime.loading import load_member
+from tie_lite.runtime.scheduler import Scheduler
 
 PROMPT = [{"role": "user", "content": "What is (23+41)*7?"}]
 
@@ -78,7 +78,7 @@ def test_the_cache_refreshes_once_a_block_and_recomputes_only_what_changes(shipp
 def test_the_ensemble_with_a_cache_is_about_as_accurate_as_without(shipped):
     """The cache approximates (the suffix's keys and values are up to a block old), so single answers may move;
     the ensemble's accuracy stays (the eval at n = 500 measures it to the point: README)."""
-    from tie_lite.drive import run_many
+    from tie_lite.runtime.drive import run_many
     from tie_lite.tasks import TASKS, VALIDATION_SEED
 
     task = TASKS["sum-product"]

@@ -11,7 +11,7 @@ def tie_lite(*args, env=None):
     import os
 
     full_env = dict(os.environ, **(env or {}))
-    return subprocess.run([sys.executable, "-m", "tie_lite.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "tie_lite.faces.cli", *args], capture_output=True, text=True,
                           env=full_env, stdin=subprocess.DEVNULL, timeout=300)
 
 
@@ -68,7 +68,7 @@ def test_generate_plain_output():
     ],
 )
 def test_bad_input_is_one_line_exit_2(args, needle, capsys):
-    from tie_lite.cli import main
+    from tie_lite.faces.cli import main
 
     try:
         code = main(args)

@@ -21,13 +21,25 @@ import pytest
 import torch
 
 try:
-    from real_checkpoints import LLADA_SPECIALS, WORD_IDS, build_dream, build_llada, word_tokenizer
+    from real_checkpoints import (
+        LLADA_SPECIALS,
+        WORD_IDS,
+        build_dream,
+        build_llada,
+        word_tokenizer,
+    )
 except ImportError:  # tests/ imported as a package
-    from tests.real_checkpoints import LLADA_SPECIALS, WORD_IDS, build_dream, build_llada, word_tokenizer
+    from tests.real_checkpoints import (
+        LLADA_SPECIALS,
+        WORD_IDS,
+        build_dream,
+        build_llada,
+        word_tokenizer,
+    )
 
+from tie_lite.engine.sampler import DecodeSettings, Trajectory
 from tie_lite.errors import UserError
-from tie_lite.loading import load_member
-from tie_lite.sampler import DecodeSettings, Trajectory
+from tie_lite.runtime.loading import load_member
 
 REPO = Path(__file__).resolve().parent.parent
 FIXTURES = REPO / "tests" / "fixtures"
@@ -127,7 +139,7 @@ def test_unknown_architecture_needs_trust_and_is_refused_before_its_code_runs(tm
 
 
 def test_plan_says_how_each_member_loads(checkpoints, tmp_path, capsys):
-    from tie_lite.cli import main
+    from tie_lite.faces.cli import main
 
     remote = _remote_checkpoint(tmp_path)
     assert main(["plan", "--model", str(checkpoints["llada"].path), "--model", str(checkpoints["dream"].path),
@@ -272,7 +284,7 @@ def test_offline_uncached_hub_id_is_one_clear_error(monkeypatch, tmp_path):
 def test_cli_offline_uncached_hub_id_exits_2_with_one_line(tmp_path):
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HUB_CACHE=str(tmp_path / "empty-cache"), PYTHONWARNINGS="ignore")
     proc = subprocess.run(
-        [sys.executable, "-m", "tie_lite.cli", "generate", "hi", "--model", "some-org/not-cached-model"],
+        [sys.executable, "-m", "tie_lite.faces.cli", "generate", "hi", "--model", "some-org/not-cached-model"],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
     )
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
@@ -303,7 +315,7 @@ def test_quantized_members_are_smaller_and_decode(checkpoints, members, name, qu
 @pytest.mark.parametrize("score,extra", [("verify", []), ("tcc", []), ("tcc", ["--quant", "8bit"]),
                                          ("verify", ["--quant", "4bit"])])
 def test_cli_ensembles_llada_and_dream(checkpoints, capsys, score, extra):
-    from tie_lite.cli import main
+    from tie_lite.faces.cli import main
 
     models = ["--model", str(checkpoints["llada"].path), "--model", str(checkpoints["dream"].path)]
     assert main(["plan", *models, "--score", score, *extra]) == 0

@@ -15,16 +15,16 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from real_checkpoints import build_dream, load_figures, reference_dir
+
+from tie_lite.engine.events import StepFrame
+from tie_lite.engine.sampler import DecodeSettings, dream_transfer_count
+from tie_lite.engine.tie import run_tie
 from tie_lite.errors import UserError
-from tie_lite.events import StepFrame
 from tie_lite.families import DREAM
-from tie_lite.loading import load_member, load_status
 from tie_lite.models.dream import DreamConfig, DreamModel
-from tie_lite.sampler import DecodeSettings, dream_transfer_count
-from tie_lite.scheduler import Scheduler
-from tie_lite.tie import run_tie
+from tie_lite.runtime.loading import load_member, load_status
+from tie_lite.runtime.scheduler import Scheduler
 
 REF = reference_dir("dream")
 FIG = load_figures("dream")

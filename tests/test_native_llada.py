@@ -18,13 +18,13 @@ import torch
 from real_checkpoints import LLADA_SPECIALS, build_llada, load_figures, reference_dir
 from safetensors import safe_open
 
-from tie_lite.events import StepFrame
+from tie_lite.engine.events import StepFrame
+from tie_lite.engine.sampler import DecodeSettings
+from tie_lite.engine.tie import run_tie
 from tie_lite.families import LLADA
-from tie_lite.loading import load_member, load_status
 from tie_lite.models.llada import LLaDAConfig, LLaDAModelLM
-from tie_lite.sampler import DecodeSettings
-from tie_lite.scheduler import Scheduler
-from tie_lite.tie import run_tie
+from tie_lite.runtime.loading import load_member, load_status
+from tie_lite.runtime.scheduler import Scheduler
 
 REF = reference_dir("llada")
 FIG = load_figures("llada")

@@ -4,9 +4,9 @@ import threading
 
 import pytest
 
-from tie_lite.sampler import DecodeSettings
-from tie_lite.scheduler import Scheduler
-from tie_lite.tie import TieSettings, run_tie
+from tie_lite.engine.sampler import DecodeSettings
+from tie_lite.engine.tie import TieSettings, run_tie
+from tie_lite.runtime.scheduler import Scheduler
 
 try:
     from test_bad_input import run_cli
@@ -53,7 +53,7 @@ def test_members_on_devices_of_their_own_compute_at_the_same_time(shipped, monke
 
 
 def test_a_cancelled_side_by_side_request_stops_every_member(shipped):
-    from tie_lite.events import Cancelled
+    from tie_lite.engine.events import Cancelled
 
     members = list(shipped.values())
     with pytest.raises(Cancelled):

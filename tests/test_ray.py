@@ -9,11 +9,11 @@ import pytest
 
 pytest.importorskip("ray")
 
+from tie_lite.engine.events import StepFrame  # noqa: E402
+from tie_lite.engine.sampler import DecodeSettings  # noqa: E402
+from tie_lite.engine.tie import TieSettings  # noqa: E402
 from tie_lite.errors import UserError  # noqa: E402
-from tie_lite.events import StepFrame  # noqa: E402
-from tie_lite.sampler import DecodeSettings  # noqa: E402
-from tie_lite.session import Ensemble, LoadSettings  # noqa: E402
-from tie_lite.tie import TieSettings  # noqa: E402
+from tie_lite.runtime.session import Ensemble, LoadSettings  # noqa: E402
 
 try:
     from test_bad_input import run_cli
@@ -93,7 +93,7 @@ def test_a_member_dying_mid_request_is_one_error_and_the_next_request_works(ense
 
 
 def test_the_api_servers_usage_counts_tokens_on_the_actors(ensembles):
-    from tie_lite.serve import _usage
+    from tie_lite.faces.serve import _usage
 
     here, remote = ensembles
     result = remote.run(PROMPT, DecodeSettings(), TieSettings())
@@ -106,7 +106,7 @@ def test_the_chat_runs_on_ray_members(ensembles):
 
     from gradio_client import Client
 
-    from ui.app import build_app, launch_app
+    from tie_lite.faces.chat.app import build_app, launch_app
 
     here, remote = ensembles
     demo = build_app(remote)  # the summary reads each member's name, size and quantization from its actor

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from tie_lite.sampler import DecodeSettings, Trajectory
+from tie_lite.engine.sampler import DecodeSettings, Trajectory
 
 MESSAGES = [{"role": "user", "content": "What is (23+41)*7?"}]
 

@@ -9,15 +9,16 @@ import shutil
 import pytest
 import torch
 
+from tie_lite.checks import parse_size
+from tie_lite.engine.sampler import DecodeSettings
+from tie_lite.engine.tie import TieSettings
 from tie_lite.errors import UserError
-from tie_lite.loading import load_member
-from tie_lite.sizes import estimate_member
-from tie_lite.weights import WeightStore
-from tie_lite.registry import resolve
-from tie_lite.sampler import DecodeSettings
-from tie_lite.scheduler import Need, Scheduler, make_plan, parse_size, simulate
-from tie_lite.session import Ensemble, LoadSettings
-from tie_lite.tie import TieSettings
+from tie_lite.runtime.loading import load_member
+from tie_lite.runtime.registry import resolve
+from tie_lite.runtime.scheduler import Need, Scheduler, make_plan, simulate
+from tie_lite.runtime.session import Ensemble, LoadSettings
+from tie_lite.runtime.sizes import estimate_member
+from tie_lite.runtime.weights import WeightStore
 
 MiB = 2**20
 PROMPT = [{"role": "user", "content": "What is (23+41)*7?"}]
@@ -119,7 +120,7 @@ def test_estimates_match_measured_footprints(tmp_path):
 
 
 def test_plan_command_json_and_bad_input(capsys):
-    from tie_lite.cli import main
+    from tie_lite.faces.cli import main
 
     assert main(["plan", "--max-memory", "2MiB", "--score", "tcc", "--json"]) == 0
     data = json.loads(capsys.readouterr().out)

@@ -26,9 +26,9 @@ def start_server(max_batch=8, max_queue=32, api_key=KEY):
     import httpx
     import uvicorn
 
-    from tie_lite.client_settings import Defaults
-    from tie_lite.serve import create_app
-    from tie_lite.session import Ensemble, LoadSettings
+    from tie_lite.faces.client_settings import Defaults
+    from tie_lite.faces.serve import create_app
+    from tie_lite.runtime.session import Ensemble, LoadSettings
 
     defaults = Defaults(load=LoadSettings())
     app = create_app(Ensemble(defaults.load), defaults, api_key=api_key, max_batch=max_batch, max_queue=max_queue)
@@ -64,7 +64,7 @@ def client(served):
 
 
 def generate_text(*args) -> str:
-    from tie_lite.cli import main
+    from tie_lite.faces.cli import main
 
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
@@ -160,7 +160,7 @@ def test_full_queue_is_429_and_a_dropped_client_frees_its_slot(tiny_models, monk
 
 
 def test_binding_beyond_localhost_needs_a_key():
-    from tie_lite.cli import main
+    from tie_lite.faces.cli import main
 
     err = io.StringIO()
     with contextlib.redirect_stderr(err):

@@ -4,8 +4,8 @@ import functools
 
 import pytest
 
-from tie_lite.loading import load_member
-from tie_lite.sampler import DecodeSettings, Trajectory
+from tie_lite.engine.sampler import DecodeSettings, Trajectory
+from tie_lite.runtime.loading import load_member
 
 PROMPT = [{"role": "user", "content": "What is (23+41)*7?"}]
 # Relative L2 error of the logits against fp32. Measured on these checkpoints: int8 0.006-0.008,
@@ -42,12 +42,12 @@ def test_shipped_members_differ_like_real_members(shipped):
 def validation_results(task: str) -> dict:
     """Each member alone and TIE with the CLI's defaults (score verify) on 100 validation problems; the
     two tests below read the same run."""
-    from tie_lite.options import DEFAULTS
-    from tie_lite.eval import evaluate
-    from tie_lite.sampler import DecodeSettings
-    from tie_lite.session import Ensemble, LoadSettings
+    from tie_lite.engine.sampler import DecodeSettings
+    from tie_lite.engine.tie import TieSettings
+    from tie_lite.faces.eval import evaluate
+    from tie_lite.faces.options import DEFAULTS
+    from tie_lite.runtime.session import Ensemble, LoadSettings
     from tie_lite.tasks import TASKS, VALIDATION_SEED
-    from tie_lite.tie import TieSettings
 
     ensemble = Ensemble(LoadSettings(models=("tiny-sp", "tiny-bpe")))
     tie = TieSettings(score=DEFAULTS["score"], select=DEFAULTS["select"], interval=DEFAULTS["interval"])

@@ -5,8 +5,8 @@ import re
 
 import pytest
 
-from tie_lite.tasks.arithmetic import product_step
 from tie_lite.tasks import EVAL_SEED, TASKS, VALIDATION_SEED, get_task, parse_answer
+from tie_lite.tasks.arithmetic import product_step
 
 
 @pytest.mark.parametrize("name", list(TASKS))
@@ -29,7 +29,11 @@ def test_one_stage_cases_and_phrasings_are_generated(name):
 
 @pytest.mark.parametrize("name", list(TASKS))
 def test_held_out_phrasings_ask_the_same_problems_in_templates_training_never_uses(name):
-    from tie_lite.tasks.phrasing import HELD_OUT_TEMPLATES, TRAINING_TEMPLATES, find_expression
+    from tie_lite.tasks.phrasing import (
+        HELD_OUT_TEMPLATES,
+        TRAINING_TEMPLATES,
+        find_expression,
+    )
 
     task = TASKS[name]
     train, held = task.generate(300, EVAL_SEED), task.generate(300, EVAL_SEED, phrasing="held-out")
@@ -126,7 +130,7 @@ def test_unknown_task_is_a_user_error():
 
 
 def test_eval_json_and_outputs(tmp_path, capsys):
-    from tie_lite.cli import main
+    from tie_lite.faces.cli import main
 
     out, plot = tmp_path / "trace.jsonl", tmp_path / "acc.png"
     code = main(["eval", "--task", "product-sum", "--n", "3", "--seed", "5", "--json", "--out", str(out),
@@ -151,7 +155,7 @@ def test_eval_json_and_outputs(tmp_path, capsys):
 
 
 def test_list_tasks(capsys):
-    from tie_lite.cli import main
+    from tie_lite.faces.cli import main
 
     assert main(["eval", "--list-tasks"]) == 0
     assert capsys.readouterr().out.split() == list(TASKS)
@@ -159,7 +163,7 @@ def test_list_tasks(capsys):
 
 def test_eval_compares_round_scores_in_one_run(capsys):
     """`--score tcc,verify` turns `tie` into one row per score; the members run once."""
-    from tie_lite.cli import main
+    from tie_lite.faces.cli import main
 
     code = main(["eval", "--task", "sum-product", "--n", "2", "--seed", "5", "--json", "--score", "tcc,verify",
                  "--methods", "tiny-sp,tie"])
@@ -169,7 +173,7 @@ def test_eval_compares_round_scores_in_one_run(capsys):
 
 
 def test_eval_rejects_an_unknown_score_in_a_list(capsys):
-    from tie_lite.cli import main
+    from tie_lite.faces.cli import main
 
     code = main(["eval", "--task", "sum-product", "--n", "2", "--score", "tcc,bogus"])
     err = capsys.readouterr().err.strip()

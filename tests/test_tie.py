@@ -4,12 +4,12 @@ relay crosses tokenizers through text, and the scores see what they should."""
 import pytest
 import torch
 
-from tie_lite.events import Relay, RoundScores, StepFrame
-from tie_lite.layout import TextState
-from tie_lite.sampler import DecodeSettings, Trajectory
-from tie_lite.scheduler import Scheduler
-from tie_lite.scoring import verify_canvas
-from tie_lite.tie import TieSettings, run_tie
+from tie_lite.engine.events import Relay, RoundScores, StepFrame
+from tie_lite.engine.judge import verify_canvas
+from tie_lite.engine.layout import TextState
+from tie_lite.engine.sampler import DecodeSettings, Trajectory
+from tie_lite.engine.tie import TieSettings, run_tie
+from tie_lite.runtime.scheduler import Scheduler
 
 PROMPT = [{"role": "user", "content": "What is 23*4+17*5?"}]
 

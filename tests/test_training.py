@@ -54,7 +54,7 @@ def test_training_goes_on_from_a_checkpoint_with_its_tokenizer(tmp_path):
     import subprocess
     import sys
 
-    from tie_lite.loading import load_member
+    from tie_lite.runtime.loading import load_member
 
     script = [sys.executable, str(Path(__file__).parents[1] / "scripts" / "train_tiny.py"), "--member", "tiny-bpe",
               "--batch", "4"]

@@ -1,4 +1,4 @@
-"""The chat (ui/app.py), `tie-lite chat` and the Spaces build, driven the way people and scripts use them:
+"""The chat (tie_lite/faces/chat/app.py), `tie-lite chat` and the Spaces build, driven the way people and scripts use them:
 the app is launched in-process and called through gradio_client; the Space runs as its own process."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tie_lite.registry import DEFAULT_ENSEMBLE, models_dir
+from tie_lite.runtime.registry import DEFAULT_ENSEMBLE, models_dir
 
 ROOT = Path(__file__).resolve().parent.parent
 PROMPT = "What is (23+41)*7?"
@@ -48,7 +48,7 @@ def _members_complete(folder: Path) -> bool:
 def tiny_models(tmp_path_factory):
     """A frozen copy of the shipped members (the originals may be rewritten while they train), pointed to by
     $TIE_LITE_MODELS for the session; where none exist yet, one-step members from scripts/train_tiny.py."""
-    from tie_lite.loading import load_member
+    from tie_lite.runtime.loading import load_member
 
     src, dest = models_dir(), tmp_path_factory.mktemp("models")
     old = os.environ.get("TIE_LITE_MODELS")
@@ -87,8 +87,8 @@ def free_port() -> int:
 
 def launch(**kwargs):
     """Build the app on the default members (or `defaults.load`) and serve it on a free local port; (demo, url)."""
-    from tie_lite.session import Ensemble, LoadSettings
-    from ui.app import build_app, launch_app
+    from tie_lite.faces.chat.app import build_app, launch_app
+    from tie_lite.runtime.session import Ensemble, LoadSettings
 
     load = kwargs["defaults"].load if "defaults" in kwargs else LoadSettings()
     demo = build_app(Ensemble(load), **kwargs)
@@ -113,7 +113,7 @@ def client(served):
 
 def cli_generate(capsys, *args) -> dict:
     """`tie-lite generate ... --json`, in-process (same command, without a second interpreter)."""
-    from tie_lite.cli import main
+    from tie_lite.faces.cli import main
 
     capsys.readouterr()
     assert main(["generate", *args, "--json"]) == 0
@@ -194,8 +194,8 @@ def test_off_task_messages_get_a_plain_answer_and_arithmetic_in_any_wording_is_d
 
 
 def test_off_task_reply_only_for_the_tiny_arithmetic_members(tmp_path):
-    from tie_lite.client_settings import off_task_reply
-    from tie_lite.session import LoadSettings
+    from tie_lite.faces.client_settings import off_task_reply
+    from tie_lite.runtime.session import LoadSettings
 
     assert off_task_reply(LoadSettings(), "hi there") is not None
     assert off_task_reply(LoadSettings(), "What is 8 + 5?") is None
@@ -248,7 +248,7 @@ def cli_generate_text(args) -> str:
     import contextlib
     import io
 
-    from tie_lite.cli import main
+    from tie_lite.faces.cli import main
 
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
@@ -263,9 +263,9 @@ def test_clients_cannot_load_what_the_operator_did_not_name(tiny_models, tmp_pat
     from gradio_client import Client
     from gradio_client.exceptions import AppError
 
-    from tie_lite.options import shown
-    from tie_lite.session import LoadSettings
-    from ui.app import Defaults
+    from tie_lite.checks import shown
+    from tie_lite.faces.chat.app import Defaults
+    from tie_lite.runtime.session import LoadSettings
 
     marker = tmp_path / "pwned"
     evil = tmp_path / "evil"
@@ -297,7 +297,7 @@ def test_clients_cannot_load_what_the_operator_did_not_name(tiny_models, tmp_pat
 
 def test_settings_panel_values_parse_and_describe():
     from tie_lite.errors import UserError
-    from ui.app import Defaults, describe, parse_settings
+    from tie_lite.faces.chat.app import Defaults, describe, parse_settings
 
     values = Defaults().values() | {"gen_length": 64.0, "steps": 0, "free": True, "select": "most-selected"}
     load, decode, tie = parse_settings(values)
@@ -314,7 +314,7 @@ def test_settings_panel_values_parse_and_describe():
 
 
 def test_history_formats_and_stopped_turns():
-    from ui.app import STOPPED, history_messages
+    from tie_lite.faces.chat.app import STOPPED, history_messages
 
     gradio_style = [
         {"role": "user", "content": [{"type": "text", "text": "What is 2+2?"}], "metadata": None},
@@ -330,11 +330,11 @@ def test_history_formats_and_stopped_turns():
 
 
 def test_chat_command_binds_locally_unless_told(tiny_models, monkeypatch):
-    import ui.app
-    from tie_lite.cli import main
+    import tie_lite.faces.chat.app
+    from tie_lite.faces.cli import main
 
     calls = []
-    monkeypatch.setattr(ui.app, "serve", lambda demo, **kw: calls.append((demo, kw)))
+    monkeypatch.setattr(tie_lite.faces.chat.app, "serve", lambda demo, **kw: calls.append((demo, kw)))
     assert main(["chat"]) == 0
     demo, kw = calls[-1]
     assert kw == {"host": "127.0.0.1", "port": None, "share": False}
@@ -350,7 +350,7 @@ def test_chat_command_binds_locally_unless_told(tiny_models, monkeypatch):
 def test_concurrent_chat_users_are_decoded_together(client, served):
     """Users no longer wait for each other: their generations share the batched engine's forwards, and each
     gets the answer it would get alone."""
-    from ui.app import MAX_BATCH
+    from tie_lite.faces.chat.app import MAX_BATCH
 
     demo = served[0]
     generation = [fn for fn in demo.fns.values() if fn.concurrency_id == "generation"]
@@ -401,7 +401,7 @@ def test_built_space_imports_and_launches(tiny_models, tmp_path):
     assert not any(r.startswith("gradio") for r in requirements)
     for m in DEFAULT_ENSEMBLE:
         assert (out / "models" / m / "model.safetensors").is_file()
-    assert (out / "tie_lite" / "session.py").is_file() and (out / "ui" / "app.py").is_file()
+    assert (out / "tie_lite" / "runtime" / "session.py").is_file() and (out / "tie_lite" / "faces" / "chat" / "app.py").is_file()
 
     fake = tmp_path / "fake_site"  # the `spaces` package as Spaces has it: the app must wrap its handlers
     fake.mkdir()

@@ -51,8 +51,8 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests"))
-from real_checkpoints import fill_deterministic, tensor_table, write_tokenizer_files
 from common import git, sha256, show, top_figures  # noqa: E402  (scripts/reference/, beside this file)
+from real_checkpoints import fill_deterministic, tensor_table, write_tokenizer_files
 
 HUB_REPO = "/work/.mirror/monash-yann+dllm-research/repo"
 HUB_PATH = "models/Dream-7B-Instruct"

@@ -56,8 +56,8 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests"))
-from real_checkpoints import fill_deterministic, tensor_table
 from common import git, sha256, show, top_figures  # noqa: E402  (scripts/reference/, beside this file)
+from real_checkpoints import fill_deterministic, tensor_table
 
 LLADA_REPO = "/work/.mirror/ML-GSAI+LLaDA/repo"
 LLADA_URL = "https://github.com/ML-GSAI/LLaDA"

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass
 
-import importlib
-
 import torch
+from transformers import AutoTokenizer
 
 
 def chat_prompt_ids(tokenizer, messages: list[dict]) -> list[int]:
@@ -34,7 +34,6 @@ class Family:
 
     def load_tokenizer(self, source: str, trust_remote_code: bool = False):
         """The checkpoint's tokenizer (families whose hub tokenizer is remote code override this)."""
-        from transformers import AutoTokenizer
 
         return AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
 

@@ -11,14 +11,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from transformers import PreTrainedTokenizerFast, Qwen2Tokenizer
+from transformers.models.auto.tokenization_auto import get_tokenizer_config
+from transformers.utils import cached_file
+
 from .base import Family
 
 DREAM_TOKENIZER_CLASSES = ("DreamTokenizer", "DreamTokenizerFast")
 
 
 def _tokenizer_config(source: str) -> dict:
-    from transformers.models.auto.tokenization_auto import get_tokenizer_config
-
     try:
         return get_tokenizer_config(source) or {}
     except Exception:  # no tokenizer_config.json: let the plain loader say what is missing
@@ -26,8 +28,6 @@ def _tokenizer_config(source: str) -> dict:
 
 
 def _has_file(source: str, name: str) -> bool:
-    from transformers.utils import cached_file
-
     try:
         return cached_file(source, name, _raise_exceptions_for_missing_entries=False) is not None
     except Exception:
@@ -42,12 +42,8 @@ class DreamFamily(Family):
         if config.get("tokenizer_class") not in DREAM_TOKENIZER_CLASSES:
             return super().load_tokenizer(source, trust_remote_code=trust_remote_code)
         if _has_file(source, "tokenizer.json"):
-            from transformers import PreTrainedTokenizerFast
-
             tokenizer = PreTrainedTokenizerFast.from_pretrained(source)
         else:
-            from transformers import Qwen2Tokenizer
-
             tokenizer = Qwen2Tokenizer.from_pretrained(source)
         _check_added_ids(tokenizer, config)
         return tokenizer

@@ -1,6 +1,15 @@
 """Task generators and answer checkers used by eval and training."""
 
-from .arithmetic import ANSWER_MARKER, ArithmeticTask, Check, Problem, ProductsThenSum, SumThenProduct, parse_answer
+from ..errors import UserError
+from .arithmetic import (
+    ANSWER_MARKER,
+    ArithmeticTask,
+    Check,
+    Problem,
+    ProductsThenSum,
+    SumThenProduct,
+    parse_answer,
+)
 
 TASKS: dict[str, ArithmeticTask] = {t.name: t for t in (SumThenProduct(), ProductsThenSum())}
 
@@ -12,8 +21,6 @@ EVAL_SEED = 2
 
 
 def get_task(name: str) -> ArithmeticTask:
-    from ..errors import UserError
-
     if name not in TASKS:
         raise UserError(f"unknown task '{name}'; choose one of: {', '.join(TASKS)} (see `tie-lite eval --list-tasks`)")
     return TASKS[name]

@@ -10,9 +10,11 @@ import random
 import re
 from dataclasses import dataclass, field
 
+from tie_lite.engine.layout import PAPER_ANSWER_MARKER
+
 from .phrasing import SHIPPED_TEMPLATES, write_prompt
 
-ANSWER_MARKER = "Answer:"
+ANSWER_MARKER = PAPER_ANSWER_MARKER  # the layout the shipped members were trained on
 
 
 @dataclass(frozen=True)

@@ -27,18 +27,17 @@ from dataclasses import dataclass
 
 import torch
 
-from .drive import Forward, run
-from .errors import UserError
-from .options import check_lengths, check_seed, shown
-from .layout import Layout, TextState, make_layout
-from .loading import Member
+from tie_lite.checks import check_lengths, check_seed, shown
+from tie_lite.engine.judge import member_view
+from tie_lite.engine.layout import PAPER_ANSWER_MARKER, Layout, TextState, make_layout
+from tie_lite.engine.process import Forward, run
+from tie_lite.errors import UserError
 
 UNMASK_POLICIES = ("low_confidence", "threshold", "topk", "margin", "entropy", "random", "maskgit_plus", "topk_margin")
 DREAM_ALGS = ("maskgit_plus", "topk_margin", "entropy")  # diffusion_generate's `alg` names
 SCHEDULES = ("blocks", "dream")
 CACHES = ("none", "prefix", "dual")
 DREAM_ENTROPY_EPS = 1e-10  # diffusion_generate's log(p + 1e-10)
-FREE_ANSWER_POSITIONS = 8  # free layout: how many masked positions past the current block are watched
 
 
 @dataclass(frozen=True)
@@ -52,6 +51,7 @@ class DecodeSettings:
     topk: int = 2
     seed: int = 0
     answer_length: int | None = 8  # None: free layout (no answer marker)
+    answer_marker: str = PAPER_ANSWER_MARKER  # the text between reasoning and answer (a task may give its own)
     schedule: str = "blocks"  # "blocks" (LLaDA's semi-autoregressive blocks) or "dream" (diffusion_generate's)
     eps: float = 1e-3  # "dream": the last timestep of linspace(1, eps, steps + 1)
     # block KV cache: none (exact, the reference samplers' computation), prefix (the committed prefix's keys and
@@ -126,9 +126,10 @@ class DecodeSettings:
 
 @dataclass
 class Trajectory:
-    """One member's canvas plus what scoring needs from its recent steps (the relay state)."""
+    """One member's canvas plus what scoring needs from its recent steps (the relay state). The member is a
+    loaded model as runtime/loading.py makes it: its tokenizer and family facts, and `forward` for requests."""
 
-    member: Member
+    member: object
     layout: Layout
     prompt_ids: list[int]
     ids: torch.Tensor
@@ -149,7 +150,7 @@ class Trajectory:
     round_cache_ids: torch.Tensor | None = None
 
     @classmethod
-    def start(cls, member: Member, messages: list[dict], settings: DecodeSettings) -> Trajectory:
+    def start(cls, member, messages: list[dict], settings: DecodeSettings) -> Trajectory:
         prompt = member.prompt_ids(messages)
         layout, ids = make_layout(
             member.tokenizer,
@@ -159,6 +160,7 @@ class Trajectory:
             mask_id=member.mask_id,
             eos_ids=member.eos_ids,
             answer_length=settings.answer_length,
+            marker=settings.answer_marker,
             max_length=member.max_length,
         )
         gen = torch.Generator().manual_seed(settings.seed)
@@ -203,9 +205,7 @@ class Trajectory:
         return other.tokenizer_key == self.tokenizer_key and other.layout == self.layout
 
     def judge(self, trajs: list, kind: str):
-        """Process: this member's cross-model scores of every trajectory (scoring.member_view)."""
-        from .scoring import member_view
-
+        """Process: this member's cross-model scores of every trajectory (judge.member_view)."""
         return (yield from member_view(self, trajs, kind))
 
     def begin_round(self) -> None:
@@ -229,20 +229,8 @@ class Trajectory:
     # --- decoding ---------------------------------------------------------------------------------
 
     def scored_positions(self, masked: torch.Tensor, block: slice) -> torch.Tensor:
-        """Positions whose predictions are watched: masked answer positions, or (free layout) the next
-        FREE_ANSWER_POSITIONS masked positions past the current block (the block's own if none are left)."""
-        lay = self.layout
-        if lay.has_answer:
-            idx = torch.arange(lay.answer.start, lay.answer.stop)
-            return idx[masked[lay.answer]]
-        after = masked.clone()
-        after[: block.stop] = False
-        idx = after.nonzero().flatten()[:FREE_ANSWER_POSITIONS]
-        if idx.numel() == 0:
-            inside = masked.clone()
-            inside[: block.start] = False
-            idx = inside.nonzero().flatten()[:FREE_ANSWER_POSITIONS]
-        return idx
+        """Positions whose predictions are watched (Layout.watched_positions)."""
+        return self.layout.watched_positions(masked, block)
 
     def plan_step(self) -> StepPlan | None:
         """What the next step reads: its block, the positions it may commit and the watched ones; None when
@@ -327,7 +315,7 @@ class Trajectory:
 
     def advance(self, settings: DecodeSettings, blocks: int, on_step=None):
         """Process: advance until `blocks` more blocks are complete (relays land on block boundaries) or
-        done, yielding each canvas to forward (see drive.py)."""
+        done, yielding each canvas to forward (see process.py)."""
         for _ in range(blocks):
             blk = self.current_block()
             while blk is not None and self.current_block() == blk:

@@ -1,29 +1,42 @@
-"""The options every face shares (generate, eval, plan, chat) and the one place user input is checked.
+"""The flags every face shares (generate, eval, plan, chat, serve) and the settings built from them.
 
 Each check runs before anything heavy (no model loads, no evaluation starts) and fails with a
 `UserError`: one line saying what was wrong and what to do. The CLI prints it and exits 2; the chat
-shows it. Nothing here imports a face, so cli.py, eval.py, plan.py and ui/ import this module only.
+shows it. The value checks themselves live in tie_lite/checks.py, where every layer can reach them.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import math
 import os
-import re
 import warnings
-from pathlib import Path
 
-from .errors import UserError
+import transformers
+from huggingface_hub.utils import disable_progress_bars
+
+from tie_lite.checks import (
+    BACKENDS,
+    DTYPES,
+    QUANTS,
+    SEED_LIMIT,
+    check_choice,
+    check_device,
+    check_text,
+    one_line,
+    parse_size,
+    shown,
+)
+from tie_lite.engine.sampler import DecodeSettings
+from tie_lite.engine.scoring import check_score, needs_cross_model
+from tie_lite.engine.tie import SELECTIONS, TieSettings
+from tie_lite.errors import UserError
+from tie_lite.runtime.registry import DEFAULT_ENSEMBLE
+from tie_lite.runtime.session import LoadSettings
 
 DEFAULTS = dict(gen_length=64, block_size=16, answer_length=8, interval=16, score="verify", select="lowest-tcc",
                 cache="dual")  # cache: as accurate as none on the validation seed, 2.5-3x faster there
-QUANTS = ("none", "8bit", "4bit")
-BACKENDS = ("bitsandbytes", "quanto")
-DEVICES = ("cpu", "cuda", "cuda:N", "auto")
-DTYPES = ("auto", "float32", "bfloat16", "float16")
-SEED_LIMIT = 2**64  # torch generators take seeds in [0, 2**64)
-MAX_LENGTH = 1 << 20  # positions: far past any context, small enough that arithmetic on sizes stays finite
 PLOT_FORMATS = ("png", "pdf", "svg", "jpg", "jpeg")
 TRACE_FORMATS = ("jsonl", "json")
 
@@ -33,10 +46,6 @@ class Parser(argparse.ArgumentParser):
 
     def error(self, message):
         self.exit(2, f"{self.prog}: error: {one_line(message)} (see `{self.prog} --help`)\n")
-
-
-def one_line(text: str) -> str:
-    return " ".join(str(text).split())
 
 
 # --- values -------------------------------------------------------------------------------------------
@@ -62,52 +71,8 @@ def number(text: str) -> float:
     return value
 
 
-def shown(text) -> str:
-    """User text as it can be printed in one line (no lone surrogates, no control characters, bounded)."""
-    text = str(text).encode("utf-8", "replace").decode("utf-8")
-    text = "".join(c if c.isprintable() else "?" for c in text)
-    return text if len(text) <= 40 else text[:37] + "..."
-
-
-def check_text(text, what: str = "the prompt") -> str:
-    """A prompt or chat message: a string of valid Unicode (no lone surrogates, e.g. from invalid UTF-8 on
-    the command line), not empty."""
-    if not isinstance(text, str):
-        raise UserError(f"{what} must be text")
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        raise UserError(f"{what} is not valid UTF-8 text; re-type it or save it as UTF-8") from None
-    if "\x00" in text:
-        raise UserError(f"{what} contains a NUL character; remove it")
-    if not text.strip():
-        raise UserError(f"{what} is empty; pass some text, e.g. \"What is (23+41)*7?\"")
-    return text
-
-
-def check_seed(seed: int, flag: str = "--seed") -> int:
-    if not 0 <= seed < SEED_LIMIT:
-        raise UserError(f"{flag} {seed} is outside 0..2**64-1; pass a smaller non-negative whole number")
-    return seed
-
-
-def check_lengths(lengths: dict[str, int | None]) -> None:
-    """{flag: positions}: none of them past MAX_LENGTH (None: not given)."""
-    for flag, value in lengths.items():
-        if value is not None and value > MAX_LENGTH:
-            raise UserError(f"{flag} {value} is far beyond any model's context; use at most {MAX_LENGTH}")
-
-
-def check_choice(value, choices, flag: str) -> str:
-    if value not in choices:
-        raise UserError(f"unknown {flag} '{shown(value)}'; use one of {', '.join(choices)}")
-    return value
-
-
 def check_select(select) -> list[str]:
     """--select as [RULE] or [best-model, NAME]; anything after that is an error, not ignored."""
-    from .tie import SELECTIONS
-
     select = select if isinstance(select, list) else [select]
     public = [s for s in SELECTIONS if s != "oracle"]
     rule = check_choice(select[0], SELECTIONS, "--select") if select else "lowest-tcc"
@@ -120,27 +85,8 @@ def check_select(select) -> list[str]:
     return select
 
 
-def check_output(path: str | None, formats: tuple[str, ...], flag: str) -> None:
-    """A file the run will write at the end: its folder must exist and be writable and its extension known,
-    checked before the run so that no result is lost at the end."""
-    if path is None:
-        return
-    p = Path(path).expanduser()
-    ext = p.suffix.lower().lstrip(".")
-    if ext not in formats:
-        raise UserError(f"{flag} '{shown(path)}' has an unknown extension; end it with "
-                        f"{' or '.join('.' + f for f in formats)}")
-    parent = p.parent if str(p.parent) else Path(".")
-    if not parent.is_dir():
-        raise UserError(f"{flag} '{shown(path)}': the folder {shown(parent)} does not exist; create it first")
-    if p.is_dir() or not os.access(parent, os.W_OK) or (p.exists() and not os.access(p, os.W_OK)):
-        raise UserError(f"{flag} '{shown(path)}' cannot be written; choose another file")
-
-
 def check_load_args(args) -> None:
     """The load options, checked before anything loads."""
-    from .scheduler import parse_size
-
     check_choice(args.quant, QUANTS, "--quant")
     check_choice(args.quant_backend, BACKENDS, "--quant-backend")
     member_devices(args)
@@ -215,17 +161,9 @@ def add_tie_args(p: argparse.ArgumentParser) -> None:
 # --- settings from flags ------------------------------------------------------------------------------
 
 
-def check_device(device: str) -> str:
-    if not re.fullmatch(r"cpu|cuda(:\d+)?|auto", device):
-        raise UserError(f"unknown --device '{shown(device)}'; use one of {', '.join(DEVICES)}")
-    return device
-
-
 def member_devices(args) -> list[str]:
     """--device: one for every member, or one per --model in order."""
     devices = [check_device(d) for d in args.device or ["cpu"]]
-    from .registry import DEFAULT_ENSEMBLE
-
     models = len(args.model or DEFAULT_ENSEMBLE)
     if len(devices) not in (1, models):
         raise UserError(f"--device was given {len(devices)} times for {models} models; give it once for all "
@@ -234,9 +172,6 @@ def member_devices(args) -> list[str]:
 
 
 def load_settings(args):
-    from .registry import DEFAULT_ENSEMBLE
-    from .session import LoadSettings
-
     check_load_args(args)
     devices = member_devices(args)
     return LoadSettings(
@@ -254,8 +189,6 @@ def load_settings(args):
 
 
 def decode_settings(args):
-    from .sampler import DecodeSettings
-
     settings = DecodeSettings(
         gen_length=args.gen_length,
         block_size=args.block_size,
@@ -280,9 +213,6 @@ def default_score(members: int) -> str:
 
 
 def tie_settings(args):
-    from .scoring import check_score
-    from .tie import TieSettings
-
     members = len(args.model or [0, 0])
     if args.score is None:
         args.score = default_score(members)
@@ -298,8 +228,6 @@ def tie_settings(args):
 
 def plan_tokens(args) -> int:
     """Positions one forward computes, for the load-time memory plan (cross-model scores stack M canvases)."""
-    from .scoring import needs_cross_model
-
     members = len(args.model or [0, 0])
     score = args.score or default_score(members)
     return (64 + args.gen_length) * (members if needs_cross_model(score, members, check_select(args.select)[0]) else 1)
@@ -308,19 +236,12 @@ def plan_tokens(args) -> int:
 def quiet_libraries() -> None:
     """Library chatter (weight-loading bars, bitsandbytes casts, accelerate's placement notes, hub retries)
     would bury our own output: one line per problem is ours to print."""
-    import logging
 
     warnings.filterwarnings("ignore")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    import transformers
 
     transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
     for name in ("bitsandbytes", "accelerate", "huggingface_hub", "httpx", "urllib3"):
         logging.getLogger(name).setLevel(logging.ERROR)
-    try:
-        from huggingface_hub.utils import disable_progress_bars
-
-        disable_progress_bars()
-    except ImportError:
-        pass
+    disable_progress_bars()

@@ -26,20 +26,32 @@ from dataclasses import dataclass, field, replace
 from typing import Callable, Iterator
 
 import gradio as gr
+from matplotlib.figure import Figure  # no pyplot: figures are built in worker threads
 
+from tie_lite.checks import check_text
+from tie_lite.engine.events import Cancelled, Final, Relay, RoundScores, StepFrame, Swap
+from tie_lite.engine.sampler import CACHES, SCHEDULES, UNMASK_POLICIES, DecodeSettings
+from tie_lite.engine.tie import Result, TieSettings
 from tie_lite.errors import UserError
-from tie_lite.events import Cancelled, Final, Relay, RoundScores, StepFrame, Swap
-from tie_lite.batching import BatchEngine, QueueFull
-from tie_lite.client_settings import (PUBLIC_SCORES, PUBLIC_SELECTIONS, SETTING_KEYS, STOPPED, Defaults,
-                                      describe, history_messages, member_indices, message_text, off_task_reply,
-                                      parse_settings)
-from tie_lite.options import check_text
-from tie_lite.registry import member_names
-from tie_lite.sampler import CACHES, SCHEDULES, UNMASK_POLICIES, DecodeSettings
-from tie_lite.session import Ensemble, LoadSettings
-from tie_lite.tie import Result, TieSettings
+from tie_lite.faces.client_settings import (
+    PUBLIC_SCORES,
+    PUBLIC_SELECTIONS,
+    SETTING_KEYS,
+    STOPPED,
+    Defaults,
+    describe,
+    history_messages,
+    member_indices,
+    message_text,
+    off_task_reply,
+    parse_settings,
+)
+from tie_lite.runtime.batching import BatchEngine, QueueFull
+from tie_lite.runtime.registry import member_names
+from tie_lite.runtime.session import Ensemble, LoadSettings
+from tie_lite.tasks import TASKS
 
-log = logging.getLogger("tie_lite.ui")
+log = logging.getLogger("tie_lite.chat")
 
 MASK_SYMBOL = "░"
 
@@ -302,7 +314,6 @@ def scores_figure(p: Progress | None):
     """Members' scores per round, the round's leader starred (a matplotlib Figure; None before round 1)."""
     if p is None or not p.rounds:
         return None
-    from matplotlib.figure import Figure  # no pyplot: figures are built in worker threads
 
     fig = Figure(figsize=(5.6, 2.9), dpi=100, layout="constrained")
     ax = fig.subplots()
@@ -458,8 +469,6 @@ def build_app(ensemble: Ensemble | None = None, defaults: Defaults | None = None
                     stop_btn = gr.Button("Stop", variant="stop", scale=1, min_width=80, interactive=False,
                                          elem_id="tie-stop")
                 status = gr.Markdown("", elem_id="tie-status")
-                from tie_lite.tasks import TASKS
-
                 gr.Examples([[ex] for t in TASKS.values() for ex in t.examples[:2]], inputs=[box], label="examples")
             with gr.Column(scale=2):
                 summary = gr.Markdown(summary_markdown(None, cache), elem_id="tie-summary")

@@ -1,7 +1,8 @@
 """Canvas construction: where the prompt, reasoning, answer marker and answer sit, for any tokenizer.
 
-Answer layout (reasoning-as-infilling): prompt · R reasoning masks · "Answer:" · A answer masks, with
-R + len(marker) + A == gen_length. Free layout (plain chat): prompt · gen_length masks.
+Answer layout (reasoning-as-infilling): prompt · R reasoning masks · marker · A answer masks, with
+R + len(marker) + A == gen_length. The marker is the task's (the paper's "Answer:" unless a task gives
+another, e.g. a code fence); the engine only places it. Free layout (plain chat): prompt · gen_length masks.
 
 A trajectory's content can also be read as text (`TextState`): relaying between members with different
 tokenizers goes through it. Relays happen on block boundaries, where the committed part of each region
@@ -14,8 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .errors import UserError
-from .tasks import ANSWER_MARKER
+from tie_lite.errors import UserError
 
 
 def _span(tokenizer, before: str, after: str) -> tuple[list[int], list[int]]:
@@ -25,6 +25,9 @@ def _span(tokenizer, before: str, after: str) -> tuple[list[int], list[int]]:
         return [], enc(after)
     return enc(before), enc(after[len(before) :])
 
+
+PAPER_ANSWER_MARKER = "Answer:"  # the paper's reasoning-as-infilling marker: the default of DecodeSettings
+FREE_ANSWER_POSITIONS = 8  # free layout: how many masked positions past the current block are watched
 
 
 @dataclass(frozen=True)
@@ -44,6 +47,7 @@ class Layout:
     block_size: int
     mask_id: int
     eos_ids: tuple[int, ...]
+    marker_text: str = ""  # the marker as text (empty in the free layout)
 
     @property
     def total_len(self) -> int:
@@ -77,6 +81,21 @@ class Layout:
     def block(self, index: int) -> slice:
         start = self.prompt_len + index * self.block_size
         return slice(start, start + self.block_size)
+
+    def watched_positions(self, masked: torch.Tensor, block: slice) -> torch.Tensor:
+        """Positions whose predictions are watched: masked answer positions, or (free layout) the next
+        FREE_ANSWER_POSITIONS masked positions past the current block (the block's own if none are left)."""
+        if self.has_answer:
+            idx = torch.arange(self.answer.start, self.answer.stop)
+            return idx[masked[self.answer]]
+        after = masked.clone()
+        after[: block.stop] = False
+        idx = after.nonzero().flatten()[:FREE_ANSWER_POSITIONS]
+        if idx.numel() == 0:
+            inside = masked.clone()
+            inside[: block.start] = False
+            idx = inside.nonzero().flatten()[:FREE_ANSWER_POSITIONS]
+        return idx
 
     # --- text view -------------------------------------------------------------------------------
 
@@ -143,7 +162,14 @@ class Layout:
         state = self.read_state(tokenizer, ids)
         if not self.has_answer:
             return state.reasoning.strip()
-        return f"{state.reasoning.strip()}\n{ANSWER_MARKER} {state.answer.strip()}".strip()
+        return f"{state.reasoning.strip()}\n{self.marker_text} {state.answer.strip()}".strip()
+
+    def parse_answer(self, text: str) -> str | None:
+        """The answer in a response this layout wrote (`text()`): what follows the last marker, stripped;
+        None in the free layout or when the marker is missing."""
+        if not self.has_answer or self.marker_text not in text:
+            return None
+        return text.rsplit(self.marker_text, 1)[1].strip()
 
     def render(self, tokenizer, ids: torch.Tensor, mask_symbol: str = "░") -> str:
         """The canvas with still-masked positions shown as `mask_symbol` (for streaming views)."""
@@ -175,9 +201,11 @@ def make_layout(
     mask_id: int,
     eos_ids: tuple[int, ...],
     answer_length: int | None,
+    marker: str = PAPER_ANSWER_MARKER,
     max_length: int | None = None,
 ) -> tuple[Layout, torch.Tensor]:
-    """Build the layout and the all-masked starting canvas. `answer_length=None` selects the free layout."""
+    """Build the layout and the all-masked starting canvas. `answer_length=None` selects the free layout;
+    otherwise `marker` (text) separates the reasoning from the answer."""
     if gen_length <= 0 or block_size <= 0:
         raise UserError("--gen-length and --block-size must be positive")
     if gen_length % block_size:
@@ -186,17 +214,17 @@ def make_layout(
             f"use e.g. --gen-length {(gen_length // block_size + 1) * block_size}"
         )
     if answer_length is None:
-        marker: tuple[int, ...] = ()
+        marker, marker_ids = "", ()
         reasoning_len = gen_length
     else:
-        marker = tuple(tokenizer.encode(ANSWER_MARKER, add_special_tokens=False))
-        reasoning_len = gen_length - len(marker) - answer_length
+        marker_ids = tuple(tokenizer.encode(marker, add_special_tokens=False))
+        reasoning_len = gen_length - len(marker_ids) - answer_length
         if answer_length <= 0 or reasoning_len <= 0:
             raise UserError(
                 f"--gen-length {gen_length} leaves no room for reasoning before a {answer_length}-token answer; "
                 f"raise --gen-length or lower --answer-length"
             )
-    layout = Layout(len(prompt_ids), gen_length, reasoning_len, marker, block_size, mask_id, tuple(eos_ids))
+    layout = Layout(len(prompt_ids), gen_length, reasoning_len, marker_ids, block_size, mask_id, tuple(eos_ids), marker)
     check_context(layout.prompt_len, gen_length, max_length, layout.total_len)
     return layout, layout.write_state(tokenizer, prompt_ids, TextState())
 

@@ -9,15 +9,18 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
-from .errors import UserError
-from .options import check_text, shown
-from .registry import member_names
-from .sampler import DecodeSettings
-from .scoring import SCORES
-from .session import LoadSettings
-from .tie import SELECTIONS, TieSettings
+from tie_lite.checks import check_text, shown
+from tie_lite.engine.sampler import DecodeSettings
+from tie_lite.engine.scoring import SCORES
+from tie_lite.engine.tie import SELECTIONS, TieSettings
+from tie_lite.errors import UserError
+from tie_lite.runtime.checkpoint import read_config
+from tie_lite.runtime.registry import member_names, resolve
+from tie_lite.runtime.session import LoadSettings
+from tie_lite.tasks.phrasing import find_expression
 
 STOPPED = "■ stopped"  # an assistant turn that starts with this was cut short; it is not sent as history
 PUBLIC_SELECTIONS = tuple(s for s in SELECTIONS if s != "oracle")
@@ -240,10 +243,6 @@ ARITHMETIC_ONLY = (
 
 def arithmetic_only(load: LoadSettings) -> bool:
     """Whether every member is one of the project's own tiny models (tie-tiny), trained on the arithmetic tasks only."""
-    from pathlib import Path
-
-    from .checkpoint import read_config
-    from .registry import resolve
 
     for spec in load.models:
         name, source = resolve(spec)
@@ -260,8 +259,6 @@ def arithmetic_only(load: LoadSettings) -> bool:
 def off_task_reply(load: LoadSettings, message: str) -> str | None:
     """The plain answer for a message the members cannot answer (a greeting, prose, no arithmetic expression in
     it), instead of presenting arithmetic garbage as a reply; None when the members should answer it."""
-    from .tasks.phrasing import find_expression
-
     if find_expression(message) is None and arithmetic_only(load):
         return ARITHMETIC_ONLY
     return None

@@ -7,17 +7,32 @@ import json
 import os
 import sys
 
-from .errors import UserError
-from .options import (Parser, add_decode_args, add_model_args, add_tie_args, check_text, decode_settings,
-                      load_settings, one_line, plan_tokens, quiet_libraries, tie_settings)
+from tqdm import tqdm
+
+from tie_lite.checks import check_text, one_line
+from tie_lite.engine.events import RoundScores, StepFrame
+from tie_lite.errors import UserError
+from tie_lite.faces.chat.command import add_chat_parser
+from tie_lite.faces.eval import add_eval_parser
+from tie_lite.faces.options import (
+    Parser,
+    add_decode_args,
+    add_model_args,
+    add_tie_args,
+    decode_settings,
+    load_settings,
+    plan_tokens,
+    quiet_libraries,
+    tie_settings,
+)
+from tie_lite.faces.plan import add_plan_parser
+from tie_lite.faces.serve import add_serve_parser
+from tie_lite.runtime.registry import DEFAULT_ENSEMBLE, ENTRIES, resolve
+from tie_lite.runtime.session import Ensemble
+from tie_lite.tasks import TASKS
 
 
 def cmd_generate(args) -> int:
-    from tqdm import tqdm
-
-    from .events import RoundScores, StepFrame
-    from .session import Ensemble
-
     check_text(args.prompt)
     decode, tie = decode_settings(args), tie_settings(args)
     load = load_settings(args)
@@ -63,8 +78,6 @@ def cmd_generate(args) -> int:
 
 
 def cmd_models(args) -> int:
-    from .registry import DEFAULT_ENSEMBLE, ENTRIES, resolve
-
     for entry in ENTRIES.values():
         flag = " (default)" if entry.name in DEFAULT_ENSEMBLE else ""
         print(f"{entry.name:24} {resolve(entry.name)[1]}  -- {entry.about}{flag}")
@@ -72,8 +85,6 @@ def cmd_models(args) -> int:
 
 
 def build_parser() -> Parser:
-    from .tasks import TASKS
-
     examples = "\n".join(f"  tie-lite generate \"{ex}\"" for t in TASKS.values() for ex in t.examples)
     parser = Parser(prog="tie-lite", description="Ensembles of masked diffusion language models with TIE.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
@@ -85,13 +96,6 @@ def build_parser() -> Parser:
     add_decode_args(g)
     add_tie_args(g)
     g.set_defaults(func=cmd_generate)
-
-    from ui.cli import add_chat_parser
-
-    from .eval import add_eval_parser
-    from .plan import add_plan_parser
-
-    from .serve import add_serve_parser
 
     add_eval_parser(sub)
     add_plan_parser(sub)

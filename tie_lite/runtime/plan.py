@@ -1,16 +1,16 @@
-"""`tie-lite plan`: the memory plan, printed before anything loads (config files and safetensors headers only)."""
+"""The memory plan for an ensemble, from config files and safetensors headers only (no weights load):
+each member's estimate, the budget, and the plan the scheduler will follow; and how it reads as text."""
 
 from __future__ import annotations
 
-import json
+import psutil
+import torch
 
-from .errors import UserError
-from .loading import load_status
-from .sizes import SizeEstimate, estimate_member
-from .options import add_model_args, check_choice, check_lengths, check_load_args, default_score, member_devices, whole
-from .scoring import check_score, needs_cross_model
-from .tie import SELECTIONS
-from .scheduler import Need, Plan, format_size, make_plan, parse_size
+from tie_lite.checks import format_size, parse_size
+from tie_lite.engine.scoring import needs_cross_model
+from tie_lite.errors import UserError
+from tie_lite.runtime.scheduler import Need, Plan, make_plan
+from tie_lite.runtime.sizes import SizeEstimate, estimate_member
 
 DEFAULT_PROMPT_LENGTH = 64
 
@@ -18,28 +18,21 @@ DEFAULT_PROMPT_LENGTH = 64
 def device_budget(device: str) -> tuple[int, str]:
     """The memory a run may use when no --max-memory is given: free GPU memory, or available RAM on the CPU."""
     if device == "cuda":
-        import torch
-
         if not torch.cuda.is_available():
             raise UserError("--device cuda was asked for but no CUDA GPU is visible; use --device cpu, or give "
                             "--max-memory to plan for a GPU elsewhere")
         free, _ = torch.cuda.mem_get_info()
         return int(free), "free device memory"
-    import psutil
 
     return int(psutil.virtual_memory().available), "available RAM"
 
 
 def resolve_plan_device(device: str, has_budget: bool) -> str:
     if device == "auto":
-        import torch
-
         return "cuda" if torch.cuda.is_available() else "cpu"
     if device not in ("cpu", "cuda"):
         raise UserError(f"unknown --device '{device}'; use cpu, cuda or auto")
     if device == "cuda" and not has_budget:
-        import torch
-
         if not torch.cuda.is_available():
             raise UserError("--device cuda was asked for but no CUDA GPU is visible; use --device cpu, or give "
                             "--max-memory to plan for a GPU elsewhere")
@@ -118,61 +111,3 @@ def render(plan: Plan, estimates: list[SizeEstimate], total_len: int, batch: int
     for w in plan.warnings:
         lines.append(f"warning: {w}")
     return "\n".join(lines)
-
-
-def cmd_plan(args) -> int:
-    models = args.model or list(_default_models())
-    check_load_args(args)
-    if args.device and len(args.device) > 1:
-        raise UserError("tie-lite plan plans the members on one device; give --device once (members placed one "
-                        "per device each need only fit their own)")
-    if args.score is None:
-        args.score = default_score(len(models))
-    for score in args.score.split(","):
-        check_score(score, len(models))
-    check_choice(args.select, [s for s in SELECTIONS if s != "oracle"], "--select")
-    check_lengths({"--gen-length": args.gen_length, "--prompt-length": args.prompt_length})
-    plan, estimates = build_plan(models, quant=args.quant, backend=args.quant_backend, device=member_devices(args)[0],
-                                 max_memory=args.max_memory, gen_length=args.gen_length,
-                                 prompt_length=args.prompt_length, score=args.score, select=args.select,
-                                 dtype=args.dtype)
-    total_len = args.prompt_length + args.gen_length
-    batch = len(models) if plan.cross_model else 1
-    status = [load_status(spec, trust_remote_code=args.trust_remote_code, allow_pickle=args.allow_pickle)
-              for spec in models]
-    if args.json:
-        out = plan.to_json()
-        out["lengths"] = {"prompt": args.prompt_length, "gen": args.gen_length, "batch": batch}
-        for row, est, how in zip(out["members"], estimates, status):
-            row.update(quant=est.quant, source=est.source, source_bytes=est.source_bytes, exact=est.exact,
-                       vocab=est.dims["vocab"], loads=how)
-        print(json.dumps(out, indent=2))
-    else:
-        print(render(plan, estimates, total_len, batch, status))
-    return 0
-
-
-def _default_models():
-    from .registry import DEFAULT_ENSEMBLE
-
-    return DEFAULT_ENSEMBLE
-
-
-def add_plan_parser(sub) -> None:
-    p = sub.add_parser(
-        "plan",
-        help="print the memory plan for an ensemble without loading it",
-        description="Estimate each member's weight bytes at its quantization (config files and safetensors headers "
-                    "only, no weights load) and its working memory, then say whether the members stay resident, swap "
-                    "whole members in a snake order, or need layer offload under the budget.",
-    )
-    add_model_args(p)  # the same model flags as generate; --max-memory defaults to free GPU memory or RAM here
-    p.add_argument("--gen-length", type=whole, default=48, metavar="N", help="generated positions (default 48)")
-    p.add_argument("--prompt-length", type=whole, default=DEFAULT_PROMPT_LENGTH, metavar="N",
-                   help=f"prompt tokens to plan for (default {DEFAULT_PROMPT_LENGTH})")
-    p.add_argument("--score", default=None, help="tcc | top1 | entropy | margin | verify (cross-model scores "
-                   "forward every trajectory through every member; default as for generate)")
-    p.add_argument("--select", default="lowest-tcc", help="final selection (verify forwards every response "
-                   "through every member too; default lowest-tcc)")
-    p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.set_defaults(func=cmd_plan)

@@ -9,18 +9,27 @@ import time
 import weakref
 from dataclasses import dataclass
 
+import psutil
 import torch
 
-from .errors import UserError
-from .loading import Member, load_member, load_member_offloaded, resolve_device
-from .sizes import SizeEstimate, estimate_member
-from .weights import WeightStore, _weight_tensors, swap_dir
-from .layout import check_context
-from .registry import DEFAULT_ENSEMBLE
-from .scheduler import Scheduler, format_size, make_plan, parse_size
-from .sampler import FREE_ANSWER_POSITIONS, DecodeSettings
-from .scoring import needs_cross_model
-from .tie import Result, TieSettings, run_tie
+from tie_lite.checks import format_size, parse_size
+from tie_lite.engine.layout import FREE_ANSWER_POSITIONS, check_context
+from tie_lite.engine.sampler import DecodeSettings
+from tie_lite.engine.scoring import needs_cross_model
+from tie_lite.engine.tie import Result, TieSettings, run_tie
+from tie_lite.errors import UserError
+from tie_lite.runtime.loading import (
+    Member,
+    load_member,
+    load_member_offloaded,
+    resolve_device,
+)
+from tie_lite.runtime.plan import needs_for
+from tie_lite.runtime.registry import DEFAULT_ENSEMBLE
+from tie_lite.runtime.remote import start_members
+from tie_lite.runtime.scheduler import Scheduler, make_plan
+from tie_lite.runtime.sizes import SizeEstimate, estimate_member
+from tie_lite.runtime.weights import WeightStore, _weight_tensors, swap_dir
 
 # The load-time plan (placement, offload) assumes the smallest request unless told the lengths to expect;
 # every request then re-checks the budget with its own lengths and says plainly when it does not fit.
@@ -94,8 +103,6 @@ class Ensemble:
 
     def _start_remote(self, s: LoadSettings, on_load) -> None:
         """Members as Ray actors (remote.py): each loads and computes where Ray places it, side by side."""
-        from .remote import start_members
-
         if s.max_memory is not None or s.placement:
             raise UserError("with --ray each member is an actor that Ray places (one GPU each with --device cuda); "
                             "leave out --max-memory and the per-member --device")
@@ -227,7 +234,6 @@ class Ensemble:
     def _check_host_memory(self, messages, decode: DecodeSettings, tie: TieSettings) -> None:
         """No budget given (all members resident on the CPU): refuse a request whose forward alone would not fit
         in the memory the host has free, instead of swapping the machine to a standstill."""
-        import psutil
 
         for m in self.members:  # a canvas past the context fails in the layout anyway: say that first
             check_context(len(m.prompt_ids(messages)), decode.gen_length, m.max_length)
@@ -246,8 +252,6 @@ class Ensemble:
             torch.cuda.empty_cache()
             free = int(torch.cuda.mem_get_info(self.device)[0])
         else:
-            import psutil
-
             free = int(psutil.virtual_memory().available)
         usable = free + sched.resident_bytes
         largest = max(sched.sizes[j] for j in sched._index)
@@ -278,8 +282,6 @@ def read_positions(decode: DecodeSettings, tie: TieSettings) -> int:
 
 
 def _needs(estimates, total_len: int, batch: int):
-    from .plan import needs_for
-
     return needs_for(estimates, total_len, batch)
 
 

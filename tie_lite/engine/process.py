@@ -1,24 +1,22 @@
-"""Running decode processes. The engine is written as generators that yield `Forward` requests and
-receive logits; a driver decides when and how to compute them. One request at a time for a single
-generation; many problems at once (one batched forward per member and canvas length) for eval."""
+"""The engine's processes and what they ask for. The engine is written as generators that yield `Forward`
+requests and receive one `Row` per canvas; a driver decides when and how to compute them (here: one
+request at a time, or processes side by side; runtime/drive.py: many problems batched)."""
 
 from __future__ import annotations
 
-from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import torch
-
 
 PAD = -1  # stacked canvases are right-padded with this id; the member masks it out of attention
 
 
 @dataclass
 class Forward:
-    """Canvases one member computes. The answer sent back is one `Row` per canvas (loading.Member.forward)."""
+    """Canvases one member computes. The answer sent back is one `Row` per canvas (runtime.loading.Member.forward)."""
 
-    member: object  # loading.Member
+    member: object  # a loaded member (runtime/loading.py)
     ids: torch.Tensor  # (rows, length)
     need: list[torch.Tensor] | None = None  # per row: the canvas positions whose logits are read; None: all
     store: bool = False  # keep each row's keys and values (a block refresh of the KV cache)
@@ -51,6 +49,31 @@ class Forward:
         return Forward(first.member, ids, joined("need"), first.store, joined("caches"), joined("query"), lengths)
 
 
+@dataclass
+class Row:
+    """One canvas's share of a forward: its logits (indexable by canvas position) and, when stored, its cache."""
+
+    logits: object
+    cache: object = None
+
+
+class PositionLogits:
+    """Logits at some canvas positions, indexed by canvas position like a whole-canvas tensor would be."""
+
+    def __init__(self, positions: torch.Tensor, values: torch.Tensor):
+        self.positions, self.values = positions, values
+        size = int(positions.max()) + 1 if positions.numel() else 0
+        self._row = torch.full((size,), -1, dtype=torch.long)
+        self._row[positions] = torch.arange(positions.numel())
+
+    def __getitem__(self, positions: torch.Tensor) -> torch.Tensor:
+        rows = self._row[positions] if positions.numel() else positions
+        if positions.numel() and bool((rows < 0).any()):
+            raise IndexError("logits were not computed at some of these positions")
+        return self.values[rows.to(self.values.device)]
+
+
+
 def run(process, scheduler=None):
     """Drive one process to its result, computing each forward as it is asked for."""
     try:
@@ -81,47 +104,4 @@ def run_each(processes: list, side_by_side: bool):
     results = []
     for process in processes:
         results.append((yield from process))
-    return results
-
-
-def forward_batch(pending: dict, scheduler=None, max_batch: int = 64) -> dict:
-    """One stacked forward for some of `pending` ({key: Forward}): the requests for one member and canvas
-    length, the resident member's first, the largest group otherwise. Returns {key: logits} for those."""
-    groups = defaultdict(list)
-    for k, req in pending.items():  # canvases of different lengths stack (padded), cached ones only alike
-        groups[(id(req.member), req.kind, req.ids.shape[1] if req.caches is not None else None)].append(k)
-    current = scheduler.members[scheduler.current] if scheduler is not None and scheduler.current is not None else None
-    key = max(groups, key=lambda g: (current is not None and g[0] == id(current), len(groups[g])))
-    ks = groups[key][:max_batch]
-    member = pending[ks[0]].member
-    if scheduler is not None:
-        scheduler.use_member(member)
-    rows = member.forward(Forward.stack([pending[k] for k in ks]))
-    out, at = {}, 0
-    for k in ks:
-        n = pending[k].ids.shape[0]
-        out[k], at = rows[at : at + n], at + n
-    return out
-
-
-def run_many(processes, scheduler=None, on_done=None, max_batch: int = 64) -> list:
-    """Drive many independent processes together. Requests for the same member and canvas length are
-    stacked into one forward (the resident member first), so eval pays per batch, not per problem."""
-    results = [None] * len(processes)
-    pending: dict[int, Forward] = {}
-
-    def advance(k, value=None):
-        try:
-            pending[k] = processes[k].send(value) if value is not None else next(processes[k])
-        except StopIteration as stop:
-            pending.pop(k, None)
-            results[k] = stop.value
-            if on_done is not None:
-                on_done(k, stop.value)
-
-    for k in range(len(processes)):
-        advance(k)
-    while pending:
-        for k, part in forward_batch(pending, scheduler, max_batch).items():
-            advance(k, part)
     return results

@@ -6,11 +6,18 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from .checkpoint import (_BLOCK, _FLOAT, DTYPE_BYTES, checked_family, checkpoint_tensors, model_dims,
-                         read_config)
-from .errors import UserError
-from .options import QUANTS
-from .registry import resolve
+from tie_lite.checks import QUANTS
+from tie_lite.errors import UserError
+from tie_lite.runtime.checkpoint import (
+    _BLOCK,
+    _FLOAT,
+    DTYPE_BYTES,
+    checked_family,
+    checkpoint_tensors,
+    model_dims,
+    read_config,
+)
+from tie_lite.runtime.registry import resolve
 
 
 def _synthetic_tensors(dims: dict) -> dict[str, tuple[str, tuple[int, ...]]]:

@@ -7,14 +7,12 @@ import math
 import time
 from dataclasses import dataclass, field
 
-from .drive import run, run_each
-from .errors import UserError
-from .events import Cancelled, Final, Relay, RoundScores, StepFrame
-from .layout import TextState
-from .registry import unique_names
-from .sampler import DecodeSettings, Trajectory
-from .scoring import check_score, round_scores
-from .scheduler import Scheduler
+from tie_lite.engine.events import Cancelled, Final, Relay, RoundScores, StepFrame
+from tie_lite.engine.layout import TextState
+from tie_lite.engine.process import run, run_each
+from tie_lite.engine.sampler import DecodeSettings, Trajectory
+from tie_lite.engine.scoring import check_score, round_scores
+from tie_lite.errors import UserError
 
 SELECTIONS = ("lowest-tcc", "verify", "most-selected", "best-model", "oracle")
 
@@ -57,13 +55,20 @@ class Result:
         return 100.0 * self.leader_changes / (len(self.rounds) - 1) if len(self.rounds) > 1 else None
 
 
-def run_tie(scheduler: Scheduler, *args, **kwargs) -> Result:
+def unique_names(names: list[str]) -> list[str]:
+    """Members' display names, numbered when one model appears twice (the engine's own naming)."""
+    if len(set(names)) != len(names):
+        return [f"{n}#{i + 1}" for i, n in enumerate(names)]
+    return list(names)
+
+
+def run_tie(scheduler, *args, **kwargs) -> Result:
     """Decode one request to its Result, computing each forward as the loop asks (see tie_process)."""
     return run(tie_process(scheduler, *args, **kwargs), scheduler)
 
 
 def tie_process(
-    scheduler: Scheduler,
+    scheduler,
     messages: list[dict],
     decode: DecodeSettings,
     tie: TieSettings = TieSettings(),
@@ -71,9 +76,8 @@ def tie_process(
     should_stop=None,
     gold: TextState | None = None,
 ):
-    """The TIE loop as a process (drive.py): it yields the forwards it needs and returns the Result."""
-    from .tasks import parse_answer
-
+    """The TIE loop as a process (process.py): it yields the forwards it needs and returns the Result.
+    `scheduler` (runtime/scheduler.py) holds the members and says in which order they compute."""
     start = time.perf_counter()
     members = scheduler.members
     names = unique_names([m.name for m in members])
@@ -127,7 +131,7 @@ def tie_process(
     text = trajs[final].text()
     result = Result(
         text=text,
-        answer=parse_answer(text) if trajs[final].layout.has_answer else None,
+        answer=trajs[final].layout.parse_answer(text),
         members=[m.name for m in members],
         final_member=names[final],
         rounds=rounds,
@@ -142,11 +146,11 @@ def tie_process(
 
 
 def start_trajectory(member, messages: list[dict], decode: DecodeSettings, watch: bool):
-    """A member's trajectory: here, or on its Ray actor (remote.py) when the member is one."""
-    from .remote import RemoteMember, RemoteTrajectory
-
-    if isinstance(member, RemoteMember):
-        return RemoteTrajectory(member, messages, decode, watch)
+    """A member's trajectory: here, or where the member computes when it keeps its trajectory there (a Ray
+    member, runtime/remote.py, has its own `start_trajectory`)."""
+    start_elsewhere = getattr(member, "start_trajectory", None)
+    if start_elsewhere is not None:
+        return start_elsewhere(messages, decode, watch)
     traj = Trajectory.start(member, messages, decode)
     traj.watch = watch
     return traj

@@ -4,10 +4,20 @@ from __future__ import annotations
 
 import sys
 
+from tie_lite.errors import UserError
+from tie_lite.faces.options import (
+    add_decode_args,
+    add_model_args,
+    add_tie_args,
+    decode_settings,
+    load_settings,
+    tie_settings,
+    whole,
+)
+from tie_lite.runtime.session import Ensemble
+
 
 def add_chat_parser(sub) -> None:
-    from tie_lite.options import add_decode_args, add_model_args, add_tie_args, whole
-
     p = sub.add_parser(
         "chat", help="a local Gradio chat that shows the ensemble denoising",
         description="Serve the tie-lite chat in the browser. The members load once, before the server starts; "
@@ -24,11 +34,9 @@ def add_chat_parser(sub) -> None:
 
 
 def cmd_chat(args) -> int:
-    from tie_lite.options import decode_settings, load_settings, tie_settings
-    from tie_lite.errors import UserError
-    from tie_lite.session import Ensemble
-
-    from . import app
+    from . import (
+        app,  # gradio loads only when the chat starts (seconds, and not for other commands)
+    )
 
     if args.port is not None and not 0 < args.port < 65536:
         raise UserError(f"--port {args.port} is not a port number (1-65535)")

@@ -5,14 +5,22 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
+import socket
 import struct
 from pathlib import Path
 
 import torch
+from huggingface_hub import (
+    get_safetensors_metadata,
+    hf_hub_download,
+    list_repo_files,
+    try_to_load_from_cache,
+)
 
-from .errors import UserError
-from .families import Family, family_for
+from tie_lite.errors import UserError
+from tie_lite.families import Family, family_for
 
 
 def read_config(source: str, name: str) -> dict:
@@ -27,8 +35,6 @@ def read_config(source: str, name: str) -> dict:
             f"model '{name}' is neither a known name, a folder, nor a hub id; see `tie-lite models` for known names"
         )
     try:
-        from huggingface_hub import hf_hub_download
-
         raw = Path(hf_hub_download(source, "config.json", **hub_options())).read_bytes()
     except Exception as exc:  # offline, unknown repo, gated, no network: all mean the same to the user
         raise UserError(
@@ -54,8 +60,6 @@ def parse_config(raw: bytes, name: str) -> dict:
 def hub_options() -> dict:
     """Hub lookups fail fast instead of retrying for half a minute: offline (HF_HUB_OFFLINE, or the hub is not
     reachable within two seconds) only the local cache is asked."""
-    import os
-    import socket
 
     if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
         return {"local_files_only": True}
@@ -134,8 +138,6 @@ def weight_files(source: str) -> list[str]:
     if hub_options().get("local_files_only"):
         return []
     try:
-        from huggingface_hub import list_repo_files
-
         return list_repo_files(source)
     except Exception:
         return []  # offline with a cached copy: from_pretrained(use_safetensors=...) still guards pickle
@@ -238,7 +240,6 @@ def checkpoint_tensors(source: str) -> dict[str, tuple[str, tuple[int, ...]]] | 
     try:  # hub id: HTTP range requests for the headers only
         if hub_options().get("local_files_only"):
             raise OSError("offline")
-        from huggingface_hub import get_safetensors_metadata
 
         meta = get_safetensors_metadata(source)
         for fmeta in meta.files_metadata.values():
@@ -248,7 +249,6 @@ def checkpoint_tensors(source: str) -> dict[str, tuple[str, tuple[int, ...]]] | 
     except Exception:
         pass
     try:  # offline: a copy in the Hugging Face cache
-        from huggingface_hub import try_to_load_from_cache
 
         index = try_to_load_from_cache(source, "model.safetensors.index.json")
         if isinstance(index, str):

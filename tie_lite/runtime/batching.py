@@ -13,12 +13,12 @@ import queue
 import threading
 from collections import deque
 
-from .drive import forward_batch
-from .errors import UserError
-from .events import Cancelled
-from .scheduler import SchedulerView
-from .session import peak_bytes
-from .tie import tie_process
+from tie_lite.engine.events import Cancelled
+from tie_lite.engine.tie import tie_process
+from tie_lite.errors import UserError
+from tie_lite.runtime.drive import forward_batch
+from tie_lite.runtime.scheduler import SchedulerView
+from tie_lite.runtime.session import peak_bytes
 
 
 def job_members(ensemble, job: Job) -> list:

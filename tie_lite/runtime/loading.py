@@ -7,15 +7,18 @@ import json
 import time
 from dataclasses import dataclass, field, replace
 
+import psutil
 import torch
 import transformers
 
-from .checkpoint import checked_family, read_config, weight_files
-from .errors import UserError
-from .families import Family
-from .options import BACKENDS, DTYPES, QUANTS, check_choice, check_device
-from .registry import resolve
-from .weights import measured_footprint
+from tie_lite.checks import BACKENDS, DTYPES, QUANTS, check_choice, check_device
+from tie_lite.engine.process import PositionLogits, Row
+from tie_lite.errors import UserError
+from tie_lite.families import Family
+from tie_lite.models.cache import CanvasCache
+from tie_lite.runtime.checkpoint import checked_family, read_config, weight_files
+from tie_lite.runtime.registry import resolve
+from tie_lite.runtime.weights import measured_footprint
 
 
 @dataclass
@@ -71,8 +74,6 @@ class Member:
         reads = [self.read_positions(n) for n in request.need]
         kwargs = {}
         if request.caches is not None:  # recompute the query positions (and those the logits read) only
-            from .models.cache import CanvasCache
-
             queries = [torch.unique(torch.cat([q, rd])) for q, rd in zip(request.query, reads)]
             query = _padded(queries)
             at = _padded([torch.searchsorted(q, rd) for q, rd in zip(queries, reads)])
@@ -96,30 +97,6 @@ class Member:
     def token_counts(self, messages: list[dict], text: str) -> tuple[int, int]:
         """Prompt and completion tokens, as an API's usage reports them."""
         return len(self.prompt_ids(messages)), len(self.tokenizer.encode(text, add_special_tokens=False))
-
-
-@dataclass
-class Row:
-    """One canvas's share of a forward: its logits (indexable by canvas position) and, when stored, its cache."""
-
-    logits: object
-    cache: object = None
-
-
-class PositionLogits:
-    """Logits at some canvas positions, indexed by canvas position like a whole-canvas tensor would be."""
-
-    def __init__(self, positions: torch.Tensor, values: torch.Tensor):
-        self.positions, self.values = positions, values
-        size = int(positions.max()) + 1 if positions.numel() else 0
-        self._row = torch.full((size,), -1, dtype=torch.long)
-        self._row[positions] = torch.arange(positions.numel())
-
-    def __getitem__(self, positions: torch.Tensor) -> torch.Tensor:
-        rows = self._row[positions] if positions.numel() else positions
-        if positions.numel() and bool((rows < 0).any()):
-            raise IndexError("logits were not computed at some of these positions")
-        return self.values[rows.to(self.values.device)]
 
 
 def _padded(rows: list[torch.Tensor]) -> torch.Tensor:
@@ -166,12 +143,12 @@ def quantization_config(quant: str, backend: str, device: torch.device, dtype: s
         return None
     if backend == "quanto":
         try:
-            import optimum.quanto  # noqa: F401
+            import optimum.quanto  # noqa: F401  (an optional extra: is it installed?)
         except ImportError:
             raise UserError("--quant-backend quanto needs optimum-quanto: pip install 'tie-lite[quanto]'") from None
         return transformers.QuantoConfig(weights="int8" if quant == "8bit" else "int4")
     try:
-        import bitsandbytes  # noqa: F401
+        import bitsandbytes  # noqa: F401  (only quantized loads need it, and it can fail to load on a host)
     except Exception as exc:
         raise UserError(
             f"--quant {quant} needs bitsandbytes, which does not load here ({exc}); "
@@ -314,8 +291,6 @@ def load_member_offloaded(
             )
         max_memory = {"cpu": int(device_bytes)}
     else:
-        import psutil
-
         max_memory = {dev.index or 0: int(device_bytes), "cpu": int(psutil.virtual_memory().available * 0.9)}
     offload = dict(device_map="auto", max_memory=max_memory, offload_folder=offload_folder, offload_buffers=False)
     return load_member(spec, quant=quant, backend=backend, device=device, dtype=dtype,

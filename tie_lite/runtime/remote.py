@@ -15,15 +15,19 @@ from dataclasses import dataclass
 
 import torch
 
-from .errors import UserError
-from .layout import Layout, TextState
+from tie_lite.engine.judge import member_view
+from tie_lite.engine.layout import Layout, TextState
+from tie_lite.engine.process import run
+from tie_lite.engine.sampler import Trajectory
+from tie_lite.errors import UserError
+from tie_lite.runtime.loading import load_member
 
 RESTART_SECONDS = 300  # how long a request waits for a member actor that Ray is restarting (it reloads)
 
 
 def import_ray():
     try:
-        import ray
+        import ray  # an optional extra (tie-lite[ray])
     except ImportError:
         raise UserError("--ray needs Ray; install it with: pip install 'tie-lite[ray]'") from None
     return ray
@@ -75,16 +79,12 @@ class MemberActor:
         self.trajectory = None
 
     def load(self) -> dict:
-        from .loading import load_member
-
         if self.member is None:
             self.member = load_member(self.spec, **self.load_kwargs)
         m = self.member
         return {"name": m.name, "footprint_bytes": m.footprint_bytes, "quant": m.quant, "pid": os.getpid()}
 
     def start(self, messages, decode, watch: bool) -> Snapshot:
-        from .sampler import Trajectory
-
         start = time.perf_counter()
         self.load()
         self.trajectory = Trajectory.start(self.member, messages, decode)
@@ -97,9 +97,6 @@ class MemberActor:
         return self._snapshot(start)
 
     def judge(self, states: list[RelayState], kind: str) -> tuple[list[float], int, float]:
-        from .drive import run
-        from .scoring import member_view
-
         start, t = time.perf_counter(), self._own()
         scores = run(member_view(t, states, kind))
         return scores, t.forwards, time.perf_counter() - start
@@ -147,11 +144,19 @@ class RemoteMember:
     def token_counts(self, messages, text: str) -> tuple[int, int]:
         return self.call("token_counts", messages, text)
 
+    def start_trajectory(self, messages, decode, watch: bool) -> RemoteTrajectory:
+        """The trajectory stays on the actor; the TIE loop holds this stand-in (engine/tie.py asks for it)."""
+        return RemoteTrajectory(self, messages, decode, watch)
+
     def call(self, method: str, *args):
         """One actor call, waited for. A dead or restarting actor is one line; Ray restarts it, so the next
         request works (its first call waits for the restart)."""
         ray = import_ray()
-        from ray.exceptions import ActorUnavailableError, RayActorError, RayTaskError
+        from ray.exceptions import (  # ray: optional extra
+            ActorUnavailableError,
+            RayActorError,
+            RayTaskError,
+        )
 
         self.bytes_crossed += len(pickle.dumps(args))
         deadline = time.monotonic() + RESTART_SECONDS
@@ -213,7 +218,7 @@ class RemoteTrajectory:
         return self.snapshot.rendered.replace("░", mask_symbol)
 
     def advance(self, decode, blocks: int, on_step=None):
-        """Process (drive.py) with nothing to forward here: the actor runs the round's steps itself, so the
+        """Process (engine/process.py) with nothing to forward here: the actor runs the round's steps itself, so the
         step callback (progress, cancellation) comes once a round."""
         self._take(self.member.call("advance", decode, blocks))
         if on_step is not None:

@@ -6,10 +6,12 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from tie_lite.engine.tie import unique_names
+
 
 def models_dir() -> Path:
     """Where the shipped checkpoints live (the repository's models/, or $TIE_LITE_MODELS)."""
-    return Path(os.environ.get("TIE_LITE_MODELS", Path(__file__).resolve().parent.parent / "models"))
+    return Path(os.environ.get("TIE_LITE_MODELS", Path(__file__).resolve().parents[2] / "models"))
 
 
 @dataclass(frozen=True)
@@ -45,13 +47,6 @@ def resolve(spec: str) -> tuple[str, str]:
     if path.exists():
         return path.resolve().name, str(path.resolve())
     return spec, spec
-
-
-def unique_names(names: list[str]) -> list[str]:
-    """Members' display names, numbered when one model appears twice (the engine's own naming)."""
-    if len(set(names)) != len(names):
-        return [f"{n}#{i + 1}" for i, n in enumerate(names)]
-    return list(names)
 
 
 def member_names(specs) -> list[str]:

@@ -5,15 +5,15 @@ from __future__ import annotations
 
 import ctypes
 import gc
+import os
+import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
+from huggingface_hub import snapshot_download
+from safetensors.torch import save_file
 
-from .checkpoint import iter_safetensors, safetensors_header
-
-if TYPE_CHECKING:
-    from .loading import Member
+from tie_lite.runtime.checkpoint import iter_safetensors, safetensors_header
 
 
 def measured_footprint(model: torch.nn.Module) -> int:
@@ -92,8 +92,6 @@ def _local_folder(source: str) -> Path | None:
     if path.is_dir():
         return path
     try:
-        from huggingface_hub import snapshot_download
-
         return Path(snapshot_download(source, local_files_only=True, allow_patterns=["*.safetensors", "*.json"]))
     except Exception:
         return None
@@ -102,8 +100,6 @@ def _local_folder(source: str) -> Path | None:
 def swap_dir() -> str:
     """Where CPU swapping spills what the checkpoint cannot give back ($TIE_LITE_SWAP_DIR, else the temp dir;
     point it at a disk when /tmp is a RAM-backed tmpfs, or spilled weights still occupy memory)."""
-    import os
-    import tempfile
 
     base = os.environ.get("TIE_LITE_SWAP_DIR") or tempfile.gettempdir()
     Path(base).mkdir(parents=True, exist_ok=True)
@@ -138,7 +134,7 @@ class WeightStore:
     Tensors keep their Python identity (`t.data` is swapped), so tied weights, bitsandbytes quantization
     states and accelerate hooks still point at the right objects after a restore."""
 
-    def __init__(self, member: Member, spill_dir: str | Path, reload=None):
+    def __init__(self, member, spill_dir: str | Path, reload=None):
         self.member = member
         self.spill_dir = Path(spill_dir)
         self.reload_fn = reload
@@ -179,7 +175,6 @@ class WeightStore:
                 moved += t.numel() * t.element_size()
             torch.cuda.synchronize(self.member.device)
             return moved
-        from safetensors.torch import save_file
 
         sources: dict[str, tuple[str, tuple]] = {}
         folder = _local_folder(self.member.source)

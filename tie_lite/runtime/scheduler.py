@@ -15,52 +15,16 @@ a few floats of score history) crosses between members; weights never do.
 
 from __future__ import annotations
 
-import math
-import re
 import time
 from dataclasses import dataclass, field
 
-from .errors import UserError
-from .loading import Member
+from tie_lite.checks import format_size
+from tie_lite.engine.events import Swap
+from tie_lite.errors import UserError
+from tie_lite.runtime.loading import Member
 
 STRATEGIES = ("resident", "swap", "offload")
 
-_UNITS = {"": 1, "b": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40,
-          "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
-          "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*([a-zA-Z]*)\s*$")
-
-
-def parse_size(text: str | int | None, flag: str = "--max-memory") -> int | None:
-    """'10GiB', '1.5GB', '600MB', '512M', '2000000' -> bytes. KiB/MiB/GiB and K/M/G are powers of 1024;
-    KB/MB/GB powers of 1000. Anything else is a UserError naming the flag."""
-    if text is None:
-        return None
-    if isinstance(text, int):
-        value = text
-    else:
-        m = _SIZE.match(str(text))
-        unit = m.group(2).lower() if m else None
-        if m is None or unit not in _UNITS:
-            raise UserError(f"{flag} '{text}' is not a size; write e.g. 10GiB, 1.5GB, 600MB or 512MiB")
-        amount = float(m.group(1)) * _UNITS[unit]
-        if not math.isfinite(amount) or amount >= 2**60:
-            raise UserError(f"{flag} '{text}' is more memory than any machine has; write e.g. 10GiB")
-        value = int(amount)
-    if value >= 2**60:
-        raise UserError(f"{flag} {text} is more memory than any machine has; write e.g. 10GiB")
-    if value <= 0:
-        raise UserError(f"{flag} must be more than zero bytes (got '{text}')")
-    return value
-
-
-def format_size(n: float) -> str:
-    n = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}" if abs(n) < 100 else f"{n:.0f} {unit}"
-        n /= 1024
-    return f"{n:.0f} B"
 
 
 # --- the plan: pure decisions on sizes, printable before anything loads ----------------------------------
@@ -325,8 +289,6 @@ class Scheduler:
 
     def _emit(self, j: int, direction: str, nbytes: int, seconds: float) -> None:
         if self.on_event is not None:
-            from .events import Swap
-
             self.on_event(Swap(self.loaded[j].name, direction, int(nbytes), seconds))
 
     def set_capacity(self, capacity: int | None, strategy: str | None = None) -> None:

@@ -13,16 +13,38 @@ the OpenAI error shape with the usual status codes (400 bad parameters, 401 wron
 import asyncio
 import json
 import math
+import os
 import queue
 import secrets
+import sys
 import time
 import uuid
 
-from .batching import BatchEngine, QueueFull
-from .client_settings import SETTING_KEYS, Defaults, history_messages, member_indices, parse_settings
-from .errors import UserError
-from .events import Relay, StepFrame
-from .options import check_text
+import uvicorn
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from tie_lite.checks import check_text
+from tie_lite.engine.events import Relay, StepFrame
+from tie_lite.errors import UserError
+from tie_lite.faces.client_settings import (
+    SETTING_KEYS,
+    Defaults,
+    history_messages,
+    member_indices,
+    parse_settings,
+)
+from tie_lite.faces.options import (
+    add_decode_args,
+    add_model_args,
+    add_tie_args,
+    decode_settings,
+    load_settings,
+    tie_settings,
+    whole,
+)
+from tie_lite.runtime.batching import BatchEngine, QueueFull
+from tie_lite.runtime.session import Ensemble
 
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 # OpenAI request fields tie-lite accepts and ignores (they have no meaning for a masked diffusion decode).
@@ -104,9 +126,6 @@ def _trace(result) -> dict:
 
 def create_app(ensemble, defaults: Defaults, *, api_key: str | None = None, max_batch: int = 8, max_queue: int = 32,
                engine: BatchEngine | None = None):
-    from fastapi import FastAPI, Request
-    from fastapi.responses import JSONResponse, StreamingResponse
-
     engine = engine or BatchEngine(ensemble, max_batch=max_batch, max_queue=max_queue)
     app = FastAPI(title="tie-lite", docs_url=None, redoc_url=None)
     app.state.engine = engine
@@ -236,15 +255,11 @@ def check_binding(host: str, api_key: str | None) -> None:
 
 
 def run_server(app, host: str, port: int) -> None:
-    import uvicorn
-
     config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False)
     uvicorn.Server(config).run()
 
 
 def add_serve_parser(sub) -> None:
-    from .options import add_decode_args, add_model_args, add_tie_args, whole
-
     p = sub.add_parser(
         "serve", help="an OpenAI-compatible API server (batched, streaming TIE)",
         description="Serve /v1/chat/completions for the members named here: the ensemble as model "
@@ -264,12 +279,6 @@ def add_serve_parser(sub) -> None:
 
 
 def cmd_serve(args) -> int:
-    import os
-    import sys
-
-    from .options import decode_settings, load_settings, tie_settings
-    from .session import Ensemble
-
     api_key = args.api_key or os.environ.get("TIE_LITE_API_KEY") or None
     check_binding(args.host, api_key)
     if not 0 < args.port < 65536:

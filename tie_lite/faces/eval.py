@@ -10,10 +10,30 @@ import time
 from collections import defaultdict
 from dataclasses import replace
 
-from .errors import UserError
-from .drive import run_many
-from .layout import TextState
-from .tie import tie_process
+from tqdm import tqdm
+
+from tie_lite.checks import check_choice, check_output, check_seed
+from tie_lite.engine.layout import TextState
+from tie_lite.engine.tie import tie_process
+from tie_lite.errors import UserError
+from tie_lite.faces.options import (
+    PLOT_FORMATS,
+    TRACE_FORMATS,
+    add_decode_args,
+    add_model_args,
+    add_tie_args,
+    decode_settings,
+    default_score,
+    load_settings,
+    plan_tokens,
+    tie_settings,
+    whole,
+)
+from tie_lite.runtime.drive import run_many
+from tie_lite.runtime.registry import member_names
+from tie_lite.runtime.session import Ensemble
+from tie_lite.tasks import TASKS, get_task
+from tie_lite.tasks.phrasing import PHRASINGS
 
 MAX_PROBLEMS = 100_000
 BOUNDS = ("oracle-relay", "oracle-pick")  # diagnostics, labelled as bounds
@@ -105,10 +125,10 @@ def table(results: dict) -> str:
 
 
 def plot(results: dict, traces: dict, path: str, title: str) -> None:
-    import matplotlib
+    import matplotlib  # only when a plot is asked for: pyplot's start-up is slow
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # after choosing the Agg backend (no display)
 
     fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, 4))
     methods = list(results)
@@ -139,8 +159,6 @@ def plot(results: dict, traces: dict, path: str, title: str) -> None:
 
 
 def add_eval_parser(sub) -> None:
-    from .options import add_decode_args, add_model_args, add_tie_args, whole
-
     e = sub.add_parser("eval", help="accuracy of members, postgen, TIE and oracle bounds on a task")
     e.add_argument("--task", help="task name (see --list-tasks)")
     e.add_argument("--n", type=whole, default=100, help="problems per method")
@@ -162,16 +180,6 @@ def add_eval_parser(sub) -> None:
 
 
 def cmd_eval(args) -> int:
-    from tqdm import tqdm
-
-    from .options import (PLOT_FORMATS, TRACE_FORMATS, check_output, check_seed, decode_settings, default_score,
-                          load_settings, plan_tokens, tie_settings)
-    from .registry import member_names
-    from .session import Ensemble
-    from .options import check_choice
-    from .tasks import TASKS, get_task
-    from .tasks.phrasing import PHRASINGS
-
     if args.list_tasks:
         print("\n".join(TASKS))
         return 0

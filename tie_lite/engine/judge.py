@@ -1,54 +1,16 @@
-"""Round scores for TIE. Higher is better for every score.
-
-- tcc: minus the token change count at the watched answer positions over the round (no extra forward).
-- top1 / entropy / margin: cross-model, every trajectory forwarded through every member, averaged.
-- verify: put masks back on what each trajectory committed during the round and ask every member how
-  likely those tokens are (mean log-probability), averaged over members and positions; end-of-text
-  padding is re-masked but not scored (only the first end-of-text of a region is a decision).
-- oracle: 1 when everything the trajectory committed matches the gold worked solution (a diagnostic bound).
-"""
+"""What one member (the judge) thinks of the trajectories of a round: the canvases it forwards for a
+cross-model score, and the figures it reads from them. The judge's side of round_scores (scoring.py); a Ray
+member computes it on its actor. The judge is a sampler.Trajectory; the judged are trajectories or their relay
+states (runtime/remote.py), read through the same few attributes."""
 
 from __future__ import annotations
 
 import torch
 
-from .drive import Forward, run_each
-from .errors import UserError
-from .layout import TextState
-from .sampler import Trajectory
-
-SCORES = ("tcc", "top1", "entropy", "margin", "verify")
-CROSS_MODEL = ("top1", "entropy", "margin", "verify")
+from tie_lite.engine.process import Forward
 
 
-def needs_cross_model(scores: str, members: int, select: str | None = None) -> bool:
-    """Whether a request forwards every trajectory through every member (M canvases a forward).
-    `scores` may be a comma list (eval compares several in one run)."""
-    return members > 1 and (any(s in CROSS_MODEL for s in scores.split(",")) or select == "verify")
-
-
-def check_score(name: str, members: int) -> None:
-    if name not in SCORES + ("oracle",):
-        raise UserError(f"unknown --score '{name}'; use one of {', '.join(SCORES)}")
-    if name == "verify" and members < 2:
-        raise UserError("--score verify asks the other members to re-check a trajectory; give at least two --model")
-
-
-def round_scores(trajs: list[Trajectory], kind: str, order: list[int], gold: TextState | None = None,
-                 parallel: bool = False):
-    """Process (see drive.py) returning one score per trajectory. Cross-model forwards go member by
-    member in `order` (whichever is resident first), so scoring adds no swaps; with `parallel` (every
-    member on a device of its own) the judges score at the same time."""
-    if kind == "tcc":
-        return [-t.round_tcc for t in trajs]
-    if kind == "oracle":
-        return [1.0 if matches_gold(t.state(), gold) else 0.0 for t in trajs]
-    views = dict(zip(order, (yield from run_each([trajs[j].judge(trajs, kind) for j in order], parallel))))
-    # summed in member order whatever the forward order, so swapped runs match resident ones bit for bit
-    return [sum(views[j][i] for j in sorted(views)) / len(views) for i in range(len(trajs))]
-
-
-def member_view(judge: Trajectory, trajs: list[Trajectory], kind: str):
+def member_view(judge, trajs: list, kind: str):
     """Process: what `judge`'s member thinks of each trajectory, all of them in one batched forward.
 
     Logits are computed at the positions scored only, and each distinct canvas once: after a relay the verify
@@ -93,14 +55,14 @@ def member_view(judge: Trajectory, trajs: list[Trajectory], kind: str):
     return out
 
 
-def translate(t: Trajectory, judge: Trajectory) -> torch.Tensor:
+def translate(t, judge) -> torch.Tensor:
     """`t`'s canvas as `judge`'s member sees it (id for id with a shared tokenizer, else through text)."""
     if judge.same_canvas(t):
         return t.ids
     return judge.layout.write_state(judge.member.tokenizer, judge.prompt_ids, t.state())
 
 
-def watched_positions(judge: Trajectory, ids: torch.Tensor) -> torch.Tensor:
+def watched_positions(judge, ids: torch.Tensor) -> torch.Tensor:
     """The positions a cross-model confidence score reads on canvas `ids`, as `judge`'s layout watches them."""
     lay = judge.layout
     masked = ids == lay.mask_id
@@ -108,11 +70,10 @@ def watched_positions(judge: Trajectory, ids: torch.Tensor) -> torch.Tensor:
     if not gen.any():
         return torch.zeros(0, dtype=torch.long)
     blk = int(gen.nonzero()[0]) // lay.block_size
-    probe = Trajectory(judge.member, lay, judge.prompt_ids, ids, judge.generator)
-    return probe.scored_positions(masked, lay.block(blk))
+    return lay.watched_positions(masked, lay.block(blk))
 
 
-def _confidence_stat(judge: Trajectory, logits: torch.Tensor, kind: str) -> float:
+def _confidence_stat(judge, logits: torch.Tensor, kind: str) -> float:
     lay = judge.layout
     probs = torch.softmax(logits, dim=-1)
     top = probs.topk(min(2, probs.shape[-1]), dim=-1)
@@ -127,7 +88,7 @@ def _confidence_stat(judge: Trajectory, logits: torch.Tensor, kind: str) -> floa
     return float((probs * probs.clamp_min(1e-12).log()).sum(-1).mean())  # -entropy
 
 
-def verify_canvas(judge: Trajectory, t: Trajectory):
+def verify_canvas(judge, t):
     """Canvas for `judge` with `t`'s round commitments masked again, and the (positions, tokens) to score:
     every committed token but end-of-text padding (an end-of-text after another one in its region), which
     follows from the first and would otherwise outweigh the answer digits it sits next to."""
@@ -146,13 +107,3 @@ def verify_canvas(judge: Trajectory, t: Trajectory):
     eos = torch.tensor(judge.layout.eos_ids)
     padding = torch.isin(tokens, eos) & torch.isin(full[positions - 1], eos)
     return ids, positions[~padding], tokens[~padding]
-
-
-def matches_gold(state: TextState, gold: TextState | None) -> bool:
-    if gold is None:
-        raise UserError("oracle methods need a task whose generator knows the gold worked solution")
-    norm = lambda s: s.replace(" ", "")  # noqa: E731
-    ok = norm(gold.reasoning).startswith(norm(state.reasoning))
-    ok = ok and (not state.reasoning_done or norm(state.reasoning) == norm(gold.reasoning))
-    ok = ok and norm(gold.answer).startswith(norm(state.answer))
-    return ok and (not state.answer_done or norm(state.answer) == norm(gold.answer))

@@ -1,0 +1,1 @@
+"""The browser chat (`tie-lite chat` and the Spaces demo)."""
