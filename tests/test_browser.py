@@ -120,3 +120,94 @@ def test_invalid_settings_show_a_message_not_a_trace(page):
     field.fill("48")
     field.press("Tab")
     page.wait_for_function("() => document.querySelector('#tie-check').innerText.includes('✓')", timeout=30_000)
+
+
+def fresh_tab(page, width: int = 1400, height: int = 900):
+    """A new tab on the same chat (its own session: an empty conversation)."""
+    tab = page.context.browser.new_page(viewport={"width": width, "height": height})
+    tab.demo = page.demo
+    tab.goto(page.url)
+    tab.wait_for_selector("#tie-message textarea")
+    return tab
+
+
+def ask(tab, question: str) -> None:
+    answered = tab.locator("#tie-chat .bot").count()
+    tab.locator("#tie-message textarea").fill(question)
+    tab.locator("#tie-send").click()
+    tab.wait_for_function(f"() => document.querySelectorAll('#tie-chat .bot').length > {answered} && "
+                          f"{STATUS}.includes('answered') && !{CHAT}.includes('{MASK}')", timeout=300_000)
+
+
+def test_a_three_turn_conversation_answers_every_question(page):
+    """Follow-ups are answered for themselves: the shipped members read the last question alone (they were trained
+    on single questions) and the chat says so quietly; before, the second turn copied the first answer."""
+    tab = fresh_tab(page)
+    for question, value in (("What is (23+41)*7?", (23 + 41) * 7), ("What is 37+85?", 37 + 85),
+                            ("What is 23*4+17*5?", 23 * 4 + 17 * 5)):
+        ask(tab, question)
+        replies = tab.locator("#tie-chat .bot").all_inner_texts()
+        assert replies[-1].strip().endswith(f"Answer: {value}"), (question, replies)
+    assert len(tab.locator("#tie-chat .bot").all_inner_texts()) == 3
+    assert "each question on its own" in tab.locator("#tie-status").inner_text()
+    tab.close()
+
+
+CARDS = "document.querySelectorAll('#tie-canvases .tie-card')"
+TOKEN_OWNERS = ("Array.from(document.querySelectorAll('#tie-canvases .tie-card .tie-token'))"
+                ".map(t => t.dataset.member)")
+
+
+def test_every_members_canvas_shows_who_committed_each_token_and_the_leader(page, monkeypatch):
+    slow_forwards(monkeypatch, page.demo.tie_cache.ensemble, 0.03)
+    tab = fresh_tab(page)
+    tab.locator("#tie-message textarea").fill(PROMPT)
+    tab.locator("#tie-send").click()
+    # mid-decode, after a relay: both canvases in view, tokens of both members, a leader marked
+    tab.wait_for_function(f"() => {CARDS}.length === 2 && new Set({TOKEN_OWNERS}).size === 2 && "
+                          f"document.querySelector('#tie-canvases').innerText.includes('{MASK}') && "
+                          f"document.querySelector('#tie-canvases .tie-leader') !== null", timeout=300_000, polling=20)
+    names = tab.evaluate(f"() => Array.from({CARDS}).map(c => c.dataset.member)")
+    assert names == list(page.demo.tie_defaults.member_names)
+    leader = tab.locator("#tie-canvases .tie-leader").get_attribute("data-member")
+    assert "★" in tab.locator(f"#tie-canvases .tie-card[data-member='{leader}']").inner_text()
+    colours = tab.evaluate("() => Object.fromEntries(Array.from(document.querySelectorAll('#tie-canvases .tie-token'))"
+                           ".map(t => [t.dataset.member, getComputedStyle(t).borderBottomColor]))")
+    assert len(set(colours.values())) == 2  # one colour per member
+    tab.wait_for_function(f"() => {STATUS}.includes('answered')", timeout=300_000)
+    final = tab.locator("#tie-summary").inner_text().split("final member")[1].split()[0]
+    assert "✓ final answer" in tab.locator(f"#tie-canvases .tie-card[data-member='{final}']").inner_text()
+    tab.close()
+
+
+def test_settings_errors_use_the_panels_words_and_the_context_bounds_the_length(page):
+    tab = fresh_tab(page)
+    tab.get_by_text("Settings", exact=True).click()
+    length = tab.locator("#tie-settings input[type=number]").first  # generation length
+    length.fill("320")
+    length.press("Tab")
+    tab.wait_for_function("() => document.querySelector('#tie-check').innerText.includes('at most')", timeout=30_000)
+    check = tab.locator("#tie-check").inner_text()
+    members = page.demo.tie_cache.ensemble.members
+    prompt = min(m.max_length - len(m.prompt_ids([{"role": "user", "content": "What is (23+41)*7?"}]))
+                 for m in members)
+    assert f"at most {prompt // 16 * 16}" in check and "generation length" in check and "--" not in check
+    length.fill("50")
+    length.press("Tab")
+    tab.wait_for_function("() => document.querySelector('#tie-check').innerText.includes('not a multiple')",
+                          timeout=30_000)
+    check = tab.locator("#tie-check").inner_text()
+    assert "generation length 50" in check and "block size" in check and "--" not in check
+    tab.close()
+
+
+def test_at_phone_width_the_answer_comes_before_the_settings(page):
+    tab = fresh_tab(page, 400, 860)
+    ask(tab, "What is 37+85?")
+
+    def top(selector):
+        return tab.locator(selector).bounding_box()["y"]
+
+    assert top("#tie-chat") < top("#tie-canvases") < top("#tie-summary") < top("#tie-settings")
+    assert tab.locator("#tie-chat .bot").last.bounding_box()["y"] < 860  # the reply is in the first screen
+    tab.close()

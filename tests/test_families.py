@@ -332,3 +332,19 @@ def test_cli_ensembles_llada_and_dream(checkpoints, capsys, score, extra):
     # after the first relay both members continue from the leader's text (relayed as text: two vocabularies)
     assert all(isinstance(r, str) for r in out["responses"].values()) and leader in out["members"]
     assert not checkpoints["llada"].remote_code_marker.exists()
+
+
+def test_a_single_turn_family_reads_the_last_question_alone(shipped):
+    """The shipped members read the last user message alone (their training had one question per prompt);
+    a chat-template family gets the whole conversation in its template."""
+    from dataclasses import replace
+
+    member = shipped["tiny-sp"]
+    question = {"role": "user", "content": "What is 37+85?"}
+    conversation = [{"role": "user", "content": "What is (23+41)*7?"}, {"role": "assistant", "content": "Answer: 448"},
+                    question]
+    assert member.family.single_turn
+    assert member.prompt_ids(conversation) == member.prompt_ids([question])
+    multi_turn = replace(member.family, single_turn=False)
+    whole = member.tokenizer.decode(multi_turn.prompt_ids(member.tokenizer, conversation))
+    assert "(23+41)*7" in whole and "37+85" in whole

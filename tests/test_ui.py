@@ -33,9 +33,9 @@ def slow_forwards(monkeypatch, ensemble, seconds: float) -> None:
     50 ms apart) and the browser can see the canvas mid-denoising."""
     import time
 
-    for member in ensemble.members:
-        fast = member.logits
-        monkeypatch.setattr(member, "logits", lambda ids, fast=fast: (time.sleep(seconds), fast(ids))[1])
+    for member in ensemble.members:  # every forward goes through Member.forward (cached or not)
+        fast = member.forward
+        monkeypatch.setattr(member, "forward", lambda request, fast=fast: (time.sleep(seconds), fast(request))[1])
 
 
 
@@ -163,6 +163,17 @@ def test_history_is_sent_as_earlier_turns(client, served):
     assert second == expected
     # [user, bot] pairs (the older Gradio format) mean the same
     assert client.predict(PROMPT, [["What is 37+85?", first]], api_name="/chat") == expected
+
+
+def test_a_follow_up_is_answered_for_itself(client):
+    """The shipped members were trained on single questions: a follow-up gets its own answer, not the earlier
+    one copied (the chat and the API read the conversation the same way)."""
+    first = client.predict(PROMPT, api_name="/chat")
+    assert first.endswith(f"Answer: {(23 + 41) * 7}")
+    history = [{"role": "user", "content": PROMPT}, {"role": "assistant", "content": first}]
+    second = client.predict("What is 37+85?", history, api_name="/chat")
+    assert second.endswith(f"Answer: {37 + 85}")
+    assert second == client.predict("What is 37+85?", api_name="/chat")
 
 
 @pytest.mark.parametrize("settings, says", [

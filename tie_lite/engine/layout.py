@@ -171,17 +171,56 @@ class Layout:
             return None
         return text.rsplit(self.marker_text, 1)[1].strip()
 
-    def render(self, tokenizer, ids: torch.Tensor, mask_symbol: str = "░") -> str:
-        """The canvas with still-masked positions shown as `mask_symbol` (for streaming views)."""
-        pieces = []
+    def pieces(self, tokenizer, ids: torch.Tensor, owners: torch.Tensor | None = None) -> list[tuple[str, int | None]]:
+        """The generated canvas as (text, owner) pieces for views: a committed token's text and the member that
+        committed it (-1 unknown), None for a still-masked position, a line break (owner -1) before the marker;
+        end-of-text is left out."""
+        out: list[tuple[str, int | None]] = []
         for pos, t in enumerate(ids.tolist()[self.prompt_len :], start=self.prompt_len):
             if self.has_answer and pos == self.marker.start:
-                pieces.append("\n")
+                out.append(("\n", -1))
             if t == self.mask_id:
-                pieces.append(mask_symbol)
+                out.append(("", None))
             elif t not in self.eos_ids:
-                pieces.append(tokenizer.decode([t], skip_special_tokens=True))
-        return "".join(pieces)
+                out.append((tokenizer.decode([t], skip_special_tokens=True), -1 if owners is None else int(owners[pos])))
+        return out
+
+    def render(self, tokenizer, ids: torch.Tensor, mask_symbol: str = "░") -> str:
+        """The canvas with still-masked positions shown as `mask_symbol` (for streaming views)."""
+        return "".join(mask_symbol if owner is None else text for text, owner in self.pieces(tokenizer, ids))
+
+    # --- provenance: which member committed each token, carried across a text relay ----------------------
+
+    def char_owners(self, tokenizer, ids: torch.Tensor, owners: torch.Tensor) -> tuple[list[int], list[int]]:
+        """Per character of the reasoning and answer texts (`read_state`), the member that committed it."""
+        regions = [self.reasoning] + ([self.answer] if self.has_answer else [])
+        out = []
+        for region in regions:
+            chars: list[int] = []
+            for pos in range(region.start, region.stop):
+                t = int(ids[pos])
+                if t == self.mask_id:
+                    break
+                if t not in self.eos_ids:
+                    chars += [int(owners[pos])] * len(tokenizer.decode([t], skip_special_tokens=True))
+            out.append(chars)
+        return out[0], (out[1] if len(out) > 1 else [])
+
+    def owners_of(self, tokenizer, ids: torch.Tensor, char_owners: tuple[list[int], list[int]]) -> torch.Tensor:
+        """Per position of canvas `ids` (written by `write_state`), the member that committed its token, from the
+        owners of the characters it spells (-1 where unknown: masks, padding, the prompt, the marker)."""
+        owners = torch.full((ids.numel(),), -1, dtype=torch.long)
+        regions = [self.reasoning] + ([self.answer] if self.has_answer else [])
+        for region, chars in zip(regions, char_owners):
+            at = 0
+            for pos in range(region.start, region.stop):
+                t = int(ids[pos])
+                if t == self.mask_id or t in self.eos_ids:
+                    break
+                if at < len(chars):
+                    owners[pos] = chars[at]
+                at += len(tokenizer.decode([t], skip_special_tokens=True))
+        return owners
 
 
 def check_context(prompt_len: int, gen_length: int, max_length: int | None, total_len: int | None = None) -> None:

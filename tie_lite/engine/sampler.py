@@ -148,6 +148,8 @@ class Trajectory:
     cache_block: int = -1
     round_cache: object = None  # the first refresh of this round, on the canvas the round started from
     round_cache_ids: torch.Tensor | None = None
+    index: int = 0  # the member's place in the ensemble: what `committed_by` records
+    committed_by: torch.Tensor | None = None  # per position, the member that committed its token (-1: none)
 
     @classmethod
     def start(cls, member, messages: list[dict], settings: DecodeSettings) -> Trajectory:
@@ -164,7 +166,7 @@ class Trajectory:
             max_length=member.max_length,
         )
         gen = torch.Generator().manual_seed(settings.seed)
-        traj = cls(member, layout, prompt, ids, gen)
+        traj = cls(member, layout, prompt, ids, gen, committed_by=torch.full_like(ids, -1))
         traj.begin_round()
         return traj
 
@@ -193,6 +195,10 @@ class Trajectory:
     def render(self, mask_symbol: str = "░") -> str:
         return self.layout.render(self.member.tokenizer, self.ids, mask_symbol)
 
+    def pieces(self) -> list[tuple[str, int | None]]:
+        """The canvas as (text, committing member) pieces (Layout.pieces), for views that show provenance."""
+        return self.layout.pieces(self.member.tokenizer, self.ids, self.committed_by)
+
     def round_start_state(self) -> TextState:
         return self.layout.read_state(self.member.tokenizer, self.round_start)
 
@@ -218,10 +224,14 @@ class Trajectory:
         """Relay: take `other`'s canvas, id for id when the tokenizers match, else through text."""
         if other is self:
             return
+        owners = getattr(other, "committed_by", None)  # a Ray member's relay state carries none
         if self.same_canvas(other):
             self.ids = other.ids.clone()
+            self.committed_by = owners.clone() if owners is not None else torch.full_like(self.ids, -1)
         else:
             self.ids = self.layout.write_state(self.member.tokenizer, self.prompt_ids, other.state())
+            self.committed_by = torch.full_like(self.ids, -1) if owners is None else self.layout.owners_of(
+                self.member.tokenizer, self.ids, other.layout.char_owners(other.member.tokenizer, other.ids, owners))
         self.block_step = 0
         self.prev_top1 = None
         self.cache = None  # another canvas: the next step refreshes
@@ -285,6 +295,8 @@ class Trajectory:
         if self.watch:
             self._record(logits, plan.watched)
         self.ids[cand[chosen]] = x0[chosen]
+        if self.committed_by is not None:
+            self.committed_by[cand[chosen]] = self.index
         self.block_step += 1
         if not (self.ids[block] == lay.mask_id).any():
             self.block_step = 0

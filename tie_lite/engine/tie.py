@@ -88,6 +88,8 @@ def tie_process(
     emit = on_event or (lambda event: None)
     # one member is plain decoding: no round to score, no final choice, so no TCC bookkeeping
     trajs = [start_trajectory(m, messages, decode, watch=len(members) > 1) for m in members]
+    for i, t in enumerate(trajs):
+        t.index = i
     blocks_per_round = max(1, math.ceil(tie.interval / decode.steps_per_block))
     parallel = getattr(scheduler, "parallel", False) and len(trajs) > 1  # members on devices of their own
     rounds: list[dict] = []
@@ -119,9 +121,10 @@ def tie_process(
         for t in trajs:
             t.begin_round()
         r += 1
-    unfinished = [t for t in trajs if not t.done]
-    # the others complete their own responses, after the last relay
-    yield from run_each([t.advance(decode, t.layout.num_blocks) for t in unfinished], parallel)
+    unfinished = [i for i, t in enumerate(trajs) if not t.done]
+    # the others complete their own responses, after the last relay (still streaming their steps)
+    yield from run_each([trajs[i].advance(decode, trajs[i].layout.num_blocks, lambda t, i=i: on_step(t, i))
+                         for i in unfinished], parallel)
     verify = None
     if tie.select == "verify" and len(trajs) > 1:
         # members re-check what each response committed since the last relay, completion included

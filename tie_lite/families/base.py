@@ -15,6 +15,12 @@ def chat_prompt_ids(tokenizer, messages: list[dict]) -> list[int]:
     return tokenizer.encode(text, add_special_tokens=False)
 
 
+def last_question(messages: list[dict]) -> list[dict]:
+    """The conversation cut to its last user message."""
+    users = [m for m in messages if m.get("role") == "user"]
+    return users[-1:] if users else list(messages)
+
+
 @dataclass(frozen=True)
 class Family:
     name: str
@@ -26,6 +32,9 @@ class Family:
     shift_logits: bool | None = None  # None: read from the config
     hub_examples: tuple[str, ...] = ()
     native_module: str | None = None  # the project's own model classes (importing it registers them)
+    # Trained on one question at a time: the prompt is the last user message alone. Given the history, such a
+    # model copies an earlier answer instead of answering the follow-up.
+    single_turn: bool = False
 
     def register(self) -> None:
         """Import the native model module so that transformers' Auto classes know the architecture."""
@@ -47,6 +56,10 @@ class Family:
         return self.shift_logits if self.shift_logits is not None else bool(getattr(config, "shift_logits", False))
 
     def prompt_ids(self, tokenizer, messages: list[dict]) -> list[int]:
+        """The prompt as this family was trained to read it: its chat template over the conversation, or over
+        the last question alone for a single-turn family."""
+        if self.single_turn:
+            messages = last_question(messages)
         return chat_prompt_ids(tokenizer, messages)
 
     @staticmethod

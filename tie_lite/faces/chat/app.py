@@ -15,8 +15,10 @@ response text; /stop() stops the caller's running generation.
 
 from __future__ import annotations
 
+import html
 import logging
 import queue
+import re
 import sys
 import threading
 import time
@@ -98,6 +100,7 @@ class Progress:
     members: list[str] = field(default_factory=list)
     rounds: list[dict] = field(default_factory=list)
     relays: int = 0
+    canvases: dict[str, list] = field(default_factory=dict)  # member -> its canvas as (text, committer) pieces
     swaps: int = 0
     swap_bytes: int = 0
     result: Result | None = None
@@ -175,8 +178,10 @@ class Runner:
 
             def on_event(event):  # in the engine's worker: render now, the trajectory keeps changing
                 if isinstance(event, StepFrame):
-                    events.put(("frame", (event.round, event.member, event.forwards,
-                                          event.trajectory.render(MASK_SYMBOL))))
+                    traj = event.trajectory
+                    pieces = traj.pieces() if hasattr(traj, "pieces") else [(traj.render(MASK_SYMBOL), -1)]  # Ray
+                    events.put(("frame", (event.round, event.member, event.forwards, traj.render(MASK_SYMBOL),
+                                          pieces)))
                 elif not isinstance(event, Final):
                     events.put(("event", event))
 
@@ -222,7 +227,8 @@ class Runner:
         elif kind == "decoding":
             p.phase, p.message = "decoding", "decoding…"
         elif kind == "frame":
-            p.round, p.member, p.forwards, p.canvas = data
+            p.round, p.member, p.forwards, p.canvas, pieces = data
+            p.canvases = {**p.canvases, p.member: pieces}
             self.last_forwards = p.forwards
             return True
         elif kind == "event":
@@ -298,6 +304,101 @@ def summary_markdown(p: Progress | None, cache: ModelCache | None = None) -> str
     return "  \n".join(lines)
 
 
+# The panel's labels for the settings that errors name (by CLI flag or by API key): the chat speaks its own words.
+PANEL_LABELS = {
+    "gen-length": "generation length", "block-size": "block size", "steps": "steps", "answer-length": "answer length",
+    "unmask": "unmasking policy", "threshold": "threshold", "topk": "top-k", "temperature": "temperature",
+    "seed": "seed", "schedule": "step schedule", "eps": "eps", "cache": "KV cache", "interval": "interval",
+    "score": "score", "select": "final selection", "select-model": "best model", "model": "members",
+    "free": "free layout",
+}
+_SETTING_NAME = re.compile(r"(--)?\b(" + "|".join(sorted({k for k in PANEL_LABELS} | {k.replace("-", "_") for k in
+                                                                                       PANEL_LABELS}, key=len,
+                                                                                      reverse=True)) + r")\b")
+
+
+def in_panel_words(message: str) -> str:
+    """An error as the chat says it: '--gen-length' and 'gen_length' become the panel's 'generation length'."""
+    def label(m):  # a flag (--name) or an API key (name_with_underscores); plain words stay as they are
+        flag, name = m.groups()
+        return PANEL_LABELS[name.replace("_", "-")] if flag or "_" in name else m.group(0)
+
+    return _SETTING_NAME.sub(label, message)
+
+
+def chosen_members(cache: ModelCache, load: LoadSettings) -> list:
+    """The loaded members a request runs (empty while the ensemble has not loaded yet)."""
+    if cache.ensemble is None:
+        return []
+    return [cache.ensemble.members[i] for i in member_indices(cache.settings, load)]
+
+
+def context_room(cache: ModelCache, load: LoadSettings, decode: DecodeSettings, message: str | None) -> int | None:
+    """The largest generation length the members' contexts leave after this question's prompt (whole blocks);
+    None when nothing bounds it or the members have not loaded yet."""
+    question = (message or "").strip() or "What is (23+41)*7?"
+    rooms = []
+    for m in chosen_members(cache, load):
+        if getattr(m, "max_length", None) is None or not hasattr(m, "prompt_ids"):  # a Ray member: it checks itself
+            continue
+        rooms.append(m.max_length - len(m.prompt_ids([{"role": "user", "content": question}])))
+    if not rooms:
+        return None
+    room, block = min(rooms), decode.layout_block_size if not decode.dream else 1
+    return max(0, room // block * block)
+
+
+def single_turn_note(cache: ModelCache, load: LoadSettings, messages: list[dict]) -> str:
+    """Said quietly when earlier turns exist but some members read the last question alone (families.base)."""
+    if sum(m.get("role") == "user" for m in messages) < 2:
+        return ""
+    single = [m.name for m in chosen_members(cache, load) if getattr(getattr(m, "family", None), "single_turn", False)]
+    if not single:
+        return ""
+    return (f"<small>{', '.join(single)} answer{'s' * (len(single) == 1)} each question on its own (trained on single "
+            f"questions): earlier turns are not sent to {'it' if len(single) == 1 else 'them'}</small>")
+
+
+# matplotlib's default cycle, so a member has one colour in the canvases and in the scores plot
+MEMBER_COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f")
+
+
+def canvases_html(p: Progress | None, names: list[str]) -> str:
+    """Every member's canvas side by side, each token on the colour of the member that committed it (a relay
+    carries that along), the current round's leader marked ★."""
+    if p is None or not p.canvases:
+        return ""
+    leads = {}
+    for r in p.rounds:
+        leads.setdefault(r["leader"], []).append(str(r["round"]))
+    leader = p.rounds[-1]["leader"] if p.rounds else None
+    cards = []
+    for k, name in enumerate(names):
+        spans = []
+        for text, owner in p.canvases.get(name, []):
+            if owner is None:
+                spans.append(f'<span class="tie-mask">{MASK_SYMBOL}</span>')
+            elif owner < 0 or owner >= len(names):
+                spans.append(html.escape(text))
+            else:
+                colour = MEMBER_COLOURS[owner % len(MEMBER_COLOURS)]
+                spans.append(f'<span class="tie-token" data-member="{html.escape(names[owner])}" '
+                             f'style="background:{colour}33;border-bottom:2px solid {colour}">{html.escape(text)}</span>')
+        mark = " ★ leads" if name == leader else ""
+        if p.result is not None and name == p.result.final_member:
+            mark += " ✓ final answer"
+        led = f' · led round{"s" * (len(leads.get(name, [])) > 1)} {", ".join(leads[name])}' if name in leads else ""
+        colour = MEMBER_COLOURS[k % len(MEMBER_COLOURS)]
+        cards.append(
+            f'<div class="tie-card{" tie-leader" if name == leader else ""}" data-member="{html.escape(name)}">'
+            f'<div class="tie-card-head"><span class="tie-swatch" style="background:{colour}"></span>'
+            f"<b>{html.escape(name)}</b>{mark}<small>{led}</small></div>"
+            f'<pre class="tie-canvas">{"".join(spans) or MASK_SYMBOL}</pre></div>')
+    legend = ("each token on the colour of the member that committed it; ★ the leader of the latest round, "
+              "whose trajectory every member continues from; ✓ the response chosen as the answer")
+    return f'<div class="tie-canvases">{"".join(cards)}</div><div class="tie-legend">{legend}</div>'
+
+
 def leaders_markdown(p: Progress | None) -> str:
     if p is None or not p.rounds:
         return ""
@@ -341,6 +442,16 @@ CSS = """
 #tie-chat .message-content span.md { white-space: pre-wrap; }
 #tie-chat .bot .message-content span.md { font-family: var(--font-mono); letter-spacing: 0.02em; }
 #tie-status { min-height: 1.6em; }
+.tie-canvases { display: flex; flex-wrap: wrap; gap: 8px; }
+.tie-card { flex: 1 1 260px; min-width: 0; border: 1px solid var(--border-color-primary); border-radius: 6px;
+            padding: 6px 8px; }
+.tie-card.tie-leader { border: 2px solid var(--color-accent); }
+.tie-card-head small { color: var(--body-text-color-subdued); }
+.tie-swatch { display: inline-block; width: 0.8em; height: 0.8em; border-radius: 2px; margin-right: 4px; }
+.tie-canvas { white-space: pre-wrap; word-break: break-all; font-family: var(--font-mono); margin: 4px 0 0 0;
+              background: none; border: none; padding: 0; }
+.tie-mask { color: var(--body-text-color-subdued); }
+.tie-legend { font-size: 0.8em; color: var(--body-text-color-subdued); margin-top: 4px; }
 """
 
 
@@ -395,10 +506,15 @@ def build_app(ensemble: Ensemble | None = None, defaults: Defaults | None = None
         return dict(zip(SETTING_KEYS, values))
 
     def check(*values) -> str:
+        *values, message = values
         try:
             load, decode, tie = parse_settings(settings_dict(values), defaults)
+            room = context_room(cache, load, decode, message)
         except UserError as exc:
-            return f"⚠ {exc}"
+            return f"⚠ {in_panel_words(str(exc))}"
+        if room is not None and decode.gen_length > room:
+            return (f"⚠ generation length {decode.gen_length} does not fit: with this question the members' context "
+                    f"leaves room for at most {room}; lower generation length")
         return describe(decode, tie, len(load.models))
 
     def add_user(message, history):
@@ -407,13 +523,13 @@ def build_app(ensemble: Ensemble | None = None, defaults: Defaults | None = None
         return "", (history or []) + [{"role": "user", "content": message}]
 
     def respond(request: gr.Request, history, *values):
-        """The chat's generation handler: streams into the chat and the ensemble view."""
+        """The chat's generation handler: streams into the chat and the ensemble views."""
         history = list(history or [])
         skip = gr.skip()
         busy = (gr.update(interactive=False), gr.update(interactive=True))
         idle = (gr.update(interactive=True), gr.update(interactive=False))
         if not history or history[-1].get("role") != "user":
-            yield (skip, skip, skip, skip, skip, skip, skip) + idle
+            yield (skip,) * 8 + idle
             return
         question = message_text(history[-1].get("content")) or ""
         try:
@@ -421,13 +537,16 @@ def build_app(ensemble: Ensemble | None = None, defaults: Defaults | None = None
             load, decode, tie = parse_settings(settings_dict(values), defaults)
             messages = history_messages(history[:-1], question)
         except UserError as exc:  # back to the textbox, the message in the status line
-            yield (history[:-1], question, f"⚠ {exc}", skip, skip, skip, f"⚠ {exc}") + idle
+            why = f"⚠ {in_panel_words(str(exc))}"
+            yield (history[:-1], question, why, skip, skip, skip, why, skip) + idle
             return
         plain = off_task_reply(load, question)
         if plain is not None:  # said plainly, without decoding
             yield (history + [{"role": "assistant", "content": plain}], skip, "not an arithmetic question", skip, skip,
-                   skip, skip) + idle
+                   skip, skip, skip) + idle
             return
+        note = single_turn_note(cache, load, messages)
+        names = member_names(load.models)
         shown_rounds = -1
         with closing(runner.stream(messages, load, decode, tie, session_of(request))) as stream:
             for p in stream:
@@ -441,15 +560,17 @@ def build_app(ensemble: Ensemble | None = None, defaults: Defaults | None = None
                     partial = canvasmessage_text(p) if p.canvas else ""
                     chat_value = history + [{"role": "assistant", "content": f"{STOPPED}\n{partial}".strip()}]
                 elif p.phase == "error":
-                    yield (history[:-1], question, status_markdown(p), summary_markdown(p), plot, leaders,
+                    why = replace(p, message=in_panel_words(p.message))
+                    yield (history[:-1], question, status_markdown(why), summary_markdown(p), plot, leaders, skip,
                            skip) + idle
                     return
                 elif p.canvas:
                     chat_value = history + [{"role": "assistant", "content": canvasmessage_text(p)}]
                 else:
                     chat_value = skip
-                yield ((chat_value, skip, status_markdown(p), summary_markdown(p), plot, leaders, skip)
-                       + (idle if p.finished else busy))
+                status_line = status_markdown(p) + (f"  \n{note}" if note else "")
+                yield ((chat_value, skip, status_line, summary_markdown(p), plot, leaders, skip,
+                        canvases_html(p, names)) + (idle if p.finished else busy))
 
     with gr.Blocks(title=title, fill_width=True) as demo:
         gr.Markdown(
@@ -469,6 +590,7 @@ def build_app(ensemble: Ensemble | None = None, defaults: Defaults | None = None
                     stop_btn = gr.Button("Stop", variant="stop", scale=1, min_width=80, interactive=False,
                                          elem_id="tie-stop")
                 status = gr.Markdown("", elem_id="tie-status")
+                canvases = gr.HTML("", elem_id="tie-canvases", label="every member's canvas")
                 gr.Examples([[ex] for t in TASKS.values() for ex in t.examples[:2]], inputs=[box], label="examples")
             with gr.Column(scale=2):
                 summary = gr.Markdown(summary_markdown(None, cache), elem_id="tie-summary")
@@ -508,17 +630,18 @@ def build_app(ensemble: Ensemble | None = None, defaults: Defaults | None = None
                 select = gr.Dropdown(list(PUBLIC_SELECTIONS), value=start["select"], label="final selection")
                 select_model = gr.Dropdown(start["models"], value=start["select_model"],
                                            allow_custom_value=True, label="best model", info="for best-model")
-            check_line = gr.Markdown(check(*[start[k] for k in SETTING_KEYS]), elem_id="tie-check")
+            check_line = gr.Markdown(check(*[start[k] for k in SETTING_KEYS], ""), elem_id="tie-check")
 
         controls = [models, quant, backend, gen_length, block_size, steps, unmask, threshold, topk, answer_length,
                     free, interval, score, select, select_model, temperature, seed, schedule, eps, kv_cache]
         assert len(controls) == len(SETTING_KEYS)
-        for c in controls:
-            c.change(check, controls, check_line, queue=False, show_progress="hidden", api_visibility="private")
+        for c in controls + [box]:  # the question counts too: the prompt and the context bound the length
+            c.change(check, controls + [box], check_line, queue=False, show_progress="hidden",
+                     api_visibility="private")
         models.change(lambda m: gr.update(choices=list(m or [])), models, select_model, queue=False,
                       api_visibility="private")
 
-        outputs = [chatbot, box, status, summary, plot, leaders, check_line, send, stop_btn]
+        outputs = [chatbot, box, status, summary, plot, leaders, check_line, canvases, send, stop_btn]
         generations = [
             trigger(add_user, [box, chatbot], [box, chatbot], queue=False, api_visibility="private").then(
                 wrap(respond), [chatbot] + controls, outputs, concurrency_limit=MAX_BATCH, concurrency_id=GENERATION,
