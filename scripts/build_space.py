@@ -5,7 +5,8 @@
 
 OUTDIR gets app.py, requirements.txt, README.md with the Spaces front matter, a copy of
 the `tie_lite` package and the shipped models (from models/, or $TIE_LITE_MODELS). The Space runs
-the shipped ensemble on the CPU; set the Space variable TIE_LITE_DEVICE=cuda on GPU hardware. Where the
+the shipped ensemble on the CPU and installs only what CPU hardware uses; `--hardware gpu` builds a Space for
+GPU hardware (CUDA torch, bitsandbytes, accelerate; TIE_LITE_DEVICE=cuda). Where the
 `spaces` package imports (it does on Spaces), the generation handlers are wrapped in `spaces.GPU`.
 """
 
@@ -19,8 +20,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-# gradio comes from the front matter's sdk_version on Spaces; it must not be in requirements.txt.
-NOT_IN_REQUIREMENTS = ("gradio",)
 MODEL_FILES_SKIPPED = ("*.log", "__pycache__", "*.pyc", "*.tmp", "checkpoint-*")
 
 APP = '''"""tie-lite on Hugging Face Spaces: the chat of `tie-lite chat` on the shipped ensemble (built by
@@ -64,7 +63,7 @@ sdk: gradio
 sdk_version: {gradio_version}
 app_file: app.py
 python_version: "{python_version}"
-suggested_hardware: cpu-basic
+suggested_hardware: {suggested_hardware}
 pinned: false
 short_description: Two diffusion LMs decode together with TIE, step by step
 ---
@@ -78,7 +77,7 @@ still masked), which member leads each round and the members' scores.
 
 Try: `What is (23+41)*7?` or `What is 23*4+17*5?`
 
-Runs on the CPU. On GPU hardware set the Space variable `TIE_LITE_DEVICE=cuda`. Use it from code:
+{hardware_note} Use it from code:
 
 ```python
 from gradio_client import Client
@@ -93,24 +92,30 @@ Built with `python scripts/build_space.py OUTDIR` from the tie-lite repository.
 # The Space installs the CPU build of torch from PyTorch's own index: PyPI's Linux torch wheel is the CUDA
 # build, several GB that a CPU Space cannot use.
 TORCH_INDEX = "--extra-index-url https://download.pytorch.org/whl/cpu"
+# What the Space's app imports on each kind of hardware (no eval, server, Ray or plotting extras): a CPU Space
+# never quantizes or offloads, so bitsandbytes and accelerate (and their CUDA wheels) stay out.
+SPACE_DEPENDENCIES = {
+    "cpu": ("torch", "transformers", "tokenizers", "safetensors", "tqdm", "matplotlib", "psutil"),
+    "gpu": ("torch", "transformers", "tokenizers", "safetensors", "tqdm", "matplotlib", "psutil", "accelerate",
+            "bitsandbytes"),
+}
+HARDWARE_NOTES = {
+    "cpu": ("Runs on the CPU (this build installs only what CPU hardware uses). For GPU hardware, rebuild it with "
+            "`python scripts/build_space.py OUTDIR --hardware gpu` (CUDA torch, bitsandbytes, accelerate), push "
+            "that, pick a GPU in the Space's settings and set the Space variable `TIE_LITE_DEVICE=cuda`."),
+    "gpu": ("Built for GPU hardware (CUDA torch, bitsandbytes, accelerate): pick a GPU in the Space's settings and "
+            "set the Space variable `TIE_LITE_DEVICE=cuda`. For CPU hardware rebuild it without `--hardware gpu`."),
+}
 
 
-def requirements() -> list[str]:
-    """Every runtime dependency pinned to the version installed here (the versions the tests ran with)."""
+def requirements(hardware: str = "cpu") -> list[str]:
+    """What the Space's hardware uses, pinned to the versions installed here (the versions the tests ran with)."""
     from importlib.metadata import version
 
-    import tomllib
-
-    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    keep = [TORCH_INDEX]
-    for dep in project["dependencies"]:
-        bare = dep.split(";")[0].strip().split("[")[0]
-        for sep in "<>=!~ ":
-            bare = bare.split(sep)[0]
-        if bare.lower() in NOT_IN_REQUIREMENTS:
-            continue
-        pinned = version(bare).split("+")[0]
-        keep.append(f"{bare}=={pinned}+cpu" if bare == "torch" else f"{bare}=={pinned}")
+    keep = [TORCH_INDEX] if hardware == "cpu" else []
+    for name in SPACE_DEPENDENCIES[hardware]:
+        pinned = version(name).split("+")[0]
+        keep.append(f"{name}=={pinned}+cpu" if name == "torch" and hardware == "cpu" else f"{name}=={pinned}")
     return keep
 
 
@@ -137,7 +142,7 @@ def copy_models(out: Path) -> list[str]:
     return copied
 
 
-def build(out: Path, force: bool = False) -> Path:
+def build(out: Path, force: bool = False, hardware: str = "cpu") -> Path:
     import gradio
 
     out = out.resolve()
@@ -152,11 +157,13 @@ def build(out: Path, force: bool = False) -> Path:
     if (ROOT / "LICENSE").is_file():
         shutil.copy2(ROOT / "LICENSE", out / "LICENSE")
     (out / "app.py").write_text(APP)
-    (out / "requirements.txt").write_text("\n".join(requirements()) + "\n")
+    (out / "requirements.txt").write_text("\n".join(requirements(hardware)) + "\n")
     (out / "README.md").write_text(README.format(
         gradio_version=gradio.__version__,
         python_version=f"{sys.version_info.major}.{sys.version_info.minor}",
         members=" and ".join(f"`{m}`" for m in members),
+        suggested_hardware="cpu-basic" if hardware == "cpu" else "t4-small",
+        hardware_note=HARDWARE_NOTES[hardware],
     ))
     return out
 
@@ -165,8 +172,10 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("outdir", type=Path)
     ap.add_argument("--force", action="store_true", help="replace OUTDIR if it is not empty")
+    ap.add_argument("--hardware", choices=tuple(SPACE_DEPENDENCIES), default="cpu",
+                    help="what the Space runs on: cpu (default; CPU torch, no quantization libraries) or gpu")
     args = ap.parse_args(argv)
-    out = build(args.outdir, args.force)
+    out = build(args.outdir, args.force, args.hardware)
     size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
     print(f"wrote the Space to {out} ({size / 2**20:.1f} MiB); try it: cd {out} && python app.py")
     return 0

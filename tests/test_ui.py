@@ -445,3 +445,50 @@ def test_built_space_imports_and_launches(tiny_models, tmp_path):
             log, _ = proc.communicate()
     assert f"from {out.resolve() / 'models'}" in log  # the Space's own copy of the package and models
     assert "(spaces.GPU)" in log
+
+
+def test_the_space_installs_from_its_own_requirements_and_answers(tiny_models, tmp_path):
+    """As Spaces do: a fresh virtualenv gets the Space's requirements.txt plus the gradio of its front matter, and
+    nothing else; the app starts from there and answers a question. A CPU Space installs no quantization library."""
+    from gradio_client import Client
+
+    out = tmp_path / "space"
+    build = subprocess.run([sys.executable, str(ROOT / "scripts" / "build_space.py"), str(out)],
+                           capture_output=True, text=True, timeout=300)
+    assert build.returncode == 0, build.stderr
+    requirements = (out / "requirements.txt").read_text()
+    assert "bitsandbytes" not in requirements and "accelerate" not in requirements
+    assert "--hardware gpu" in (out / "README.md").read_text()  # how to switch to GPU hardware
+    gradio_version = next(line.split(":", 1)[1].strip() for line in (out / "README.md").read_text().splitlines()
+                          if line.startswith("sdk_version:"))
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
+    python = venv / "bin" / "python"
+    install = subprocess.run([str(python), "-m", "pip", "install", "-q", "--retries", "1", "--timeout", "30",
+                              "-r", str(out / "requirements.txt"), f"gradio=={gradio_version}"],
+                             capture_output=True, text=True, timeout=1800)
+    assert install.returncode == 0, install.stderr[-3000:]
+    listed = subprocess.run([str(python), "-m", "pip", "list", "--format=freeze"], capture_output=True, text=True,
+                            check=True).stdout.lower()
+    assert "bitsandbytes" not in listed and "\ntorch==" in "\n" + listed
+
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k not in ("TIE_LITE_MODELS", "PYTHONPATH", "VIRTUAL_ENV")}
+    env |= {"GRADIO_SERVER_PORT": str(port), "GRADIO_SERVER_NAME": "127.0.0.1", "GRADIO_ANALYTICS_ENABLED": "False"}
+    proc = subprocess.Popen([str(python), "app.py"], cwd=out, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    try:
+        def up():
+            if proc.poll() is not None:
+                raise AssertionError(f"the Space exited: {proc.stdout.read()}")
+            with socket.socket() as s:
+                return s.connect_ex(("127.0.0.1", port)) == 0
+        wait_for(up, 300, "the Space to listen")
+        text = Client(f"http://127.0.0.1:{port}/", verbose=False).predict(PROMPT, api_name="/chat")
+        assert text.endswith(f"Answer: {(23 + 41) * 7}")
+    finally:
+        proc.terminate()
+        try:
+            proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
