@@ -252,3 +252,41 @@ def test_the_offline_hint_names_the_current_download_command():
     done = tie_lite("generate", PROMPT, "--model", "tie-lite-tests/not-there", extra_env={"HF_HUB_OFFLINE": "1"},
                     text=True)
     assert done.returncode == 2 and "`hf download tie-lite-tests/not-there`" in done.stderr
+
+
+def test_the_api_refuses_what_the_shipped_members_cannot_answer():
+    """`tie-lite serve` applies the chat's rule too: a greeting is a 400 saying what the members can do."""
+    import socket
+    import urllib.error
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen([*CLI, "serve", "--port", str(port), "--model", "tiny-sp"], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, env=env())
+    try:
+        def ask(prompt):
+            body = json.dumps({"model": "tiny-sp", "messages": [{"role": "user", "content": prompt}]}).encode()
+            request = urllib.request.Request(f"http://127.0.0.1:{port}/v1/chat/completions", data=body,
+                                             headers={"Content-Type": "application/json"})
+            try:
+                with urllib.request.urlopen(request, timeout=300) as reply:
+                    return reply.status, json.loads(reply.read())
+            except urllib.error.HTTPError as exc:
+                return exc.code, json.loads(exc.read())
+
+        while True:  # until the server listens (it loads the member first)
+            assert server.poll() is None, server.stderr.read().decode()
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=1):
+                    break
+            except OSError:
+                time.sleep(0.2)
+        status, body = ask("Hello")
+        assert status == 400 and "only do arithmetic" in body["error"]["message"]
+        status, body = ask(PROMPT)
+        assert status == 200 and "Answer: 122" in body["choices"][0]["message"]["content"]
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
