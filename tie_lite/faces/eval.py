@@ -83,7 +83,7 @@ def evaluate(ensemble, task, n: int, seed: int, methods: list[str], decode, tie,
             ]
             last = [time.perf_counter()]
 
-            def finished(j, res, method=method):
+            def finished(j, res, method=method, todo=todo, records=records, last=last):
                 k, p = todo[j], problems[todo[j]]
                 now = time.perf_counter()
                 check = task.check(p, res.text)
