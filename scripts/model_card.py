@@ -1,5 +1,6 @@
 #!/usr/bin/env python
-"""Measure a shipped member on every task and write its model card (README.md in its folder).
+"""Measure a shipped member on every task, unquantized and at --quant 8bit and 4bit, and write its model card
+(README.md in its folder).
 
     python scripts/model_card.py tiny-sp --n 500
 """
@@ -7,14 +8,17 @@
 from __future__ import annotations
 
 import argparse
+import io
 import json
 from pathlib import Path
 
 from tie_lite.engine.sampler import DecodeSettings
 from tie_lite.engine.tie import TieSettings
 from tie_lite.faces.eval import evaluate
+from tie_lite.faces.options import quiet_libraries
 from tie_lite.runtime.registry import resolve
 from tie_lite.runtime.session import Ensemble, LoadSettings
+from tie_lite.checks import QUANTS
 from tie_lite.tasks import EVAL_SEED, TASKS
 from tie_lite.tasks.phrasing import PHRASINGS
 
@@ -58,10 +62,12 @@ def reproduce(meta: dict, name: str, threads_flag: str) -> str:
 
 
 def main():
+    quiet_libraries()  # bitsandbytes and transformers chatter would bury the card
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("member")
     ap.add_argument("--n", type=int, default=500)
-    ap.add_argument("--seed", type=int, default=EVAL_SEED)
+    ap.add_argument("--problem-seed", type=int, default=EVAL_SEED)
+    ap.add_argument("--quants", default=",".join(QUANTS), help="quantizations to measure (bitsandbytes, CPU)")
     args = ap.parse_args()
     name, source = resolve(args.member)
     folder = Path(source)
@@ -77,10 +83,13 @@ def main():
     rows = []
     for task in TASKS.values():
         for phrasing in PHRASINGS:
-            results, _ = evaluate(ensemble, task, args.n, args.seed, [name], decode, TieSettings(), phrasing=phrasing)
+            results, _ = evaluate(ensemble, task, args.n, args.problem_seed, [name], decode, TieSettings(),
+                                  phrasing=phrasing)
             r = results[name]
             stages = ", ".join(f"{k} {v:.1f}%" for k, v in r["stages"].items())
             rows.append(f"| {task.name} | `{phrasing}` | {r['accuracy']:.1f}% | {stages} |")
+    quants = [q for q in args.quants.split(",") if q]
+    quant_rows = quantized(name, quants, args.n, args.problem_seed, decode) if quants else []
     size = sum(p.stat().st_size for p in folder.iterdir()) / 1e6
     card = f"""# {name}
 
@@ -105,16 +114,48 @@ ensemble member, not as a good calculator on its own.
 ## Measured accuracy
 
 Greedy low-confidence decoding, gen length {decode.gen_length}, block {decode.block_size}, one token a step,
-n = {args.n} problems per task, evaluation seed {args.seed}
+n = {args.n} problems per task, evaluation seed {args.problem_seed}
 (`python scripts/model_card.py {name} --n {args.n}`, the same as
-`tie-lite eval --task TASK --n {args.n} --seed {args.seed} --model {name}`). A stage counts as right when its
-written step is right given the values written before it.
+`tie-lite eval --task TASK --n {args.n} --problem-seed {args.problem_seed} --model {name}`). A stage counts as
+right when its written step is right given the values written before it.
 
 | task | phrasing | accuracy | per stage |
 |---|---|---|---|
-""" + "\n".join(rows) + "\n"
+""" + "\n".join(rows) + "\n" + ("" if not quant_rows else f"""
+## Quantized
+
+The same problems (`templates` phrasings) with the weights quantized by bitsandbytes on the CPU:
+`--quant 8bit` (int8) and `--quant 4bit` (NF4 with double quantization, computing in float32)
+(`tie-lite eval --task TASK --n {args.n} --problem-seed {args.problem_seed} --model {name} --quant Q`).
+"changed" is the share of problems whose whole response differs from the unquantized one; s/problem is
+batched, on this project's shared 2-core CPU.
+
+| task | quant | accuracy | per stage | changed | s/problem |
+|---|---|---|---|---|---|
+""" + "\n".join(quant_rows) + "\n")
     (folder / "README.md").write_text(card)
     print(card)
+
+
+def quantized(name: str, quants: list[str], n: int, seed: int, decode) -> list[str]:
+    """Table rows: each task at each quantization, with how many responses differ from the unquantized ones."""
+    outputs, rows = {}, []
+    for quant in ["none"] + [q for q in quants if q != "none"]:
+        ensemble = Ensemble(LoadSettings(models=(name,), quant=quant))
+        for task in TASKS.values():
+            records = io.StringIO()
+            results, _ = evaluate(ensemble, task, n, seed, [name], decode, TieSettings(), out=records)
+            texts = {r["index"]: r["output"] for r in map(json.loads, records.getvalue().splitlines())}
+            outputs[quant, task.name] = texts
+            base = outputs["none", task.name]
+            changed = 100.0 * sum(texts[k] != base[k] for k in base) / n
+            r = results[name]
+            stages = ", ".join(f"{k} {v:.1f}%" for k, v in r["stages"].items())
+            if quant in quants:
+                rows.append(f"| {task.name} | `{quant}` | {r['accuracy']:.1f}% | {stages} | {changed:.1f}% | "
+                            f"{r['seconds']:.3f} |")
+        del ensemble
+    return rows
 
 
 if __name__ == "__main__":

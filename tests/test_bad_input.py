@@ -1,6 +1,7 @@
 """Bad input, generated: flag values, prompts, chat settings and damaged checkpoint folders thrown at the
 CLI and the chat's parser. Whatever comes in, the answer is exit 0, or exit 2 with one line on stderr —
-never a traceback, an internal error or a hang."""
+never a traceback, an internal error or a hang (pytest-timeout's limit in pyproject.toml ends a hang; no
+test here bounds a time, which a loaded machine would break)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,6 @@ import io
 import json
 import os
 import shutil
-import time
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -23,7 +23,6 @@ except ImportError:
     from .test_ui import tiny_models  # noqa: F401
 
 COUNTS: dict[str, list[int]] = {}  # strategy -> [inputs tried, clean, exit 0]; printed at the end of the session
-HANG = 60.0  # seconds: far past the slowest valid run here; a hang or an unchecked huge allocation exceeds it
 
 
 def run_cli(argv: list[str], kind: str) -> tuple[int, str, str]:
@@ -31,13 +30,11 @@ def run_cli(argv: list[str], kind: str) -> tuple[int, str, str]:
     from tie_lite.faces.cli import main
 
     out, err = io.StringIO(), io.StringIO()
-    start = time.perf_counter()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         try:
             code = main(argv)
         except SystemExit as exc:  # argparse: --help (0) and usage errors (2)
             code = exc.code if isinstance(exc.code, int) else 2
-    seconds = time.perf_counter() - start
     tally = COUNTS.setdefault(kind, [0, 0, 0])
     tally[0] += 1
     tally[2] += code == 0
@@ -46,7 +43,6 @@ def run_cli(argv: list[str], kind: str) -> tuple[int, str, str]:
     assert code in (0, 2), (argv, code, err.getvalue())
     if code == 2:
         assert len(lines) == 1, (argv, lines)
-    assert seconds < HANG, (argv, seconds)
     tally[1] += 1
     return code, out.getvalue(), err.getvalue()
 

@@ -49,7 +49,7 @@ def test_generate_plain_output():
         (["generate", "   "], "prompt is empty"),
         (["generate", "hi", "--gen-length", "50", "--block-size", "16"], "multiple of --block-size"),
         (["generate", "hi", "--gen-length", "48", "--block-size", "16", "--steps", "10"], "--steps"),
-        (["generate", "x" * 400], "context"),
+        (["generate", "What is 2+3? " + "x" * 400], "context"),
         (["generate", "hi", "--model", "/nonexistent/model/dir"], "neither a known name"),
         (["generate", "hi", "--model", "tests"], "not a model folder"),
         (["generate", "hi", "--quant", "3bit"], "--quant"),
@@ -62,7 +62,8 @@ def test_generate_plain_output():
         (["generate", "hi", "--score", "vibes"], "--score"),
         (["generate", "hi", "--select", "loudest"], "--select"),
         (["generate", "hi", "--model", "tiny-sp", "--score", "verify"], "at least two"),
-        (["generate", "hi", "--gen-length", "16", "--answer-length", "16"], "no room"),
+        (["generate", "What is 2+3?", "--gen-length", "16", "--answer-length", "16"], "no room"),
+        (["generate", "hi"], "only do arithmetic"),  # what the shipped members cannot answer (faces/client_settings)
         (["eval", "--task", "nope"], "unknown task"),
         (["eval", "--task", "sum-product", "--model", "tiny-sp", "--methods", "tie"], "at least two"),
     ],
@@ -91,3 +92,13 @@ def test_models_lists_the_shipped_defaults():
     out = tie_lite("models")
     assert out.returncode == 0
     assert "tiny-sp" in out.stdout and "(default)" in out.stdout
+
+
+def test_the_light_copies_of_engine_facts_match_the_engine():
+    """--help must not import the engine, so the CLI keeps its own copies of a few facts: they must not drift."""
+    from tie_lite.faces import cli, plan
+    from tie_lite.runtime import plan as runtime_plan
+    from tie_lite.tasks import TASKS
+
+    assert cli.EXAMPLES == tuple(ex for t in TASKS.values() for ex in t.examples)
+    assert plan.DEFAULT_PROMPT_LENGTH == runtime_plan.DEFAULT_PROMPT_LENGTH

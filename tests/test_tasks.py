@@ -133,11 +133,11 @@ def test_eval_json_and_outputs(tmp_path, capsys):
     from tie_lite.faces.cli import main
 
     out, plot = tmp_path / "trace.jsonl", tmp_path / "acc.png"
-    code = main(["eval", "--task", "product-sum", "--n", "3", "--seed", "5", "--json", "--out", str(out),
+    code = main(["eval", "--task", "product-sum", "--n", "3", "--problem-seed", "5", "--json", "--out", str(out),
                  "--plot", str(plot), "--methods", "tiny-sp,tiny-bpe,postgen,tie,oracle-relay,oracle-pick"])
     assert code == 0
     data = json.loads(capsys.readouterr().out)
-    assert data["task"] == "product-sum" and data["n"] == 3 and data["seed"] == 5
+    assert data["task"] == "product-sum" and data["n"] == 3 and data["problem_seed"] == 5
     assert set(data["results"]) == {"tiny-sp", "tiny-bpe", "postgen", "tie", "oracle-relay", "oracle-pick"}
     for r in data["results"].values():
         assert set(r) >= {"accuracy", "mean_steps", "seconds"}
@@ -165,7 +165,7 @@ def test_eval_compares_round_scores_in_one_run(capsys):
     """`--score tcc,verify` turns `tie` into one row per score; the members run once."""
     from tie_lite.faces.cli import main
 
-    code = main(["eval", "--task", "sum-product", "--n", "2", "--seed", "5", "--json", "--score", "tcc,verify",
+    code = main(["eval", "--task", "sum-product", "--n", "2", "--problem-seed", "5", "--json", "--score", "tcc,verify",
                  "--methods", "tiny-sp,tie"])
     assert code == 0
     data = json.loads(capsys.readouterr().out)

@@ -25,11 +25,16 @@ def one_line(text: str) -> str:
     return " ".join(str(text).split())
 
 
-def shown(text) -> str:
+def shown(text, limit: int = 40) -> str:
     """User text as it can be printed in one line (no lone surrogates, no control characters, bounded)."""
     text = str(text).encode("utf-8", "replace").decode("utf-8")
     text = "".join(c if c.isprintable() else "?" for c in text)
-    return text if len(text) <= 40 else text[:37] + "..."
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def shown_path(path) -> str:
+    """A file name the user gave, whole (they need it to find the file), printable in one line."""
+    return shown(path, limit=1000)
 
 
 def check_text(text, what: str = "the prompt") -> str:

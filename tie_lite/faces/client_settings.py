@@ -237,7 +237,8 @@ def message_text(content: Any, depth: int = 0) -> str | None:
 ARITHMETIC_ONLY = (
     "The members running here are tie-lite's tiny shipped models, and they only do arithmetic: sums and products "
     "of numbers below 100, (a+b)*c and a*b+c*d, worked out step by step. Ask e.g. “What is (23+41)*7?”, “what's 37 "
-    "plus 85” or “12 times 4 plus 7 times 3”. For open-ended chat, start tie-lite with LLaDA or Dream members (--model)."
+    "plus 85” or “12 times 4 plus 7 times 3”. For anything else run real models, e.g. --model GSAI-ML/LLaDA-8B-Instruct "
+    "--model Dream-org/Dream-v0-Instruct-7B (`tie-lite models` lists them; about 16 GB each, or --quant 4bit)."
 )
 
 

@@ -4,17 +4,14 @@ bounds, on generated problems with exact checkers."""
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
-import sys
 import time
 from collections import defaultdict
 from dataclasses import replace
+from pathlib import Path
 
-from tqdm import tqdm
-
-from tie_lite.checks import check_choice, check_output, check_seed
-from tie_lite.engine.layout import TextState
-from tie_lite.engine.tie import tie_process
+from tie_lite.checks import check_choice, check_output, check_seed, shown, shown_path
 from tie_lite.errors import UserError
 from tie_lite.faces.options import (
     PLOT_FORMATS,
@@ -29,11 +26,7 @@ from tie_lite.faces.options import (
     tie_settings,
     whole,
 )
-from tie_lite.runtime.drive import run_many
-from tie_lite.runtime.registry import member_names
-from tie_lite.runtime.session import Ensemble
-from tie_lite.tasks import TASKS, get_task
-from tie_lite.tasks.phrasing import PHRASINGS
+from tie_lite.faces.progress import Progress
 
 MAX_PROBLEMS = 100_000
 BOUNDS = ("oracle-relay", "oracle-pick")  # diagnostics, labelled as bounds
@@ -62,56 +55,119 @@ def method_settings(method: str, names: list[str], tie):
 
 
 def evaluate(ensemble, task, n: int, seed: int, methods: list[str], decode, tie, out=None, progress=None,
-             phrasing: str = "templates"):
+             phrasing: str = "templates", done: dict | None = None, run_id: str | None = None):
     """Accuracy per method on n problems of `task` asked in the `phrasing` set's templates (the same problems
-    for every set: only the wording differs)."""
+    for every set: only the wording differs). Each problem's record is written to `out` (and flushed) as soon
+    as it is decided; `done` ({(method, index): record}, from an earlier run's --out) is not decoded again,
+    and the figures come from the records, so a resumed run reports what an uninterrupted one would."""
+    from tie_lite.engine.layout import TextState  # deferred: the engine loads torch (see options.py)
+    from tie_lite.engine.tie import tie_process  # deferred: the engine loads torch
+    from tie_lite.runtime.drive import run_many  # deferred: the runtime loads torch
+
     names = [m.name for m in ensemble.members]
     plans = {method: method_settings(method, names, tie) for method in methods}
     problems = task.generate(n, seed, phrasing=phrasing)
+    done = done or {}
     results, traces = {}, {}
     for method, (indices, settings) in plans.items():
-        correct, steps, changes, relays = 0, 0, 0, 0
-        stage_hits, stage_seen = defaultdict(int), defaultdict(int)
-        change_at = defaultdict(int)
-        ensemble.scheduler.select(indices)
-        longest = max(problems, key=lambda p: len(p.prompt))
-        batch = ensemble.batch_limit([{"role": "user", "content": longest.prompt}], decode, settings)
-        processes = [
-            tie_process(ensemble.scheduler, [{"role": "user", "content": p.prompt}], decode, settings,
-                        gold=TextState(p.reasoning, True, p.answer, True))
-            for p in problems
-        ]
-        start = time.perf_counter()
-        outcomes = run_many(processes, ensemble.scheduler, on_done=lambda k, res: progress and progress(method),
-                            max_batch=batch)
-        seconds = time.perf_counter() - start
-        ensemble.scheduler.select(None)
-        for p, res in zip(problems, outcomes):
-            check = task.check(p, res.text)
-            correct += check.correct
-            steps += res.steps
-            for stage, ok in check.stages.items():
-                stage_seen[stage] += 1
-                stage_hits[stage] += ok
-            leaders = [r["leader"] for r in res.rounds]
-            changes += res.leader_changes
-            relays += max(0, len(leaders) - 1)
-            for k in range(1, len(leaders)):
-                change_at[k] += leaders[k] != leaders[k - 1]
-            if out is not None:
-                out.write(json.dumps({"method": method, "prompt": p.prompt, "output": res.text, "answer": check.answer,
-                                      "gold": p.answer, "correct": check.correct, "stages": check.stages,
-                                      "final_member": res.final_member, "rounds": res.rounds}) + "\n")
-        results[method] = {
-            "accuracy": round(100.0 * correct / n, 2),
-            "stages": {s: round(100.0 * stage_hits[s] / stage_seen[s], 2) for s in sorted(stage_seen)},
-            "mean_steps": round(steps / n, 2),
-            "seconds": round(seconds / n, 4),
-            "change_rate": round(100.0 * changes / relays, 2) if relays else None,
-            "bound": method in BOUNDS,
-        }
-        traces[method] = {k: change_at[k] / n for k in sorted(change_at)}
+        records = {k: r for (m, k), r in done.items() if m == method}
+        todo = [k for k in range(n) if k not in records]
+        if todo:
+            ensemble.scheduler.select(indices)
+            longest = max((problems[k] for k in todo), key=lambda p: len(p.prompt))
+            batch = ensemble.batch_limit([{"role": "user", "content": longest.prompt}], decode, settings)
+            processes = [
+                tie_process(ensemble.scheduler, [{"role": "user", "content": problems[k].prompt}], decode, settings,
+                            gold=TextState(problems[k].reasoning, True, problems[k].answer, True))
+                for k in todo
+            ]
+            last = [time.perf_counter()]
+
+            def finished(j, res, method=method, todo=todo, records=records, last=last):
+                k, p = todo[j], problems[todo[j]]
+                now = time.perf_counter()
+                check = task.check(p, res.text)
+                records[k] = {"method": method, "index": k, "prompt": p.prompt, "output": res.text,
+                              "answer": check.answer, "gold": p.answer, "correct": check.correct,
+                              "stages": check.stages, "final_member": res.final_member, "rounds": res.rounds,
+                              "steps": res.steps, "leader_changes": res.leader_changes,
+                              "seconds": round(now - last[0], 6), "run": run_id}
+                last[0] = now  # problems finish in batches: the wall time between finishes sums to the method's
+                if out is not None:
+                    out.write(json.dumps(records[k]) + "\n")
+                    out.flush()
+                if progress is not None:
+                    progress(method)
+
+            try:
+                run_many(processes, ensemble.scheduler, on_done=finished, max_batch=batch)
+            finally:
+                ensemble.scheduler.select(None)
+        results[method], traces[method] = figures([records[k] for k in range(n)], method in BOUNDS)
     return results, traces
+
+
+def figures(records: list[dict], bound: bool) -> tuple[dict, dict]:
+    """One method's row of the table and its leader-change trace, from its per-problem records."""
+    n = len(records)
+    stage_hits, stage_seen, change_at = defaultdict(int), defaultdict(int), defaultdict(int)
+    relays = 0
+    for r in records:
+        for stage, ok in r["stages"].items():
+            stage_seen[stage] += 1
+            stage_hits[stage] += ok
+        leaders = [x["leader"] for x in r["rounds"]]
+        relays += max(0, len(leaders) - 1)
+        for k in range(1, len(leaders)):
+            change_at[k] += leaders[k] != leaders[k - 1]
+    changes = sum(r["leader_changes"] for r in records)
+    row = {
+        "accuracy": round(100.0 * sum(bool(r["correct"]) for r in records) / n, 2),
+        "stages": {s: round(100.0 * stage_hits[s] / stage_seen[s], 2) for s in sorted(stage_seen)},
+        "mean_steps": round(sum(r["steps"] for r in records) / n, 2),
+        "seconds": round(sum(r["seconds"] for r in records) / n, 4),
+        "change_rate": round(100.0 * changes / relays, 2) if relays else None,
+        "bound": bound,
+    }
+    return row, {k: change_at[k] / n for k in sorted(change_at)}
+
+
+def run_fingerprint(task: str, seed: int, phrasing: str, members: list[str], decode, tie) -> str:
+    """What makes two runs' records interchangeable: the problems, the members and every setting."""
+    text = json.dumps([task, seed, phrasing, members, repr(decode), repr(tie)])
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def read_done(path: str, run_id: str, methods: list[str], n: int, prompts: list[str]) -> dict:
+    """{(method, index): record} of what an earlier run with the same settings wrote to `path`. A last line cut
+    short (the run was killed mid-write) is dropped from the file; anything else that does not fit is an error."""
+    file = Path(path).expanduser()
+    if not file.exists():
+        return {}
+    data = file.read_bytes()
+    if data and not data.endswith(b"\n"):  # a line cut short by a kill: drop it and decode that problem again
+        keep = data.rfind(b"\n") + 1
+        with open(file, "r+b") as f:
+            f.truncate(keep)
+        data = data[:keep]
+    done = {}
+    for number, line in enumerate(data.decode("utf-8", "replace").splitlines(), 1):
+        where = f"--resume: {shown_path(path)} line {number}"
+        try:
+            record = json.loads(line)
+            key = (record["method"], record["index"])
+        except (ValueError, KeyError, TypeError):
+            raise UserError(f"{where} is not a record of tie-lite eval; give the --out file of the run to "
+                            f"resume, or drop --resume to start over") from None
+        if record.get("run") != run_id:
+            raise UserError(f"{where} comes from a run with another task, seed, phrasing, members or settings; "
+                            f"resume with the same flags, or write to another --out")
+        if key[0] not in methods or not isinstance(key[1], int) or not 0 <= key[1] < n \
+                or record.get("prompt") != prompts[key[1]]:
+            raise UserError(f"{where} holds method '{shown(key[0])}' problem {shown(key[1])}, which this run "
+                            f"(--methods, --n) does not ask; resume with the same flags")
+        done[key] = record
+    return done
 
 
 def table(results: dict) -> str:
@@ -162,11 +218,15 @@ def add_eval_parser(sub) -> None:
     e = sub.add_parser("eval", help="accuracy of members, postgen, TIE and oracle bounds on a task")
     e.add_argument("--task", help="task name (see --list-tasks)")
     e.add_argument("--n", type=whole, default=100, help="problems per method")
-    e.add_argument("--seed", type=whole, default=2, help="problem seed (1 = validation, 2 = evaluation)")
+    e.add_argument("--problem-seed", type=whole, default=2, metavar="S",
+                   help="which problems (1 = validation, 2 = evaluation; default 2)")
     e.add_argument("--methods", help="comma list: member names, postgen, tie, tie:SCORE (e.g. tie:verify), "
                                      "oracle-relay, oracle-pick (default: every member, postgen and tie)")
     e.add_argument("--json", action="store_true")
-    e.add_argument("--out", help="write one JSON line per problem and method")
+    e.add_argument("--out", help="write one JSON line per problem and method, each as soon as it is decided")
+    e.add_argument("--resume", action="store_true",
+                   help="keep what --out already holds from an interrupted run with the same flags and decode only "
+                        "the rest; the figures are those of an uninterrupted run")
     e.add_argument("--plot", help="write a PNG: accuracy per method and when leaders change")
     e.add_argument("--phrasing", default="templates",
                    help="how the problems are asked (the same problems in each): templates (the six the shipped "
@@ -174,12 +234,17 @@ def add_eval_parser(sub) -> None:
                         "held-out (templates no training uses, written like varied)")
     e.add_argument("--list-tasks", action="store_true", help="print the task names and exit")
     add_model_args(e)
-    add_decode_args(e, seed_flag="--sample-seed")
+    add_decode_args(e)
     add_tie_args(e)
     e.set_defaults(func=cmd_eval)
 
 
 def cmd_eval(args) -> int:
+    from tie_lite.runtime.registry import member_names  # deferred: the runtime loads torch (see options.py)
+    from tie_lite.runtime.session import Ensemble  # deferred: loads torch
+    from tie_lite.tasks import TASKS, get_task  # deferred: the tasks use the engine's layout (torch)
+    from tie_lite.tasks.phrasing import PHRASINGS  # deferred with the tasks
+
     if args.list_tasks:
         print("\n".join(TASKS))
         return 0
@@ -189,7 +254,12 @@ def cmd_eval(args) -> int:
     check_choice(args.phrasing, tuple(PHRASINGS), "--phrasing")
     if not 1 <= args.n <= MAX_PROBLEMS:
         raise UserError(f"--n must be between 1 and {MAX_PROBLEMS}")
-    check_seed(args.seed)
+    check_seed(args.problem_seed, "--problem-seed")
+    if args.decode_seed and args.temperature == 0:
+        raise UserError("--seed is the sampling seed (as in generate) and does nothing at temperature 0; the "
+                        "problems' seed is --problem-seed (1 = validation, 2 = evaluation)")
+    if args.resume and not args.out:
+        raise UserError("--resume continues the run recorded in --out; give --out FILE.jsonl")
     check_output(args.out, TRACE_FORMATS, "--out")
     check_output(args.plot, PLOT_FORMATS, "--plot")
     tokens = plan_tokens(args)
@@ -207,26 +277,43 @@ def cmd_eval(args) -> int:
         methods = [x for m in methods for x in ([f"tie:{s}" for s in scores] if m == "tie" else [m])]
     for method in methods:  # before anything loads: a typo in --methods costs nothing
         method_settings(method, names, tie)[1].validate(names if method not in names else [method])
+    run_id = run_fingerprint(task.name, args.problem_seed, args.phrasing, list(load.models), decode, tie)
+    done = {}
+    if args.resume:
+        prompts = [p.prompt for p in task.generate(args.n, args.problem_seed, phrasing=args.phrasing)]
+        done = read_done(args.out, run_id, methods, args.n, prompts)
     ensemble = Ensemble(load, plan_tokens=tokens)
-    bar = tqdm(total=args.n * len(methods), desc="eval", unit="problem", file=sys.stderr,
-               disable=not sys.stderr.isatty())
-    out = open(args.out, "w") if args.out else None
+    progress = Progress(args.n * len(methods), "eval", "problem")
+    progress.skip(len(done))
+    out = open(args.out, "a" if args.resume else "w") if args.out else None
     try:
-        results, traces = evaluate(ensemble, task, args.n, args.seed, methods, decode, tie, out,
-                                   progress=lambda m: (bar.set_postfix_str(m), bar.update(1)), phrasing=args.phrasing)
+        results, traces = evaluate(ensemble, task, args.n, args.problem_seed, methods, decode, tie, out,
+                                   progress=progress.update, phrasing=args.phrasing, done=done, run_id=run_id)
+    except KeyboardInterrupt:
+        if out is not None:
+            out.close()
+            out = None
+            raise Interrupted(f"interrupted; what was decided is in {shown_path(args.out)}: add --resume to the same "
+                              f"command to continue") from None
+        raise
     finally:
-        bar.close()
+        progress.close()
         if out is not None:
             out.close()
     if args.plot:
-        plot(results, traces, args.plot, f"{task.name} ({args.phrasing} phrasings), n={args.n}, seed {args.seed}, "
-                                         f"score {tie.score}")
+        plot(results, traces, args.plot, f"{task.name} ({args.phrasing} phrasings), n={args.n}, "
+                                         f"problem seed {args.problem_seed}, score {tie.score}")
     if args.json:
-        print(json.dumps({"task": task.name, "n": args.n, "seed": args.seed, "phrasing": args.phrasing,
+        print(json.dumps({"task": task.name, "n": args.n, "problem_seed": args.problem_seed,
+                          "phrasing": args.phrasing,
                           "settings": {"score": tie.score, "select": tie.select, "interval": tie.interval,
                                        "cache": decode.cache}, "results": results}, indent=2))
     else:
-        print(f"{task.name} ({args.phrasing} phrasings): n={args.n}, seed {args.seed}, score {','.join(scores)}, "
-              f"select {tie.select}, cache {decode.cache}")
+        print(f"{task.name} ({args.phrasing} phrasings): n={args.n}, problem seed {args.problem_seed}, score "
+              f"{','.join(scores)}, select {tie.select}, cache {decode.cache}")
         print(table(results))
     return 0
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl+C or SIGTERM during an eval whose records are safe in --out: the CLI prints this message."""

@@ -3,6 +3,9 @@
 Each check runs before anything heavy (no model loads, no evaluation starts) and fails with a
 `UserError`: one line saying what was wrong and what to do. The CLI prints it and exits 2; the chat
 shows it. The value checks themselves live in tie_lite/checks.py, where every layer can reach them.
+
+Building the flags imports nothing heavy (`tie-lite --help` and argument errors answer without torch);
+the settings builders import the engine and runtime when they run.
 """
 
 from __future__ import annotations
@@ -12,9 +15,6 @@ import logging
 import math
 import os
 import warnings
-
-import transformers
-from huggingface_hub.utils import disable_progress_bars
 
 from tie_lite.checks import (
     BACKENDS,
@@ -28,15 +28,11 @@ from tie_lite.checks import (
     parse_size,
     shown,
 )
-from tie_lite.engine.sampler import DecodeSettings
-from tie_lite.engine.scoring import check_score, needs_cross_model
-from tie_lite.engine.tie import SELECTIONS, TieSettings
 from tie_lite.errors import UserError
-from tie_lite.runtime.registry import DEFAULT_ENSEMBLE
-from tie_lite.runtime.session import LoadSettings
 
 DEFAULTS = dict(gen_length=64, block_size=16, answer_length=8, interval=16, score="verify", select="lowest-tcc",
                 cache="dual")  # cache: as accurate as none on the validation seed, 2.5-3x faster there
+THREADS_VARIABLE = "TIE_LITE_THREADS"
 PLOT_FORMATS = ("png", "pdf", "svg", "jpg", "jpeg")
 TRACE_FORMATS = ("jsonl", "json")
 
@@ -73,6 +69,8 @@ def number(text: str) -> float:
 
 def check_select(select) -> list[str]:
     """--select as [RULE] or [best-model, NAME]; anything after that is an error, not ignored."""
+    from tie_lite.engine.tie import SELECTIONS  # deferred: the engine loads torch; parsing flags must not
+
     select = select if isinstance(select, list) else [select]
     public = [s for s in SELECTIONS if s != "oracle"]
     rule = check_choice(select[0], SELECTIONS, "--select") if select else "lowest-tcc"
@@ -92,8 +90,37 @@ def check_load_args(args) -> None:
     member_devices(args)
     check_choice(args.dtype, DTYPES, "--dtype")
     parse_size(args.max_memory)
+    thread_count(args)
     for spec in args.model or ():
         check_text(spec, "--model")
+
+
+def thread_count(args) -> tuple[int, str]:
+    """(torch CPU threads, where the figure came from): --threads, else $TIE_LITE_THREADS, else
+    $OMP_NUM_THREADS, else the CPUs this process may run on (its affinity, not the machine's core count:
+    on a shared or containerised machine torch's own default oversubscribes and runs many times slower)."""
+    given = getattr(args, "threads", None)
+    for value, source in ((given, "--threads"), (os.environ.get(THREADS_VARIABLE), THREADS_VARIABLE),
+                          (os.environ.get("OMP_NUM_THREADS"), "OMP_NUM_THREADS")):
+        if value is None or (source != "--threads" and not str(value).strip()):
+            continue
+        try:
+            threads = int(str(value).strip())
+        except ValueError:
+            raise UserError(f"{source} '{shown(value)}' is not a whole number; give the CPU threads, e.g. 1") from None
+        if threads < 1:
+            raise UserError(f"{source} must be at least 1 thread (got {threads})")
+        return threads, source
+    return len(os.sched_getaffinity(0)), "the CPUs this process may use"
+
+
+def apply_threads(args) -> int:
+    """Set torch's CPU thread count from thread_count(args); returns it."""
+    import torch  # deferred: only a command that computes needs torch
+
+    threads, _ = thread_count(args)
+    torch.set_num_threads(threads)
+    return threads
 
 
 # --- flags --------------------------------------------------------------------------------------------
@@ -119,9 +146,12 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--trust-remote-code", action="store_true",
                    help="allow checkpoints of architectures tie-lite does not implement to run their own code")
     g.add_argument("--allow-pickle", action="store_true", help="allow pickle .bin weights (can run arbitrary code)")
+    g.add_argument("--threads", type=whole, default=None, metavar="N",
+                   help=f"torch CPU threads (default ${THREADS_VARIABLE}, else $OMP_NUM_THREADS, else the CPUs this "
+                        "process may use)")
 
 
-def add_decode_args(p: argparse.ArgumentParser, seed_flag: str = "--seed") -> None:
+def add_decode_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("decoding")
     g.add_argument("--gen-length", type=whole, default=DEFAULTS["gen_length"], metavar="N")
     g.add_argument("--block-size", type=whole, default=DEFAULTS["block_size"], metavar="N")
@@ -141,7 +171,8 @@ def add_decode_args(p: argparse.ArgumentParser, seed_flag: str = "--seed") -> No
                         "samplers compute); refreshed at every block boundary, where relays land")
     g.add_argument("--threshold", type=number, default=0.9, metavar="TAU", help="confidence for --unmask threshold")
     g.add_argument("--topk", type=whole, default=2, metavar="K", help="tokens a step for --unmask topk")
-    g.add_argument(seed_flag, dest="decode_seed", type=whole, default=0, metavar="S", help="sampling seed (temperature > 0)")
+    g.add_argument("--seed", dest="decode_seed", type=whole, default=0, metavar="S",
+                   help="sampling seed (temperature > 0); the same meaning in every command")
     g.add_argument("--answer-length", type=whole, default=DEFAULTS["answer_length"], metavar="A",
                    help="answer positions after the 'Answer:' marker")
     g.add_argument("--free", action="store_true", help="free-form layout: no answer marker in the canvas")
@@ -164,7 +195,7 @@ def add_tie_args(p: argparse.ArgumentParser) -> None:
 def member_devices(args) -> list[str]:
     """--device: one for every member, or one per --model in order."""
     devices = [check_device(d) for d in args.device or ["cpu"]]
-    models = len(args.model or DEFAULT_ENSEMBLE)
+    models = len(args.model or [0, 0])  # the shipped pair by default
     if len(devices) not in (1, models):
         raise UserError(f"--device was given {len(devices)} times for {models} models; give it once for all "
                         "members or once per --model, in the same order")
@@ -172,6 +203,9 @@ def member_devices(args) -> list[str]:
 
 
 def load_settings(args):
+    from tie_lite.runtime.registry import DEFAULT_ENSEMBLE  # deferred (torch), as every settings builder here
+    from tie_lite.runtime.session import LoadSettings  # deferred: loads torch
+
     check_load_args(args)
     devices = member_devices(args)
     return LoadSettings(
@@ -189,6 +223,8 @@ def load_settings(args):
 
 
 def decode_settings(args):
+    from tie_lite.engine.sampler import DecodeSettings  # deferred: the sampler loads torch
+
     settings = DecodeSettings(
         gen_length=args.gen_length,
         block_size=args.block_size,
@@ -213,6 +249,9 @@ def default_score(members: int) -> str:
 
 
 def tie_settings(args):
+    from tie_lite.engine.scoring import check_score  # deferred: the engine loads torch
+    from tie_lite.engine.tie import TieSettings  # deferred: the engine loads torch
+
     members = len(args.model or [0, 0])
     if args.score is None:
         args.score = default_score(members)
@@ -228,6 +267,8 @@ def tie_settings(args):
 
 def plan_tokens(args) -> int:
     """Positions one forward computes, for the load-time memory plan (cross-model scores stack M canvases)."""
+    from tie_lite.engine.scoring import needs_cross_model  # deferred: the engine loads torch
+
     members = len(args.model or [0, 0])
     score = args.score or default_score(members)
     return (64 + args.gen_length) * (members if needs_cross_model(score, members, check_select(args.select)[0]) else 1)
@@ -236,11 +277,15 @@ def plan_tokens(args) -> int:
 def quiet_libraries() -> None:
     """Library chatter (weight-loading bars, bitsandbytes casts, accelerate's placement notes, hub retries)
     would bury our own output: one line per problem is ours to print."""
+    import transformers  # deferred: seconds to import; only commands that load models call this
+    from huggingface_hub.utils import disable_progress_bars  # deferred along with transformers
 
     warnings.filterwarnings("ignore")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-    transformers.utils.logging.set_verbosity_error()
+    # CRITICAL, not ERROR: transformers logs a config it cannot apply as a whole JSON dump before raising, and
+    # the raise becomes our one-line error
+    transformers.utils.logging.set_verbosity(logging.CRITICAL)
     transformers.utils.logging.disable_progress_bar()
     for name in ("bitsandbytes", "accelerate", "huggingface_hub", "httpx", "urllib3"):
         logging.getLogger(name).setLevel(logging.ERROR)

@@ -5,22 +5,27 @@ from __future__ import annotations
 import json
 
 from tie_lite.checks import check_choice, check_lengths
-from tie_lite.engine.scoring import check_score
-from tie_lite.engine.tie import SELECTIONS
 from tie_lite.errors import UserError
 from tie_lite.faces.options import (
     add_model_args,
     check_load_args,
     default_score,
     member_devices,
+    THREADS_VARIABLE,
+    thread_count,
     whole,
 )
-from tie_lite.runtime.loading import load_status
-from tie_lite.runtime.plan import DEFAULT_PROMPT_LENGTH, build_plan, render
-from tie_lite.runtime.registry import DEFAULT_ENSEMBLE
+
+DEFAULT_PROMPT_LENGTH = 64  # prompt tokens planned for (runtime.plan's default; tests/test_cli.py keeps them equal)
 
 
 def cmd_plan(args) -> int:
+    from tie_lite.engine.scoring import check_score  # deferred: the engine loads torch
+    from tie_lite.engine.tie import SELECTIONS  # deferred: the engine loads torch
+    from tie_lite.runtime.loading import load_status, quantization_config, resolve_device  # deferred: torch
+    from tie_lite.runtime.plan import build_plan, render  # deferred: loads torch
+    from tie_lite.runtime.registry import DEFAULT_ENSEMBLE  # deferred: loads torch
+
     models = args.model or list(DEFAULT_ENSEMBLE)
     check_load_args(args)
     if args.device and len(args.device) > 1:
@@ -32,7 +37,11 @@ def cmd_plan(args) -> int:
         check_score(score, len(models))
     check_choice(args.select, [s for s in SELECTIONS if s != "oracle"], "--select")
     check_lengths({"--gen-length": args.gen_length, "--prompt-length": args.prompt_length})
-    plan, estimates = build_plan(models, quant=args.quant, backend=args.quant_backend, device=member_devices(args)[0],
+    device = member_devices(args)[0]
+    if args.quant != "none" and device != "auto":  # the backend must be there, as at load time (same message)
+        quantization_config(args.quant, args.quant_backend, resolve_device(device), args.dtype)
+    threads, threads_from = thread_count(args)
+    plan, estimates = build_plan(models, quant=args.quant, backend=args.quant_backend, device=device,
                                  max_memory=args.max_memory, gen_length=args.gen_length,
                                  prompt_length=args.prompt_length, score=args.score, select=args.select,
                                  dtype=args.dtype)
@@ -43,12 +52,14 @@ def cmd_plan(args) -> int:
     if args.json:
         out = plan.to_json()
         out["lengths"] = {"prompt": args.prompt_length, "gen": args.gen_length, "batch": batch}
+        out["threads"] = {"count": threads, "from": threads_from}
         for row, est, how in zip(out["members"], estimates, status):
             row.update(quant=est.quant, source=est.source, source_bytes=est.source_bytes, exact=est.exact,
                        vocab=est.dims["vocab"], loads=how)
         print(json.dumps(out, indent=2))
     else:
         print(render(plan, estimates, total_len, batch, status))
+        print(f"threads: {threads} torch CPU threads ({threads_from}; --threads N or ${THREADS_VARIABLE} to change)")
     return 0
 
 

@@ -32,6 +32,7 @@ from tie_lite.faces.client_settings import (
     Defaults,
     history_messages,
     member_indices,
+    off_task_reply,
     parse_settings,
 )
 from tie_lite.faces.options import (
@@ -105,6 +106,8 @@ def request_settings(body, defaults: Defaults):
         load, decode, tie = parse_settings(values, defaults)
         question = messages[-1].get("content")
         check_text(question if isinstance(question, str) else None, "the last message")
+        if (refusal := off_task_reply(load, question)) is not None:  # the rule the chat and generate apply
+            raise UserError(refusal)
         chat = history_messages(messages[:-1], question)
     except (UserError, TypeError, ValueError, OverflowError, RecursionError) as exc:
         raise APIError(400, str(exc) if isinstance(exc, UserError) else f"bad parameter ({exc})") from None

@@ -39,7 +39,7 @@ def read_config(source: str, name: str) -> dict:
     except Exception as exc:  # offline, unknown repo, gated, no network: all mean the same to the user
         raise UserError(
             f"cannot fetch model '{source}' ({type(exc).__name__}); download it first with "
-            f"`huggingface-cli download {source}` on a connected machine, or pass a local folder"
+            f"`hf download {source}` (huggingface_hub's command) on a connected machine, or pass a local folder"
         ) from None
     return parse_config(raw, name)
 

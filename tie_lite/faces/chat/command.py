@@ -14,7 +14,6 @@ from tie_lite.faces.options import (
     tie_settings,
     whole,
 )
-from tie_lite.runtime.session import Ensemble
 
 
 def add_chat_parser(sub) -> None:
@@ -37,6 +36,7 @@ def cmd_chat(args) -> int:
     from . import (
         app,  # gradio loads only when the chat starts (seconds, and not for other commands)
     )
+    from tie_lite.runtime.session import Ensemble  # deferred: loads torch, which `tie-lite --help` must not
 
     if args.port is not None and not 0 < args.port < 65536:
         raise UserError(f"--port {args.port} is not a port number (1-65535)")
