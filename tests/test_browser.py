@@ -131,31 +131,29 @@ def fresh_tab(page, width: int = 1400, height: int = 900):
     return tab
 
 
-def ask(tab, question: str) -> None:
-    answered = tab.locator("#tie-chat .bot").count()
+def ask(tab, question: str, turn: int) -> str:
+    """Send `question` as the conversation's turn number `turn` and return the reply once it is final."""
     tab.locator("#tie-message textarea").fill(question)
     tab.locator("#tie-send").click()
-    tab.wait_for_function(f"() => document.querySelectorAll('#tie-chat .bot').length > {answered} && "
-                          f"{STATUS}.includes('answered') && !{CHAT}.includes('{MASK}')", timeout=300_000)
+    reply = tab.wait_for_function(
+        f"() => {{ const bots = document.querySelectorAll('#tie-chat .bot'); "
+        f"return bots.length === {turn} && {STATUS}.includes('answered') && !{CHAT}.includes('{MASK}') "
+        f"? bots[bots.length - 1].innerText : null; }}", timeout=300_000)
+    return reply.json_value()
 
 
 def test_a_three_turn_conversation_answers_every_question(page):
     """Follow-ups are answered for themselves: the shipped members read the last question alone (they were trained
     on single questions) and the chat says so quietly; before, the second turn copied the first answer."""
     tab = fresh_tab(page)
-    for question, value in (("What is (23+41)*7?", (23 + 41) * 7), ("What is 37+85?", 37 + 85),
-                            ("What is 23*4+17*5?", 23 * 4 + 17 * 5)):
-        ask(tab, question)
-        replies = tab.locator("#tie-chat .bot").all_inner_texts()
-        assert replies[-1].strip().endswith(f"Answer: {value}"), (question, replies)
-    assert len(tab.locator("#tie-chat .bot").all_inner_texts()) == 3
+    for turn, (question, value) in enumerate((("What is (23+41)*7?", (23 + 41) * 7), ("What is 37+85?", 37 + 85),
+                                               ("What is 23*4+17*5?", 23 * 4 + 17 * 5)), start=1):
+        reply = ask(tab, question, turn)
+        assert reply.strip().endswith(f"Answer: {value}"), (question, reply)
     assert "each question on its own" in tab.locator("#tie-status").inner_text()
     tab.close()
 
 
-CARDS = "document.querySelectorAll('#tie-canvases .tie-card')"
-TOKEN_OWNERS = ("Array.from(document.querySelectorAll('#tie-canvases .tie-card .tie-token'))"
-                ".map(t => t.dataset.member)")
 
 
 def test_every_members_canvas_shows_who_committed_each_token_and_the_leader(page, monkeypatch):
@@ -163,17 +161,23 @@ def test_every_members_canvas_shows_who_committed_each_token_and_the_leader(page
     tab = fresh_tab(page)
     tab.locator("#tie-message textarea").fill(PROMPT)
     tab.locator("#tie-send").click()
-    # mid-decode, after a relay: both canvases in view, tokens of both members, a leader marked
-    tab.wait_for_function(f"() => {CARDS}.length === 2 && new Set({TOKEN_OWNERS}).size === 2 && "
-                          f"document.querySelector('#tie-canvases').innerText.includes('{MASK}') && "
-                          f"document.querySelector('#tie-canvases .tie-leader') !== null", timeout=300_000, polling=20)
-    names = tab.evaluate(f"() => Array.from({CARDS}).map(c => c.dataset.member)")
-    assert names == list(page.demo.tie_defaults.member_names)
-    leader = tab.locator("#tie-canvases .tie-leader").get_attribute("data-member")
-    assert "★" in tab.locator(f"#tie-canvases .tie-card[data-member='{leader}']").inner_text()
-    colours = tab.evaluate("() => Object.fromEntries(Array.from(document.querySelectorAll('#tie-canvases .tie-token'))"
-                           ".map(t => [t.dataset.member, getComputedStyle(t).borderBottomColor]))")
-    assert len(set(colours.values())) == 2  # one colour per member
+    # mid-decode, after a relay: both canvases in view, one of them holding tokens of both members, a leader
+    # marked -- read in one go, since the next frame may redraw the view
+    seen = tab.wait_for_function(f"""() => {{
+        const view = document.querySelector('#tie-canvases');
+        const cards = Array.from(view.querySelectorAll('.tie-card'));
+        const owners = c => Array.from(c.querySelectorAll('.tie-token')).map(t => t.dataset.member);
+        const mixed = cards.some(c => new Set(owners(c)).size === 2);
+        const leader = view.querySelector('.tie-leader');
+        if (!(cards.length === 2 && mixed && leader && view.innerText.includes('{MASK}'))) return null;
+        const colours = {{}};
+        view.querySelectorAll('.tie-token').forEach(t => colours[t.dataset.member] = getComputedStyle(t).borderBottomColor);
+        return {{names: cards.map(c => c.dataset.member), leader: leader.dataset.member,
+                 leaderText: leader.innerText, colours}};
+    }}""", timeout=300_000, polling=20).json_value()
+    assert seen["names"] == list(page.demo.tie_defaults.member_names)
+    assert "★" in seen["leaderText"] and seen["leader"] in seen["names"]
+    assert len(set(seen["colours"].values())) == 2  # one colour per member
     tab.wait_for_function(f"() => {STATUS}.includes('answered')", timeout=300_000)
     final = tab.locator("#tie-summary").inner_text().split("final member")[1].split()[0]
     assert "✓ final answer" in tab.locator(f"#tie-canvases .tie-card[data-member='{final}']").inner_text()
@@ -203,7 +207,7 @@ def test_settings_errors_use_the_panels_words_and_the_context_bounds_the_length(
 
 def test_at_phone_width_the_answer_comes_before_the_settings(page):
     tab = fresh_tab(page, 400, 860)
-    ask(tab, "What is 37+85?")
+    ask(tab, "What is 37+85?", 1)
 
     def top(selector):
         return tab.locator(selector).bounding_box()["y"]
