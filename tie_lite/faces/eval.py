@@ -1,5 +1,5 @@
 """`tie-lite eval`: accuracy tables for single members, the post-generation ensemble, TIE and the oracle
-bounds, on generated problems with exact checkers."""
+bounds, on generated problems with exact checkers or on the questions of a data file (data_eval.py)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,9 @@ from tie_lite.checks import check_choice, check_output, check_seed
 from tie_lite.engine.layout import TextState
 from tie_lite.engine.tie import tie_process
 from tie_lite.errors import UserError
+from tie_lite.faces.data_eval import add_data_args, data_task
 from tie_lite.faces.options import (
+    DEFAULTS,
     PLOT_FORMATS,
     TRACE_FORMATS,
     add_decode_args,
@@ -29,6 +31,7 @@ from tie_lite.faces.options import (
     tie_settings,
     whole,
 )
+from tie_lite.faces.report import report_lines, summarise
 from tie_lite.runtime.drive import run_many
 from tie_lite.runtime.registry import member_names
 from tie_lite.runtime.session import Ensemble
@@ -71,6 +74,7 @@ def evaluate(ensemble, task, n: int, seed: int, methods: list[str], decode, tie,
     results, traces = {}, {}
     for method, (indices, settings) in plans.items():
         correct, steps, changes, relays = 0, 0, 0, 0
+        hits = []  # item by item, for the intervals and the head-to-head comparisons (report.py)
         stage_hits, stage_seen = defaultdict(int), defaultdict(int)
         change_at = defaultdict(int)
         ensemble.scheduler.select(indices)
@@ -89,6 +93,7 @@ def evaluate(ensemble, task, n: int, seed: int, methods: list[str], decode, tie,
         for p, res in zip(problems, outcomes):
             check = task.check(p, res.text)
             correct += check.correct
+            hits.append(bool(check.correct))
             steps += res.steps
             for stage, ok in check.stages.items():
                 stage_seen[stage] += 1
@@ -109,18 +114,20 @@ def evaluate(ensemble, task, n: int, seed: int, methods: list[str], decode, tie,
             "seconds": round(seconds / n, 4),
             "change_rate": round(100.0 * changes / relays, 2) if relays else None,
             "bound": method in BOUNDS,
+            "items": hits,
         }
         traces[method] = {k: change_at[k] / n for k in sorted(change_at)}
     return results, traces
 
 
 def table(results: dict) -> str:
-    lines = [f"{'method':22} {'accuracy':>8} {'steps':>7} {'s/problem':>9} {'change%':>8}  stages"]
+    lines = [f"{'method':22} {'accuracy':>8} {'95% interval':>12} {'steps':>7} {'s/problem':>9} {'change%':>8}  stages"]
     for method, r in results.items():
         label = method + (" (bound)" if r["bound"] else "")
         rate = "-" if r["change_rate"] is None else f"{r['change_rate']:.1f}"
         stages = " ".join(f"{k}={v:.1f}" for k, v in r["stages"].items())
-        lines.append(f"{label:22} {r['accuracy']:8.1f} {r['mean_steps']:7.1f} {r['seconds']:9.3f} {rate:>8}  {stages}")
+        interval = "{:.1f}-{:.1f}".format(*r["interval95"]) if "interval95" in r else "-"
+        lines.append(f"{label:22} {r['accuracy']:8.1f} {interval:>12} {r['mean_steps']:7.1f} {r['seconds']:9.3f} {rate:>8}  {stages}")
     return "\n".join(lines)
 
 
@@ -161,7 +168,7 @@ def plot(results: dict, traces: dict, path: str, title: str) -> None:
 def add_eval_parser(sub) -> None:
     e = sub.add_parser("eval", help="accuracy of members, postgen, TIE and oracle bounds on a task")
     e.add_argument("--task", help="task name (see --list-tasks)")
-    e.add_argument("--n", type=whole, default=100, help="problems per method")
+    e.add_argument("--n", type=whole, default=None, help="problems per method (default 100; with --data every record)")
     e.add_argument("--seed", type=whole, default=2, help="problem seed (1 = validation, 2 = evaluation)")
     e.add_argument("--methods", help="comma list: member names, postgen, tie, tie:SCORE (e.g. tie:verify), "
                                      "oracle-relay, oracle-pick (default: every member, postgen and tie)")
@@ -176,16 +183,23 @@ def add_eval_parser(sub) -> None:
     add_model_args(e)
     add_decode_args(e, seed_flag="--sample-seed")
     add_tie_args(e)
-    e.set_defaults(func=cmd_eval)
+    add_data_args(e)
+    e.set_defaults(func=cmd_eval, answer_length=None)  # None: the task's or benchmark's own answer length
 
 
 def cmd_eval(args) -> int:
     if args.list_tasks:
         print("\n".join(TASKS))
         return 0
-    if not args.task:
-        raise UserError("give --task NAME (see `tie-lite eval --list-tasks`)")
-    task = get_task(args.task)
+    if args.data:  # the file is read and checked before anything loads
+        task = data_task(args)
+        args.n = min(args.n or len(task.items), len(task.items))
+    elif not args.task:
+        raise UserError("give --task NAME (see `tie-lite eval --list-tasks`) or --data FILE")
+    else:
+        task = get_task(args.task)
+        args.n = 100 if args.n is None else args.n
+        args.answer_length = args.answer_length or DEFAULTS["answer_length"]
     check_choice(args.phrasing, tuple(PHRASINGS), "--phrasing")
     if not 1 <= args.n <= MAX_PROBLEMS:
         raise UserError(f"--n must be between 1 and {MAX_PROBLEMS}")
@@ -198,6 +212,8 @@ def cmd_eval(args) -> int:
     scores = [s.strip() for s in args.score.split(",") if s.strip()] or [args.score]
     args.score = scores[0]  # --score a,b compares round scores: `tie` becomes tie:a, tie:b
     decode, tie = decode_settings(args), tie_settings(args)
+    if args.data and args.answer_marker is not None:
+        decode = replace(decode, answer_marker=args.answer_marker)
     for score in scores[1:]:  # each compared score must be one tie-lite knows, before anything loads
         tie_settings(argparse.Namespace(**(vars(args) | {"score": score})))
     load = load_settings(args)
@@ -205,6 +221,9 @@ def cmd_eval(args) -> int:
     methods = args.methods.split(",") if args.methods else names + (["postgen", "tie"] if len(names) > 1 else [])
     if len(scores) > 1:
         methods = [x for m in methods for x in ([f"tie:{s}" for s in scores] if m == "tie" else [m])]
+    if args.data and any(m in BOUNDS for m in methods):
+        raise UserError("the oracle bounds compare trajectories with a gold worked solution, which a data file does "
+                        "not have in the members' words; leave oracle-relay and oracle-pick out of --methods")
     for method in methods:  # before anything loads: a typo in --methods costs nothing
         method_settings(method, names, tie)[1].validate(names if method not in names else [method])
     ensemble = Ensemble(load, plan_tokens=tokens)
@@ -218,15 +237,20 @@ def cmd_eval(args) -> int:
         bar.close()
         if out is not None:
             out.close()
+    items = {method: r.pop("items") for method, r in results.items()}
+    summary = summarise(results, items, names, traces)
+    about = (f"{task.name} ({args.phrasing} phrasings)" if not args.data
+             else f"{args.benchmark} ({args.data})" if args.benchmark else args.data)
     if args.plot:
-        plot(results, traces, args.plot, f"{task.name} ({args.phrasing} phrasings), n={args.n}, seed {args.seed}, "
-                                         f"score {tie.score}")
+        plot(results, traces, args.plot, f"{about}, n={args.n}" + ("" if args.data else f", seed {args.seed}")
+                                         + f", score {tie.score}")
     if args.json:
         print(json.dumps({"task": task.name, "n": args.n, "seed": args.seed, "phrasing": args.phrasing,
                           "settings": {"score": tie.score, "select": tie.select, "interval": tie.interval,
-                                       "cache": decode.cache}, "results": results}, indent=2))
+                                       "cache": decode.cache}, "results": results} | summary, indent=2))
     else:
-        print(f"{task.name} ({args.phrasing} phrasings): n={args.n}, seed {args.seed}, score {','.join(scores)}, "
+        print(f"{about}: n={args.n}" + ("" if args.data else f", seed {args.seed}") + f", score {','.join(scores)}, "
               f"select {tie.select}, cache {decode.cache}")
         print(table(results))
+        print("\n".join(report_lines(results, summary)))
     return 0
