@@ -1,4 +1,4 @@
-"""tie-lite command line: generate | eval | plan | models | chat | serve."""
+"""tie-lite command line: generate | eval | plan | models | chat | serve | lm-eval."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from tie_lite.engine.events import RoundScores, StepFrame
 from tie_lite.errors import UserError
 from tie_lite.faces.chat.command import add_chat_parser
 from tie_lite.faces.eval import add_eval_parser
+from tie_lite.faces.lm_eval_command import add_lm_eval_parser, run_lm_eval
 from tie_lite.faces.options import (
     Parser,
     add_decode_args,
@@ -101,6 +102,7 @@ def build_parser() -> Parser:
     add_plan_parser(sub)
     add_chat_parser(sub)
     add_serve_parser(sub)
+    add_lm_eval_parser(sub)
     m = sub.add_parser("models", help="list known models")
     m.set_defaults(func=cmd_models)
     return parser
@@ -108,10 +110,12 @@ def build_parser() -> Parser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    lm_eval = bool(argv) and argv[0] == "lm-eval"  # lm-eval parses its own flags (lm_eval_command.py)
+    args = None if lm_eval else parser.parse_args(argv)
     quiet_libraries()
     try:
-        return args.func(args)
+        return run_lm_eval(argv[1:]) if lm_eval else args.func(args)
     except UserError as exc:
         print(f"tie-lite: error: {one_line(exc)}", file=sys.stderr)
         return 2
