@@ -127,7 +127,7 @@ def table(results: dict) -> str:
         rate = "-" if r["change_rate"] is None else f"{r['change_rate']:.1f}"
         stages = " ".join(f"{k}={v:.1f}" for k, v in r["stages"].items())
         interval = "{:.1f}-{:.1f}".format(*r["interval95"]) if "interval95" in r else "-"
-        lines.append(f"{label:22} {r['accuracy']:8.1f} {interval:>12} {r['mean_steps']:7.1f} {r['seconds']:9.3f} {rate:>8}  {stages}")
+        lines.append(f"{label:22} {r['accuracy']:8.1f} {interval:>12} {r['mean_steps']:7.1f} {r['seconds']:9.3f} {rate:>8}  {stages}".rstrip())
     return "\n".join(lines)
 
 
