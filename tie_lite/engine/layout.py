@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
+from tie_lite.engine.answer import PAPER_ANSWER_MARKER
 from tie_lite.errors import UserError
 
 
@@ -26,7 +27,6 @@ def _span(tokenizer, before: str, after: str) -> tuple[list[int], list[int]]:
     return enc(before), enc(after[len(before) :])
 
 
-PAPER_ANSWER_MARKER = "Answer:"  # the paper's reasoning-as-infilling marker: the default of DecodeSettings
 FREE_ANSWER_POSITIONS = 8  # free layout: how many masked positions past the current block are watched
 
 

@@ -29,7 +29,8 @@ import torch
 
 from tie_lite.checks import check_lengths, check_seed, shown
 from tie_lite.engine.judge import member_view
-from tie_lite.engine.layout import PAPER_ANSWER_MARKER, Layout, TextState, make_layout
+from tie_lite.engine.answer import PAPER_ANSWER_MARKER
+from tie_lite.engine.layout import Layout, TextState, make_layout
 from tie_lite.engine.process import Forward, run
 from tie_lite.errors import UserError
 

@@ -1,4 +1,4 @@
-"""tie-lite command line: generate | eval | plan | models | chat | serve.
+"""tie-lite command line: generate | eval | plan | models | chat | serve | lm-eval.
 
 Parsing imports nothing heavy: `tie-lite --help`, a command's --help and argument errors answer without
 torch. Each command imports the engine and runtime when it runs.
@@ -23,6 +23,7 @@ from tie_lite.checks import check_text, one_line, shown, shown_path
 from tie_lite.errors import UserError
 from tie_lite.faces.chat.command import add_chat_parser
 from tie_lite.faces.eval import add_eval_parser
+from tie_lite.faces.lm_eval_command import add_lm_eval_parser, run_lm_eval
 from tie_lite.faces.options import (
     Parser,
     add_decode_args,
@@ -292,6 +293,7 @@ def build_parser(command: str | None = None) -> Parser:
     add_plan_parser(sub)
     add_chat_parser(sub)
     add_serve(sub, command)
+    add_lm_eval_parser(sub)
     m = sub.add_parser("models", help="list known models")
     m.set_defaults(func=cmd_models)
     return parser
@@ -320,7 +322,8 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr or sys.__stderr__)
         return 1
     parser = build_parser(command_in(argv))
-    args = parser.parse_args(argv)
+    lm_eval = bool(argv) and argv[0] == "lm-eval"  # lm-eval parses its own flags (lm_eval_command.py)
+    args = None if lm_eval else parser.parse_args(argv)
     stdout = sys.stdout
     sys.stdout = GuardedOutput(stdout)
     terminate = None
@@ -332,7 +335,7 @@ def main(argv: list[str] | None = None) -> int:
         quiet_libraries()
         if hasattr(args, "threads"):
             apply_threads(args)
-        code = args.func(args)
+        code = run_lm_eval(argv[1:]) if lm_eval else args.func(args)
         sys.stdout.flush()
         return code
     except BrokenPipeError:  # the reader went away (`| head`): end quietly, as other tools do

@@ -1,5 +1,5 @@
 """`tie-lite eval`: accuracy tables for single members, the post-generation ensemble, TIE and the oracle
-bounds, on generated problems with exact checkers."""
+bounds, on generated problems with exact checkers or on the questions of a data file (data_eval.py)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,9 @@ from pathlib import Path
 
 from tie_lite.checks import check_choice, check_output, check_seed, shown, shown_path
 from tie_lite.errors import UserError
+from tie_lite.faces.data_eval import add_data_args, data_task
 from tie_lite.faces.options import (
+    DEFAULTS,
     PLOT_FORMATS,
     TRACE_FORMATS,
     add_decode_args,
@@ -27,6 +29,7 @@ from tie_lite.faces.options import (
     whole,
 )
 from tie_lite.faces.progress import Progress
+from tie_lite.faces.report import report_lines, summarise
 
 MAX_PROBLEMS = 100_000
 BOUNDS = ("oracle-relay", "oracle-pick")  # diagnostics, labelled as bounds
@@ -128,6 +131,7 @@ def figures(records: list[dict], bound: bool) -> tuple[dict, dict]:
         "seconds": round(sum(r["seconds"] for r in records) / n, 4),
         "change_rate": round(100.0 * changes / relays, 2) if relays else None,
         "bound": bound,
+        "items": [bool(r["correct"]) for r in records],  # item by item: intervals and head-to-head (report.py)
     }
     return row, {k: change_at[k] / n for k in sorted(change_at)}
 
@@ -171,12 +175,13 @@ def read_done(path: str, run_id: str, methods: list[str], n: int, prompts: list[
 
 
 def table(results: dict) -> str:
-    lines = [f"{'method':22} {'accuracy':>8} {'steps':>7} {'s/problem':>9} {'change%':>8}  stages"]
+    lines = [f"{'method':22} {'accuracy':>8} {'95% interval':>12} {'steps':>7} {'s/problem':>9} {'change%':>8}  stages"]
     for method, r in results.items():
         label = method + (" (bound)" if r["bound"] else "")
         rate = "-" if r["change_rate"] is None else f"{r['change_rate']:.1f}"
         stages = " ".join(f"{k}={v:.1f}" for k, v in r["stages"].items())
-        lines.append(f"{label:22} {r['accuracy']:8.1f} {r['mean_steps']:7.1f} {r['seconds']:9.3f} {rate:>8}  {stages}")
+        interval = "{:.1f}-{:.1f}".format(*r["interval95"]) if "interval95" in r else "-"
+        lines.append(f"{label:22} {r['accuracy']:8.1f} {interval:>12} {r['mean_steps']:7.1f} {r['seconds']:9.3f} {rate:>8}  {stages}".rstrip())
     return "\n".join(lines)
 
 
@@ -217,7 +222,7 @@ def plot(results: dict, traces: dict, path: str, title: str) -> None:
 def add_eval_parser(sub) -> None:
     e = sub.add_parser("eval", help="accuracy of members, postgen, TIE and oracle bounds on a task")
     e.add_argument("--task", help="task name (see --list-tasks)")
-    e.add_argument("--n", type=whole, default=100, help="problems per method")
+    e.add_argument("--n", type=whole, default=None, help="problems per method (default 100; with --data every record)")
     e.add_argument("--problem-seed", type=whole, default=2, metavar="S",
                    help="which problems (1 = validation, 2 = evaluation; default 2)")
     e.add_argument("--methods", help="comma list: member names, postgen, tie, tie:SCORE (e.g. tie:verify), "
@@ -236,7 +241,8 @@ def add_eval_parser(sub) -> None:
     add_model_args(e)
     add_decode_args(e)
     add_tie_args(e)
-    e.set_defaults(func=cmd_eval)
+    add_data_args(e)
+    e.set_defaults(func=cmd_eval, answer_length=None)  # None: the task's or benchmark's own answer length
 
 
 def cmd_eval(args) -> int:
@@ -248,9 +254,15 @@ def cmd_eval(args) -> int:
     if args.list_tasks:
         print("\n".join(TASKS))
         return 0
-    if not args.task:
-        raise UserError("give --task NAME (see `tie-lite eval --list-tasks`)")
-    task = get_task(args.task)
+    if args.data:  # the file is read and checked before anything loads
+        task = data_task(args)
+        args.n = min(args.n or len(task.items), len(task.items))
+    elif not args.task:
+        raise UserError("give --task NAME (see `tie-lite eval --list-tasks`) or --data FILE")
+    else:
+        task = get_task(args.task)
+        args.n = 100 if args.n is None else args.n
+        args.answer_length = args.answer_length or DEFAULTS["answer_length"]
     check_choice(args.phrasing, tuple(PHRASINGS), "--phrasing")
     if not 1 <= args.n <= MAX_PROBLEMS:
         raise UserError(f"--n must be between 1 and {MAX_PROBLEMS}")
@@ -268,6 +280,8 @@ def cmd_eval(args) -> int:
     scores = [s.strip() for s in args.score.split(",") if s.strip()] or [args.score]
     args.score = scores[0]  # --score a,b compares round scores: `tie` becomes tie:a, tie:b
     decode, tie = decode_settings(args), tie_settings(args)
+    if args.data and args.answer_marker is not None:
+        decode = replace(decode, answer_marker=args.answer_marker)
     for score in scores[1:]:  # each compared score must be one tie-lite knows, before anything loads
         tie_settings(argparse.Namespace(**(vars(args) | {"score": score})))
     load = load_settings(args)
@@ -275,6 +289,9 @@ def cmd_eval(args) -> int:
     methods = args.methods.split(",") if args.methods else names + (["postgen", "tie"] if len(names) > 1 else [])
     if len(scores) > 1:
         methods = [x for m in methods for x in ([f"tie:{s}" for s in scores] if m == "tie" else [m])]
+    if args.data and any(m in BOUNDS for m in methods):
+        raise UserError("the oracle bounds compare trajectories with a gold worked solution, which a data file does "
+                        "not have in the members' words; leave oracle-relay and oracle-pick out of --methods")
     for method in methods:  # before anything loads: a typo in --methods costs nothing
         method_settings(method, names, tie)[1].validate(names if method not in names else [method])
     run_id = run_fingerprint(task.name, args.problem_seed, args.phrasing, list(load.models), decode, tie)
@@ -300,18 +317,23 @@ def cmd_eval(args) -> int:
         progress.close()
         if out is not None:
             out.close()
+    items = {method: r.pop("items") for method, r in results.items()}
+    summary = summarise(results, items, names, traces)
+    about = (f"{task.name} ({args.phrasing} phrasings)" if not args.data
+             else f"{args.benchmark} ({args.data})" if args.benchmark else args.data)
     if args.plot:
-        plot(results, traces, args.plot, f"{task.name} ({args.phrasing} phrasings), n={args.n}, "
-                                         f"problem seed {args.problem_seed}, score {tie.score}")
+        plot(results, traces, args.plot, f"{about}, n={args.n}"
+             + ("" if args.data else f", problem seed {args.problem_seed}") + f", score {tie.score}")
     if args.json:
         print(json.dumps({"task": task.name, "n": args.n, "problem_seed": args.problem_seed,
                           "phrasing": args.phrasing,
                           "settings": {"score": tie.score, "select": tie.select, "interval": tie.interval,
-                                       "cache": decode.cache}, "results": results}, indent=2))
+                                       "cache": decode.cache}, "results": results} | summary, indent=2))
     else:
-        print(f"{task.name} ({args.phrasing} phrasings): n={args.n}, problem seed {args.problem_seed}, score "
-              f"{','.join(scores)}, select {tie.select}, cache {decode.cache}")
+        print(f"{about}: n={args.n}" + ("" if args.data else f", problem seed {args.problem_seed}")
+              + f", score {','.join(scores)}, select {tie.select}, cache {decode.cache}")
         print(table(results))
+        print("\n".join(report_lines(results, summary)))
     return 0
 
 

@@ -10,7 +10,7 @@ import random
 import re
 from dataclasses import dataclass, field
 
-from tie_lite.engine.layout import PAPER_ANSWER_MARKER
+from tie_lite.engine.answer import PAPER_ANSWER_MARKER
 
 from .phrasing import SHIPPED_TEMPLATES, write_prompt
 
