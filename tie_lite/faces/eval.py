@@ -141,8 +141,11 @@ def plot(results: dict, traces: dict, path: str, title: str) -> None:
 
     fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, 4))
     methods = list(results)
-    bars = ax.bar(range(len(methods)), [results[m]["accuracy"] for m in methods],
-                  color=["#bbbbbb" if results[m]["bound"] else "#4477aa" for m in methods])
+    accuracy = [results[m]["accuracy"] for m in methods]
+    bounds = [results[m].get("interval95", [a, a]) for m, a in zip(methods, accuracy)]  # the 95% interval as whiskers
+    bars = ax.bar(range(len(methods)), accuracy, color=["#bbbbbb" if results[m]["bound"] else "#4477aa" for m in methods],
+                  yerr=[[a - b[0] for a, b in zip(accuracy, bounds)], [b[1] - a for a, b in zip(accuracy, bounds)]],
+                  capsize=3, error_kw={"elinewidth": 0.8})
     for bar, m in zip(bars, methods):
         if results[m]["bound"]:
             bar.set_hatch("//")
