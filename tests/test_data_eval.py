@@ -74,6 +74,8 @@ def test_code_checker_runs_tests_only_when_allowed():
     assert check_answer("code", "    return a + b\n", "", tests=ADD, run_code=True).correct  # a body
     assert check_answer("code", "```python\ndef add(a, b):\n    return b + a\n```", "", tests=ADD, run_code=True).correct
     assert not check_answer("code", "    return a - b\n", "", tests=ADD, run_code=True).correct
+    # as a layout writes the answer region: the fence, a space, the code with its first indent stripped
+    assert check_answer("code", "return a + b", "", tests=ADD, run_code=True).correct
     assert code_from("def add(a, b):\n    return a + b\n```\nmore text") == "def add(a, b):\n    return a + b\n"
 
 
@@ -139,8 +141,8 @@ def test_bad_data_files_get_one_line_naming_file_line_and_field(tmp_path, capsys
     good = write_jsonl(tmp_path / "good.jsonl", [{"question": "What is 2+2?", "answer": "2+2=4\n#### 4"}])
     assert "--run-code" in one_line_error(["eval", "--data", str(good), "--benchmark", "humaneval"], capsys)
     assert "not both" in one_line_error(["eval", "--data", str(good), "--task", "sum-product"], capsys)
-    assert "oracle" in one_line_error(["eval", "--data", str(good), "--benchmark", "gsm8k", "--methods",
-                                       "tie,oracle-pick"], capsys)
+    assert "oracle-relay" in one_line_error(["eval", "--data", str(good), "--benchmark", "gsm8k", "--methods",
+                                             "tie,oracle-relay"], capsys)
     assert "no such file" in one_line_error(["eval", "--data", str(tmp_path / "nope.jsonl")], capsys)
 
 
@@ -179,15 +181,18 @@ def test_plain_jsonl_csv_and_parquet_give_the_same_table(tmp_path):
     pq.write_table(pa.Table.from_pylist([{"q": q, "gold": a} for q, a in QUESTIONS]), parquet)
     out = tmp_path / "trace.jsonl"
     common = ("--checker", "number", "--methods", "tiny-sp,tiny-bpe,tie")
-    a = run_json("--data", str(jsonl), *common, "--out", str(out))
+    a = run_json("--data", str(jsonl), *common[:-1], "tiny-sp,tiny-bpe,tie,oracle-pick", "--out", str(out))
     b = run_json("--data", str(csv), *common)
     c = run_json("--data", str(parquet), "--question-field", "q", "--answer-field", "gold", *common)
     assert a["n"] == 3
     for method in ("tiny-sp", "tiny-bpe", "tie"):
         assert a["results"][method]["accuracy"] == b["results"][method]["accuracy"] == c["results"][method]["accuracy"]
     check_report(a, 3)
+    # the bound: an item counts when either member's own response is right, so it is at least each member's accuracy
+    pick = a["results"]["oracle-pick"]
+    assert pick["bound"] and pick["accuracy"] >= max(a["results"][m]["accuracy"] for m in ("tiny-sp", "tiny-bpe"))
     lines = [json.loads(line) for line in out.read_text().splitlines()]
-    for method in ("tiny-sp", "tiny-bpe", "tie"):  # the table is the per-item record's tally
+    for method in ("tiny-sp", "tiny-bpe", "tie", "oracle-pick"):  # the table is the per-item record's tally
         hits = [line["correct"] for line in lines if line["method"] == method]
         assert len(hits) == 3 and a["results"][method]["accuracy"] == round(100.0 * sum(hits) / 3, 2)
     # the members know these: the gold answer is what a correct line wrote after the marker
@@ -257,6 +262,7 @@ def test_benchmark_presets_read_their_published_formats(tmp_path):
     item = humaneval.items[0]
     assert item.tests.entry_point == "add"
     assert humaneval.check(item, "Add them.\n```python\ndef add(a, b):\n    return a + b\n```").correct
+    assert humaneval.check(item, "Add them.\n```python def add(a, b):\n    return a + b\n```").correct  # Layout.text
     assert not humaneval.check(item, "Add them.\n```python\ndef add(a, b):\n    return a * b\n```").correct
 
 

@@ -33,17 +33,7 @@ from tqdm import tqdm
 
 from tie_lite.engine.tie import tie_process
 from tie_lite.errors import UserError
-from tie_lite.faces.options import (
-    Parser,
-    add_decode_args,
-    add_model_args,
-    add_tie_args,
-    decode_settings,
-    load_settings,
-    plan_tokens,
-    quiet_libraries,
-    tie_settings,
-)
+from tie_lite.faces import options  # the CLI's flags, defaults and checks: model arguments are checked as flags
 from tie_lite.runtime.drive import run_many
 from tie_lite.runtime.session import Ensemble
 
@@ -64,10 +54,10 @@ SETTINGS = {"score": "score", "select": "select", "interval": "interval", "gen_l
 
 def model_arguments(members, given: dict):
     """The CLI's settings namespace from lm-eval model arguments (`members=A+B`, then `key=value`s)."""
-    parser = Parser(prog="tie-lite lm-eval")
-    add_model_args(parser)
-    add_decode_args(parser)
-    add_tie_args(parser)
+    parser = options.Parser(prog="tie-lite lm-eval")
+    options.add_model_args(parser)
+    options.add_decode_args(parser)
+    options.add_tie_args(parser)
     args = parser.parse_args([])
     unknown = sorted(set(given) - set(SETTINGS))
     if unknown:
@@ -88,17 +78,17 @@ class TieLiteLM(LM):
 
     def __init__(self, members=None, batch_size=None, max_batch_size=None, device=None, **settings):
         super().__init__()
-        quiet_libraries()
+        options.quiet_libraries()
         settings = {k: v for k, v in settings.items() if v is not None}
         self.gen_length = settings.get("gen_length")  # None: each request's max_gen_toks
         self.args = args = model_arguments(members, settings)
         args.device = [lm_eval_device(device)]
         args.gen_length = self.gen_length or args.gen_length
-        self.decode, self.tie = decode_settings(args), tie_settings(args)
+        self.decode, self.tie = options.decode_settings(args), options.tie_settings(args)
         if "answer_marker" in settings:
             self.decode = replace(self.decode, answer_marker=str(settings["answer_marker"]))
         self.max_batch = int(batch_size) if str(batch_size or "").isdigit() else 64
-        self.ensemble = Ensemble(load_settings(args), plan_tokens=plan_tokens(args))
+        self.ensemble = Ensemble(options.load_settings(args), plan_tokens=options.plan_tokens(args))
         self.names = [m.name for m in self.ensemble.members]
         self._warned: set[tuple[int, int]] = set()
 

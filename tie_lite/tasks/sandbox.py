@@ -33,12 +33,17 @@ del _socket, _refused
 
 def program(prompt: str, completion: str, test: str, entry_point: str) -> str:
     """HumanEval's program: the prompt and the completion (or the completion alone when it writes the whole
-    function, with the prompt's imports kept), then the tests and `check(entry_point)`."""
+    function, with the prompt's imports kept), then the tests and `check(entry_point)`. A body whose first line
+    lost its indent (a response's text is stripped where the answer starts) gets it back."""
+    completion = completion.lstrip("\n")
     if re.search(rf"^\s*def\s+{re.escape(entry_point)}\s*\(", completion, re.M):
         imports = "\n".join(line for line in prompt.splitlines() if re.match(r"\s*(import|from)\s", line))
-        body = f"{imports}\n{completion}"
+        body = f"{imports}\n{completion.strip()}"
     else:
-        body = prompt + completion
+        lines = completion.split("\n")
+        if lines[0].strip() and not lines[0][:1].isspace():  # a body whose first indent a layout stripped
+            lines[0] = "    " + lines[0]
+        body = prompt.rstrip("\n") + "\n" + "\n".join(lines)
     return f"{body}\n\n{test}\n\ncheck({entry_point})\n"
 
 
