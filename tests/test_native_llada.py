@@ -117,7 +117,8 @@ def _engine(member, run: dict, monkeypatch, **settings) -> tuple[list[int], list
     for after in frames:
         counts.append(int(((before == MASK) & (after != MASK)).sum()))
         before = after
-    return frames[-1][len(run["prompt"]):].tolist(), counts, result.steps
+    assert result.token_ids == frames[-1][len(run["prompt"]):].tolist()  # what --json and the API report
+    return result.token_ids, counts, result.steps
 
 
 GREEDY = [("instruct", r) for r in FIG["generate"] + FIG["generate_short_prompt"]] + \
@@ -138,11 +139,16 @@ def test_greedy_decoding_is_token_identical_to_generate(folders, member, monkeyp
 
 
 @pytest.fixture(scope="module")
-def saturating(tmp_path_factory):
+def saturating_folder(tmp_path_factory) -> Path:
     """The instruct checkpoint with sharper attention and a 40x output head (Fast-dLLM's fixture): predictions
     that vary by position and float32 confidences that are often exactly 1.0."""
     root = tmp_path_factory.mktemp("llada-saturating")
-    return load_member(str(build_llada(root, name="tiny-llada-saturating", gains=FAST["checkpoint"]["gains"]).path))
+    return build_llada(root, name="tiny-llada-saturating", gains=FAST["checkpoint"]["gains"]).path
+
+
+@pytest.fixture(scope="module")
+def saturating(saturating_folder):
+    return load_member(str(saturating_folder))
 
 
 def test_saturating_checkpoint_logits_equal_fast_dllm_s(saturating):
@@ -183,6 +189,27 @@ def test_float32_ranking_would_depart_from_fast_dllm(saturating, monkeypatch):
                         lambda policy, logits, *a, **k: exact(policy, logits.float().softmax(-1).log(), *a, **k).float())
     ours, _, _ = _engine(saturating, run, monkeypatch)
     assert ours != run["output"]
+
+
+def test_generate_json_carries_the_token_ids(saturating_folder, saturating, capsys):
+    """`tie-lite generate --json` reports the final response's generated ids, and with --member-token-ids each
+    member's: the canvas after the prompt, id for id, from which each response's text is read."""
+    from tie_lite.faces.cli import main
+
+    folder = str(saturating_folder)
+    args = ["generate", "What is 2+3?", "--model", folder, "--model", folder, "--free", "--gen-length", "32",
+            "--block-size", "16", "--json", "--member-token-ids"]
+    assert main(args) == 0
+    out = json.loads(capsys.readouterr().out)
+    ids = out["response_token_ids"]
+    assert sorted(ids) == sorted(out["responses"]) and out["token_ids"] == ids[out["final_member"]]
+    tok = saturating.tokenizer
+    for name, member_ids in ids.items():
+        assert len(member_ids) == 32 and MASK not in member_ids
+        assert tok.decode(member_ids, skip_special_tokens=True).strip() == out["responses"][name]
+    assert main(args[:-1]) == 0 and "response_token_ids" not in json.loads(capsys.readouterr().out)
+    assert main([a for a in args if a != "--json"]) == 2
+    assert "--member-token-ids" in capsys.readouterr().err
 
 
 def test_loads_natively_through_load_member(folders, member):

@@ -34,6 +34,8 @@ from tie_lite.tasks import TASKS
 
 def cmd_generate(args) -> int:
     check_text(args.prompt)
+    if args.member_token_ids and not args.json:
+        raise UserError("--member-token-ids adds to the --json object: give --json too")
     decode, tie = decode_settings(args), tie_settings(args)
     load = load_settings(args)
     loading = tqdm(total=len(args.model or [0, 0]), desc="loading", unit="model", file=sys.stderr, leave=False,
@@ -63,6 +65,8 @@ def cmd_generate(args) -> int:
             "rounds": result.rounds,
             "leader_changes": result.leader_changes,
             "responses": result.responses,
+            "token_ids": result.token_ids,
+            **({"response_token_ids": result.response_token_ids} if args.member_token_ids else {}),
             "settings": {"decode": vars(decode) | {"steps": decode.total_steps}, "tie": vars(tie)},
             "timings": {"total_s": round(total, 4), "load_s": round(ensemble.load_seconds, 4),
                         "decode_s": round(result.seconds, 4)},
@@ -92,6 +96,8 @@ def build_parser() -> Parser:
                        epilog="example prompts for the shipped models:\n" + examples)
     g.add_argument("prompt")
     g.add_argument("--json", action="store_true", help="print one JSON object and nothing else on stdout")
+    g.add_argument("--member-token-ids", action="store_true",
+                   help="with --json: each member's generated token ids too (response_token_ids)")
     add_model_args(g)
     add_decode_args(g)
     add_tie_args(g)
