@@ -34,6 +34,7 @@ import json
 import shutil
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import torch
@@ -101,18 +102,46 @@ def import_fast_dllm(repo: str, commit: str, work: Path):
     return importlib.import_module("generate"), importlib.import_module("model")
 
 
+def time_sampler(args, commit: str, work: Path) -> None:
+    """--time: one of Fast-dLLM's samplers on a saved checkpoint (scripts/bench_fast_dllm.py calls this), timed
+    from the first forward to the returned canvas; prints one JSON object (ids, seconds, forwards)."""
+    generate, model_pkg = import_fast_dllm(args.fast_dllm_repo, commit, work)
+    torch.set_num_threads(args.threads)
+    model = model_pkg.LLaDAModelLM.from_pretrained(args.time, torch_dtype=torch.float32).eval()
+    prompt = torch.tensor([[int(i) for i in args.prompt_ids.split(",")]])
+    sampler = getattr(generate, SAMPLERS[args.cache])
+    start = time.perf_counter()
+    out, nfe = sampler(model, prompt, steps=args.gen_length, gen_length=args.gen_length, block_length=args.block_size,
+                       temperature=0.0, remasking="low_confidence", mask_id=MASK, threshold=args.threshold)
+    seconds = time.perf_counter() - start
+    print(json.dumps({"sampler": SAMPLERS[args.cache], "commit": commit, "seconds": seconds, "forwards": nfe,
+                      "ids": out[0, prompt.shape[1]:].tolist()}))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--fast-dllm-repo", default=FAST_DLLM_REPO, help="git clone of NVlabs/Fast-dLLM")
     ap.add_argument("--fast-dllm-commit", default=FAST_DLLM_COMMIT)
     ap.add_argument("--out", default=str(reference_dir("fast-dllm")))
+    ap.add_argument("--time", metavar="CHECKPOINT", help="time one sampler on this checkpoint folder instead")
+    ap.add_argument("--prompt-ids", help="--time: comma-separated prompt ids")
+    ap.add_argument("--cache", choices=list(SAMPLERS), default="dual", help="--time: which sampler")
+    ap.add_argument("--gen-length", type=int, default=256)
+    ap.add_argument("--block-size", type=int, default=32)
+    ap.add_argument("--threshold", type=float, default=None, help="--time: threshold decoding at this confidence")
+    ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
 
     import transformers
 
-    torch.set_num_threads(1)  # as the tests run; kernels may round differently with other thread counts
     commit = git(args.fast_dllm_repo, "rev-parse", args.fast_dllm_commit).strip()
     work = Path(tempfile.mkdtemp(prefix="tie-lite-fast-dllm-ref-"))
+    if args.time:
+        try:
+            return time_sampler(args, commit, work)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+    torch.set_num_threads(1)  # as the tests run; kernels may round differently with other thread counts
     try:
         generate, model_pkg = import_fast_dllm(args.fast_dllm_repo, commit, work)
         config = json.loads((reference_dir("llada") / "config.json").read_text())
