@@ -43,12 +43,10 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests"))
 from common import git, sha256, show, top_figures  # noqa: E402  (scripts/reference/, beside this file)
-from llada import CANVASES, FIXED_IDS, MASK, POSITIONS, PROMPT, compact_json  # noqa: E402
+from llada import (  # noqa: E402  (the LLaDA script's canvases, and where it reads Fast-dLLM from)
+    CANVASES, FAST_DLLM_COMMIT, FAST_DLLM_REPO, FAST_DLLM_URL, FIXED_IDS, MASK, POSITIONS, PROMPT, compact_json)
 from real_checkpoints import SATURATING_GAINS, fill_deterministic, reference_dir  # noqa: E402
 
-FAST_DLLM_REPO = "/work/.mirror/NVlabs+Fast-dLLM/repo"
-FAST_DLLM_URL = "https://github.com/NVlabs/Fast-dLLM"
-FAST_DLLM_COMMIT = "24cc59e75f20a6384bae8c905965bb090b96388e"
 FILES = {"generate.py": "llada/generate.py", "model/__init__.py": "llada/model/__init__.py",
          "model/modeling_llada.py": "llada/model/modeling_llada.py",
          "model/configuration_llada.py": "llada/model/configuration_llada.py"}
