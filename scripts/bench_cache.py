@@ -44,7 +44,7 @@ PROMPT = [{"role": "user", "content": "hi , what is 12 + 34 * 5 ? You are a help
                                       "the answer is what ?"}]
 
 
-def build_member(root: Path, seed: int, layers: int, width: int, head_scale: float, qk_std: float) -> str:
+def build_member(root: Path, seed: int, layers: int, width: int, head_scale: float, qk_std: float = 0.1) -> str:
     """A LLaDA-architecture checkpoint with the real vocabulary and random weights, saved in the hub layout:
     std 0.02 (LLaDA's init_std), `qk_std` for the query and key projections, `head_scale` for the head."""
     from tie_lite.models.llada import LLaDAConfig, LLaDAModelLM
