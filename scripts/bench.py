@@ -194,9 +194,9 @@ def reference_decode(member, messages, gen_length: int, block_size: int, steps: 
     Canvas = prompt + gen_length masks; per block, steps // blocks steps; each step runs the full model
     on the whole canvas, reads position i's prediction at i (i - 1 for shifted families, as the family
     adapter says), and commits the most confident masked positions of the current block, the block's
-    masks split evenly over its steps (remainder to the first steps). Differences from LLaDA's script,
-    none of which change the output at temperature 0: the softmax runs in float32 on the current block
-    only (LLaDA: float64 over the whole canvas), and no Gumbel noise is drawn at temperature 0.
+    masks split evenly over its steps (remainder to the first steps). Differences from Fast-dLLM's
+    `generate`, none of which change the output at temperature 0: the float64 softmax runs on the current
+    block only (Fast-dLLM: over the whole canvas), and no Gumbel noise is drawn at temperature 0.
     Returns (token ids of the whole canvas, response text, forward passes)."""
     tok = member.tokenizer
     model = member.model
@@ -221,9 +221,9 @@ def reference_decode(member, messages, gen_length: int, block_size: int, steps: 
                 logits = torch.cat([logits[:, :1], logits[:, :-1]], dim=1)
             if count == 0:
                 continue
-            block_logits = logits[0, lo:hi].float()
-            probs = torch.softmax(block_logits, dim=-1)
-            conf, pred = probs.max(-1)
+            block_logits = logits[0, lo:hi]
+            pred = block_logits.argmax(-1)
+            conf = torch.softmax(block_logits.double(), dim=-1).gather(-1, pred[:, None])[:, 0]
             conf = torch.where(x[0, lo:hi] == mask_id, conf, torch.tensor(-math.inf, device=conf.device))
             chosen = torch.topk(conf, count).indices
             x[0, lo + chosen] = pred[chosen]

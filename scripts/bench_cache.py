@@ -6,9 +6,12 @@
 
 The bench members: LLaDA's architecture and hub conventions (tests/real_checkpoints.py builds the tokenizer
 and config), the real 126,464-row vocabulary, 8 layers x 512, random weights (two seeds, so TIE has two
-members that disagree). Random weights predict almost uniformly, and threshold decoding would then commit
-one token a step, so the output head's weights are scaled (--head-scale) until the members are about as
-sure of themselves as trained ones: the figures report the tokens committed per step.
+members that disagree). Random weights predict almost uniformly and the same token everywhere, which tests
+neither threshold decoding nor the ranking; so the query and key projections are sharpened (--qk-std:
+attention that depends on position, so positions predict different tokens) and the output head scaled
+(--head-scale) until the members are sure of themselves as trained ones are. The figures report the tokens
+committed per step, and `member_statistics` checks the members: distinct ids in a decode and the share of
+candidates whose float32 confidence is exactly 1.0.
 
 Everything is measured in one run and reported as ratios to one member decoded as tie-lite did before
 (no cache, logits over the whole canvas): gen 256, block 32, one token a step unless threshold.
@@ -41,8 +44,9 @@ PROMPT = [{"role": "user", "content": "hi , what is 12 + 34 * 5 ? You are a help
                                       "the answer is what ?"}]
 
 
-def build_member(root: Path, seed: int, layers: int, width: int, head_scale: float) -> str:
-    """A LLaDA-architecture checkpoint with the real vocabulary and random weights, saved in the hub layout."""
+def build_member(root: Path, seed: int, layers: int, width: int, head_scale: float, qk_std: float = 0.1) -> str:
+    """A LLaDA-architecture checkpoint with the real vocabulary and random weights, saved in the hub layout:
+    std 0.02 (LLaDA's init_std), `qk_std` for the query and key projections, `head_scale` for the head."""
     from tie_lite.models.llada import LLaDAConfig, LLaDAModelLM
 
     ckpt = build_llada(root, name=f"bench-{seed}")
@@ -56,6 +60,9 @@ def build_member(root: Path, seed: int, layers: int, width: int, head_scale: flo
     model = LLaDAModelLM(LLaDAConfig(**{k: v for k, v in config.items() if k not in ("architectures",)}))
     with torch.no_grad():
         model.get_output_embeddings().weight.mul_(head_scale / model.config.init_std)
+        for name, param in model.named_parameters():
+            if name.endswith(("q_proj.weight", "k_proj.weight")):
+                param.mul_(qk_std / model.config.init_std)
     model.to(torch.bfloat16).save_pretrained(ckpt.path)
     return str(ckpt.path)
 
@@ -81,6 +88,32 @@ def decode_once(ensemble, decode, tie, members, before=False) -> dict:
     committed = decode.gen_length * len(members)  # every member completes its canvas
     return dict(seconds=round(seconds, 3), forwards=result.steps, text=result.text,
                 tokens_per_forward=round(committed / max(1, result.steps), 2))
+
+
+class ConfidenceLog(Trajectory):
+    """Notes, at each step, the float32 confidence of every candidate (how saturated the member is)."""
+
+    log: list
+
+    def step(self, settings, logits, plan=None):
+        plan = plan or self.plan_step()
+        if plan is not None:
+            rows = logits[plan.cand].float()
+            self.log.append(torch.softmax(rows, -1).gather(-1, rows.argmax(-1)[:, None])[:, 0])
+        return super().step(settings, logits, plan)
+
+
+def member_statistics(member, decode) -> dict:
+    """One decode of `member` (untimed): distinct generated ids, and the share of the steps' candidates whose
+    float32 confidence is exactly 1.0 or above 0.9. A member that predicts one token everywhere, or is never
+    sure, tests neither the ranking nor threshold decoding."""
+    t = ConfidenceLog.start(member, PROMPT, decode)
+    t.log, t.watch = [], False
+    t.run_blocks(decode, 10**9)
+    conf = torch.cat(t.log)
+    ids = t.ids[t.layout.prompt_len:].tolist()
+    return dict(distinct_ids=len(set(ids)), generated=len(ids), saturated_share=round(float((conf == 1.0).float().mean()), 3),
+                above_threshold_share=round(float((conf >= decode.threshold).float().mean()), 3), steps=len(t.log))
 
 
 def block_ms_per_token(ensemble, gen: int, block: int, cache: str, before: bool, steps: int) -> float:
@@ -115,6 +148,7 @@ def main(argv=None) -> int:
     ap.add_argument("--block-size", type=int, default=32)
     ap.add_argument("--threshold", type=float, default=0.9)
     ap.add_argument("--head-scale", type=float, default=0.8, help="std of the output head's random weights")
+    ap.add_argument("--qk-std", type=float, default=0.1, help="std of the query and key projections' weights")
     ap.add_argument("--growth", default="64,128,256,512,1024", help="gen lengths for the ms/token plot")
     ap.add_argument("--growth-steps", type=int, default=8, help="steps timed per length, uncached")
     ap.add_argument("--growth-only", action="store_true", help="only the ms/token growth table")
@@ -126,7 +160,8 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     root = Path(tempfile.mkdtemp(prefix="tie-lite-bench-cache-"))
     try:
-        specs = tuple(build_member(root, seed, args.layers, args.width, args.head_scale) for seed in (0, 1))
+        specs = tuple(build_member(root, seed, args.layers, args.width, args.head_scale, args.qk_std)
+                      for seed in (0, 1))
         ensemble = Ensemble(LoadSettings(models=specs, dtype="float32"))
         figures = run(ensemble, args)
     finally:
@@ -221,8 +256,8 @@ def plot(growth: dict, path: str) -> None:
     fig.savefig(path, dpi=120)
 
 
-def write_doc(path: str, block: str) -> None:
-    start, end = "<!-- bench-cache:start -->", "<!-- bench-cache:end -->"
+def write_doc(path: str, block: str, marker: str = "bench-cache") -> None:
+    start, end = f"<!-- {marker}:start -->", f"<!-- {marker}:end -->"
     doc = Path(path).read_text()
     if start in doc:
         head, rest = doc.split(start, 1)

@@ -23,15 +23,25 @@ from tokenizers import Tokenizer, models, pre_tokenizers, processors
 REFERENCE = Path(__file__).resolve().parent / "fixtures" / "reference"
 
 
-def deterministic_tensor(name: str, shape, dtype: torch.dtype = torch.float32, seed: int = 0) -> torch.Tensor:
+# A checkpoint whose predictions vary by position and saturate (scripts/reference/fast_dllm.py): query and key
+# projections 3x, so attention depends on position and masked positions predict different tokens; the output
+# head 40x, so the top logit often leads by tens and float32 confidences are exactly 1.0, as a real model's are.
+SATURATING_GAINS = {"q_proj.weight": 3.0, "k_proj.weight": 3.0, "transformer.ff_out.weight": 40.0}
+
+
+def deterministic_tensor(name: str, shape, dtype: torch.dtype = torch.float32, seed: int = 0,
+                         gains: dict[str, float] | None = None) -> torch.Tensor:
     """The value every builder gives tensor `name`: seeded by its name, so the authors' model and ours get
     the same weights without shipping them. Norm weights near 1, other vectors small, matrices scaled by
-    1/sqrt(fan-in) so that logits are peaked (greedy decoding has no near-ties to flip on rounding)."""
+    1/sqrt(fan-in) so that logits are peaked (greedy decoding has no near-ties to flip on rounding), times
+    `gains[key]` for a matrix whose name ends with `key` (sharper attention, saturated output: see
+    SATURATING_GAINS)."""
     gen = torch.Generator().manual_seed((zlib.crc32(name.encode()) ^ seed) & 0x7FFFFFFF)
     shape = tuple(int(s) for s in shape)
     values = torch.randn(shape, generator=gen, dtype=torch.float32)
     if len(shape) >= 2:
         values = values / math.sqrt(shape[-1])
+        values = values * next((g for key, g in (gains or {}).items() if name.endswith(key)), 1.0)
     elif "norm" in name or "ln_f" in name:
         values = 1.0 + 0.1 * values
     else:
@@ -39,12 +49,12 @@ def deterministic_tensor(name: str, shape, dtype: torch.dtype = torch.float32, s
     return values.to(dtype)
 
 
-def fill_deterministic(model: torch.nn.Module, seed: int = 0) -> None:
+def fill_deterministic(model: torch.nn.Module, seed: int = 0, gains: dict[str, float] | None = None) -> None:
     """Overwrite every parameter and persistent buffer of `model` by name (the reference scripts call this on
     the authors' model before save_pretrained)."""
     with torch.no_grad():
         for name, tensor in model.state_dict(keep_vars=True).items():
-            tensor.copy_(deterministic_tensor(name, tensor.shape, tensor.dtype, seed))
+            tensor.copy_(deterministic_tensor(name, tensor.shape, tensor.dtype, seed, gains))
 
 
 def tensor_table(path: Path) -> list[dict]:
@@ -64,7 +74,8 @@ _DTYPES = {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16, "
            "I64": torch.int64, "I32": torch.int32, "BOOL": torch.bool}
 
 
-def write_weights(folder: Path, table: list[dict], seed: int = 0, shards: int = 2) -> None:
+def write_weights(folder: Path, table: list[dict], seed: int = 0, shards: int = 2,
+                  gains: dict[str, float] | None = None) -> None:
     """The tensors of `table`, deterministically filled, as `shards` safetensors files plus the
     model.safetensors.index.json that hub checkpoints carry."""
     from safetensors.torch import save_file
@@ -74,7 +85,8 @@ def write_weights(folder: Path, table: list[dict], seed: int = 0, shards: int = 
     weight_map, total = {}, 0
     for k, group in enumerate(groups):
         fname = f"model-{k + 1:05d}-of-{shards:05d}.safetensors"
-        tensors = {r["name"]: deterministic_tensor(r["name"], r["shape"], _DTYPES[r["dtype"]], seed) for r in group}
+        tensors = {r["name"]: deterministic_tensor(r["name"], r["shape"], _DTYPES[r["dtype"]], seed, gains)
+                   for r in group}
         total += sum(t.numel() * t.element_size() for t in tensors.values())
         save_file(tensors, str(folder / fname), metadata={"format": "pt"})
         weight_map.update({name: fname for name in tensors})
@@ -169,9 +181,11 @@ def _decoy_code(folder: Path, names: tuple[str, ...]) -> Path:
     return marker
 
 
-def build_llada(root: Path, variant: str = "instruct", name: str | None = None) -> Checkpoint:
+def build_llada(root: Path, variant: str = "instruct", name: str | None = None,
+                gains: dict[str, float] | None = None) -> Checkpoint:
     """A tiny LLaDA with the real GSAI-ML/LLaDA-8B-Instruct config (or a recorded variant: gqa, tied, biased),
-    the authors' parameter names and the weights their reference run used."""
+    the authors' parameter names and the weights their reference run used (times `gains`, see
+    deterministic_tensor)."""
     ref = reference_dir("llada")
     if variant == "instruct":
         config, tensors = "config.json", "tensors.json"
@@ -181,7 +195,7 @@ def build_llada(root: Path, variant: str = "instruct", name: str | None = None) 
     folder = Path(root) / (name or f"tiny-llada-{variant}")
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "config.json").write_text((ref / config).read_text())
-    write_weights(folder, json.loads((ref / tensors).read_text()))
+    write_weights(folder, json.loads((ref / tensors).read_text()), gains=gains)
     hub = json.loads((ref / "tokenizer_config.json").read_text())  # the hub tokenizer's template and specials
     tokenizer = word_tokenizer(LLADA_SPECIALS, max(LLADA_SPECIALS.values()) + 1, bos=hub["bos_token"])
     tokenizer.add_special_tokens({"bos_token": hub["bos_token"], "eos_token": hub["eos_token"],

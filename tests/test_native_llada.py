@@ -16,6 +16,8 @@ from pathlib import Path
 import pytest
 import torch
 from real_checkpoints import LLADA_SPECIALS, build_llada, load_figures, reference_dir
+
+import tie_lite.engine.sampler as sampler
 from safetensors import safe_open
 
 from tie_lite.engine.events import StepFrame
@@ -28,6 +30,7 @@ from tie_lite.runtime.scheduler import Scheduler
 
 REF = reference_dir("llada")
 FIG = load_figures("llada")
+FAST = load_figures("fast-dllm")  # scripts/reference/fast_dllm.py: Fast-dLLM's samplers on a saturating checkpoint
 MASK, EOS, EOT = 126336, 126081, 126348
 CHECKPOINTS = {"instruct": ("config.json", "tensors.json"),
                **{name: (v["config"], v["tensors"]) for name, v in FIG["variants"].items()}}
@@ -99,11 +102,13 @@ def test_padded_batch_logits_equal_the_authors(member):
         assert float((row[fig["position"]][fig["top5_ids"] + FIG["fixed_ids"]] - want).abs().max()) < 1e-4
 
 
-def _engine(member, run: dict, monkeypatch) -> tuple[list[int], list[int], int]:
-    """One LLaDA member on the raw prompt ids, free layout, greedy low-confidence, through the TIE loop."""
+def _engine(member, run: dict, monkeypatch, **settings) -> tuple[list[int], list[int], int]:
+    """One LLaDA member on the raw prompt ids, free layout, greedy low-confidence (or `settings`), through the
+    TIE loop."""
     monkeypatch.setattr(member, "prompt_ids", lambda messages: list(run["prompt"]))
-    settings = DecodeSettings(gen_length=run["gen_length"], block_size=run["block_length"], steps=run["steps"],
-                              unmask="low_confidence", answer_length=None, temperature=0.0)
+    settings = DecodeSettings(**{**dict(gen_length=run["gen_length"], block_size=run["block_length"],
+                                        steps=run["steps"], unmask="low_confidence", answer_length=None,
+                                        temperature=0.0), **settings})
     frames: list = []
     result = run_tie(Scheduler([member]), [{"role": "user", "content": "hi"}], settings,
                      on_event=lambda e: frames.append(e.trajectory.ids.clone()) if isinstance(e, StepFrame) else None)
@@ -112,7 +117,8 @@ def _engine(member, run: dict, monkeypatch) -> tuple[list[int], list[int], int]:
     for after in frames:
         counts.append(int(((before == MASK) & (after != MASK)).sum()))
         before = after
-    return frames[-1][len(run["prompt"]):].tolist(), counts, result.steps
+    assert result.token_ids == frames[-1][len(run["prompt"]):].tolist()  # what --json and the API report
+    return result.token_ids, counts, result.steps
 
 
 GREEDY = [("instruct", r) for r in FIG["generate"] + FIG["generate_short_prompt"]] + \
@@ -130,6 +136,80 @@ def test_greedy_decoding_is_token_identical_to_generate(folders, member, monkeyp
     assert ours == run["output"]
     assert counts == [c for c in run["transfers_per_step"] if c]  # generate()'s steps that commit nothing are skipped
     assert forwards == sum(1 for c in run["transfers_per_step"] if c)
+
+
+@pytest.fixture(scope="module")
+def saturating_folder(tmp_path_factory) -> Path:
+    """The instruct checkpoint with sharper attention and a 40x output head (Fast-dLLM's fixture): predictions
+    that vary by position and float32 confidences that are often exactly 1.0."""
+    root = tmp_path_factory.mktemp("llada-saturating")
+    return build_llada(root, name="tiny-llada-saturating", gains=FAST["checkpoint"]["gains"]).path
+
+
+@pytest.fixture(scope="module")
+def saturating(saturating_folder):
+    return load_member(str(saturating_folder))
+
+
+def test_saturating_checkpoint_logits_equal_fast_dllm_s(saturating):
+    agree: list[bool] = []
+    delta = _max_delta(saturating.model, FAST["canvases"], agree)
+    print(f"saturating: fp32 max |dlogit| vs Fast-dLLM's model {delta:.3g} over {len(agree)} positions")
+    assert delta < 1e-3 and all(agree)  # logits of tens here: 1e-3 is a few float32 steps
+
+
+def _fast_settings(run: dict) -> dict:
+    if run["threshold"] is None:
+        return dict(cache=run["cache"])
+    return dict(cache=run["cache"], unmask="threshold", threshold=run["threshold"])
+
+
+@pytest.mark.parametrize("run", FAST["runs"], ids=[f"{r['cache']}-steps{r['steps']}-threshold{r['threshold']}"
+                                                   for r in FAST["runs"]])
+def test_decoding_is_token_identical_to_fast_dllm_where_confidences_saturate(saturating, monkeypatch, run):
+    """Fast-dLLM's generate / generate_with_prefix_cache / generate_with_dual_cache, by steps or by threshold,
+    against tie-lite's --cache none / prefix / dual: the same ids and the same number of forwards, on a
+    checkpoint where several candidates are often exactly 1.0 in float32 (tie-lite ranks in float64, as
+    Fast-dLLM does)."""
+    ours, counts, forwards = _engine(saturating, run, monkeypatch, **_fast_settings(run))
+    matched = sum(a == b for a, b in zip(ours, run["output"]))
+    print(f"{run['sampler']} steps {run['steps']} threshold {run['threshold']}: {matched}/{len(ours)} ids match, "
+          f"{forwards} forwards (Fast-dLLM: {run['forwards']}); {run['distinct_ids']} distinct ids, "
+          f"{sum(run['saturated_fp32_per_step'])} candidates at float32 confidence 1.0")
+    assert ours == run["output"]
+    assert counts == run["committed_per_step"] and forwards == run["forwards"]
+
+
+def test_float32_ranking_would_depart_from_fast_dllm(saturating, monkeypatch):
+    """Why the ranking is float64: ranked in float32 (ties leftmost), the same decode commits other positions
+    where confidences saturate."""
+    run = next(r for r in FAST["runs"] if r["cache"] == "none" and r["threshold"] is None and r["fp32_ranking_differs_at"])
+    exact = sampler.commit_confidence
+    monkeypatch.setattr(sampler, "commit_confidence",
+                        lambda policy, logits, *a, **k: exact(policy, logits.float().softmax(-1).log(), *a, **k).float())
+    ours, _, _ = _engine(saturating, run, monkeypatch)
+    assert ours != run["output"]
+
+
+def test_generate_json_carries_the_token_ids(saturating_folder, saturating, capsys):
+    """`tie-lite generate --json` reports the final response's generated ids, and with --member-token-ids each
+    member's: the canvas after the prompt, id for id, from which each response's text is read."""
+    from tie_lite.faces.cli import main
+
+    folder = str(saturating_folder)
+    args = ["generate", "What is 2+3?", "--model", folder, "--model", folder, "--free", "--gen-length", "32",
+            "--block-size", "16", "--json", "--member-token-ids"]
+    assert main(args) == 0
+    out = json.loads(capsys.readouterr().out)
+    ids = out["response_token_ids"]
+    assert sorted(ids) == sorted(out["responses"]) and out["token_ids"] == ids[out["final_member"]]
+    tok = saturating.tokenizer
+    for name, member_ids in ids.items():
+        assert len(member_ids) == 32 and MASK not in member_ids
+        assert tok.decode(member_ids, skip_special_tokens=True).strip() == out["responses"][name]
+    assert main(args[:-1]) == 0 and "response_token_ids" not in json.loads(capsys.readouterr().out)
+    assert main([a for a in args if a != "--json"]) == 2
+    assert "--member-token-ids" in capsys.readouterr().err
 
 
 def test_loads_natively_through_load_member(folders, member):

@@ -11,7 +11,8 @@ MESSAGES = [{"role": "user", "content": "What is (23+41)*7?"}]
 def reference_order(member, prompt_ids, gen_length, block_size, steps):
     """A straightforward LLaDA-rule loop, written independently of the engine: fixed per-block step
     budget, even split of the block's masks over its steps (remainder to the first steps), greedy,
-    commit the most confident masked positions of the current block."""
+    commit the most confident masked positions of the current block, confidence a float64 softmax as
+    Fast-dLLM computes it (the shipped members' EOS runs are exactly 1.0 in float32)."""
     mask = member.mask_id
     x = torch.tensor(prompt_ids + [mask] * gen_length)
     start = len(prompt_ids)
@@ -24,8 +25,8 @@ def reference_order(member, prompt_ids, gen_length, block_size, steps):
         counts = [n // per_block + (1 if i < n % per_block else 0) for i in range(per_block)]
         for count in counts:
             logits = member.logits(x[None])[0]
-            probs = torch.softmax(logits, -1)
-            conf, pred = probs.max(-1)
+            pred = logits.argmax(-1)
+            conf = torch.softmax(logits.double(), -1).gather(-1, pred[:, None])[:, 0]
             allowed = torch.zeros_like(conf, dtype=torch.bool)
             allowed[lo:hi] = x[lo:hi] == mask
             conf = torch.where(allowed, conf, torch.tensor(-float("inf")))
@@ -73,7 +74,7 @@ def test_threshold_commits_confident_positions_and_at_least_one(shipped):
     traj.step(settings, logits)
     committed = (before & ~traj.masked).nonzero().flatten()
     block = slice(traj.layout.prompt_len, traj.layout.prompt_len + 8)
-    conf = torch.softmax(logits, -1).max(-1).values
+    conf = torch.softmax(logits.double(), -1).max(-1).values
     sure = [p for p in range(block.start, block.stop) if conf[p] >= 0.9]
     assert set(committed.tolist()) == set(sure) or (not sure and len(committed) == 1)
 

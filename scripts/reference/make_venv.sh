@@ -1,13 +1,19 @@
 #!/usr/bin/env bash
-# A scratch virtualenv with the transformers the model authors used (4.46), beside the project's own;
-# the reference scripts run the authors' files in it. Usage: bash scripts/reference/make_venv.sh [DIR]
-# (default /tmp/tie-lite-reference-venv); prints the venv's python.
+# A scratch virtualenv with the transformers a reference was written for, beside the project's own; the
+# reference scripts run the authors' files in it. Usage: bash scripts/reference/make_venv.sh [DIR] [TRANSFORMERS]
+# (default /tmp/tie-lite-reference-venv and 4.46.3, what the LLaDA and Dream authors used; Fast-dLLM pins
+# 4.49.0 in its requirements.txt and imports einops); prints the venv's python.
 set -euo pipefail
 dir="${1:-/tmp/tie-lite-reference-venv}"
+version="${2:-4.46.3}"
 if [ ! -x "$dir/bin/python" ]; then
   python3 -m venv "$dir"
   "$dir/bin/pip" install -q --upgrade pip
   "$dir/bin/pip" install -q torch==2.13.0
-  "$dir/bin/pip" install -q "transformers==4.46.3" "tokenizers<0.21" safetensors "accelerate<1.2" numpy
+  if [ "$version" = "4.46.3" ]; then
+    "$dir/bin/pip" install -q "transformers==4.46.3" "tokenizers<0.21" safetensors "accelerate<1.2" numpy
+  else
+    "$dir/bin/pip" install -q "transformers==$version" safetensors "accelerate==0.34.2" numpy einops
+  fi
 fi
 echo "$dir/bin/python"

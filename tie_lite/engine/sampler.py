@@ -270,12 +270,11 @@ class Trajectory:
         self.forwards += 1
 
         cand_logits = logits[cand]
-        probs = torch.softmax(cand_logits, dim=-1)
         if settings.temperature > 0:
             x0 = _gumbel_argmax(cand_logits, settings.temperature, self.generator)
         else:
-            x0 = probs.argmax(-1)
-        confidence = _confidence(settings.unmask, probs, x0, self.generator, dream=settings.dream)
+            x0 = cand_logits.argmax(-1)
+        confidence = commit_confidence(settings.unmask, cand_logits, x0, self.generator, dream=settings.dream)
 
         if settings.dream:
             left = int(masked[lay.prompt_len :].sum())
@@ -291,8 +290,7 @@ class Trajectory:
             left = max(1, settings.steps_per_block - self.block_step)
             count = math.ceil(int(masked[block].sum()) / left)
         count = min(count, cand.numel())
-        # stable: among equally confident positions the leftmost goes first (saturated EOS runs tie often)
-        chosen = torch.sort(confidence, descending=True, stable=True).indices[:count]
+        chosen = most_confident(confidence, count)
         if self.watch:
             self._record(logits, plan.watched)
         self.ids[cand[chosen]] = x0[chosen]
@@ -394,15 +392,28 @@ def dream_transfer_count(masked: int, step: int, steps: int, eps: float) -> int:
     return int(torch.tensor(masked, dtype=torch.float32) * share)
 
 
-def _confidence(policy: str, probs: torch.Tensor, x0: torch.Tensor, generator: torch.Generator,
-                dream: bool = False) -> torch.Tensor:
-    if policy == "random":
-        return torch.rand(x0.shape, generator=generator)
+def commit_confidence(policy: str, logits: torch.Tensor, x0: torch.Tensor, generator: torch.Generator,
+                      dream: bool = False) -> torch.Tensor:
+    """How sure the member is of committing `x0` at each position that can be committed (`logits`: those
+    positions' rows), higher first, in float64 whatever the logits' dtype. A float32 probability is exactly
+    1.0 once the top logit leads the rest by about 17, which real models reach often: ranking in float32
+    then leaves the order to ties. Fast-dLLM's samplers rank a float64 softmax, as this does; over the
+    candidates alone (a block, not the canvas) it costs little. Unmasking policies added later rank through
+    this too (with `most_confident`), so every policy and cache mode ranks in the same precision."""
+    if policy == "random":  # float32 draws, as the reference samplers draw them
+        return torch.rand(x0.shape, generator=generator).to(torch.float64)
+    probs = torch.softmax(logits.to(torch.float64), dim=-1)
     if policy in ("margin", "topk_margin"):
         top2 = probs.topk(min(2, probs.shape[-1]), dim=-1).values
         return top2[:, 0] - (top2[:, 1] if top2.shape[1] > 1 else 0)
     if policy == "entropy":  # negative entropy: higher is surer
         if dream:
             return (probs * torch.log(probs + DREAM_ENTROPY_EPS)).sum(-1)
-        return (probs * probs.clamp_min(1e-12).log()).sum(-1)
+        return (probs * probs.clamp_min(1e-300).log()).sum(-1)
     return probs.gather(-1, x0[:, None])[:, 0]  # low_confidence, maskgit_plus, threshold, topk
+
+
+def most_confident(confidence: torch.Tensor, count: int) -> torch.Tensor:
+    """Indices of the `count` highest confidences. Exact ties (rare in float64: logits leading by more than
+    about 37) go leftmost first, a fixed order where the reference samplers leave it to torch.topk."""
+    return torch.sort(confidence, descending=True, stable=True).indices[:count]

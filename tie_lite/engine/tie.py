@@ -48,6 +48,10 @@ class Result:
     responses: dict[str, str]
     seconds: float
     memory: dict = field(default_factory=dict)
+    # the canvas after the prompt, id for id in the member's own vocabulary (answer marker and end-of-text
+    # padding included): what another implementation's output is compared with, token for token
+    token_ids: list[int] = field(default_factory=list)  # the final response's
+    response_token_ids: dict[str, list[int]] = field(default_factory=dict)  # each member's completed response
 
     @property
     def change_rate(self) -> float | None:
@@ -143,9 +147,16 @@ def tie_process(
         responses={n: t.text() for n, t in zip(names, trajs)},
         seconds=time.perf_counter() - start,
         memory=scheduler.report(),
+        token_ids=generated_ids(trajs[final]),
+        response_token_ids={n: generated_ids(t) for n, t in zip(names, trajs)},
     )
     emit(Final(result))
     return result
+
+
+def generated_ids(traj) -> list[int]:
+    """A trajectory's canvas after its prompt (a local or a Ray member's: both carry ids and layout)."""
+    return traj.ids[traj.layout.prompt_len :].tolist()
 
 
 def start_trajectory(member, messages: list[dict], decode: DecodeSettings, watch: bool):

@@ -146,7 +146,7 @@ def read_prompts(path: str) -> list[dict]:
 def result_fields(result) -> dict:
     return {"text": result.text, "answer": result.answer, "members": result.members,
             "final_member": result.final_member, "steps": result.steps, "rounds": result.rounds,
-            "leader_changes": result.leader_changes, "responses": result.responses}
+            "leader_changes": result.leader_changes, "responses": result.responses, "token_ids": result.token_ids}
 
 
 def refuse_off_task(load, prompt: str) -> None:
@@ -165,6 +165,8 @@ def cmd_generate(args) -> int:
     from tie_lite.engine.events import RoundScores, StepFrame  # deferred: the engine loads torch (see options.py)
     from tie_lite.runtime.session import Ensemble  # deferred: loads torch
 
+    if args.member_token_ids and not args.json and args.prompts is None:
+        raise UserError("--member-token-ids adds to the --json object: give --json too")
     if (args.prompt is None) == (args.prompts is None):
         raise UserError("give one PROMPT, - to read it from standard input, or --prompts FILE.jsonl (not both)")
     if args.prompts is not None and args.prompt is None:
@@ -193,6 +195,7 @@ def cmd_generate(args) -> int:
     total = ensemble.load_seconds + result.seconds
     if args.json:
         out = result_fields(result) | {
+            **({"response_token_ids": result.response_token_ids} if args.member_token_ids else {}),
             "settings": {"decode": vars(decode) | {"steps": decode.total_steps}, "tie": vars(tie),
                          "threads": torch.get_num_threads()},
             "timings": {"total_s": round(total, 4), "load_s": round(ensemble.load_seconds, 4),
@@ -284,6 +287,8 @@ def build_parser(command: str | None = None) -> Parser:
                    help="answer many prompts, batched: JSON Lines with one {\"prompt\": ...} object per line (- for "
                         "standard input); prints one JSON object per prompt, a line each, in the same order")
     g.add_argument("--json", action="store_true", help="print one JSON object and nothing else on stdout")
+    g.add_argument("--member-token-ids", action="store_true",
+                   help="with --json: each member's generated token ids too (response_token_ids)")
     add_model_args(g)
     add_decode_args(g)
     add_tie_args(g)
