@@ -70,45 +70,55 @@ class BodyTooLarge(Exception):
     pass
 
 
+def too_large(max_bytes: int) -> APIError:
+    return APIError(413, f"the request body is larger than {max_bytes:,} bytes (the server's --max-body)",
+                    code="body_too_large")
+
+
 class BodyTimeout(Exception):
-    pass
+    def __init__(self, stopping: bool):
+        super().__init__()
+        self.stopping = stopping
 
 
-class BodyLimit:
-    """ASGI middleware: a body larger than `max_bytes` is refused with 413 before it is read whole (at once when
-    Content-Length says so, else as soon as the bytes received pass the limit), and a body that stops arriving
-    for `timeout` seconds ends the request with 408, so half-sent requests hold nothing. Starlette and uvicorn
-    have neither limit."""
+class BodyGuard:
+    """ASGI middleware: a body over `max_bytes` is answered 413 before it is read whole (at once when its
+    Content-Length says so, else as soon as the bytes received pass the limit). FastAPI's own `max_body_size`
+    answers a too-long Content-Length in plain text whatever the exception handlers say, so the server counts
+    itself, in OpenAI's error shape. A body that stops arriving for `timeout` seconds ends the request with 408,
+    and one still arriving when the server stops ends with 503, so half-sent requests hold no slot and never
+    delay a shutdown (uvicorn has no read timeout for bodies). Reads after the body is in pass through."""
 
-    def __init__(self, app, max_bytes: int, timeout: float):
-        self.app, self.max_bytes, self.timeout = app, max_bytes, timeout
+    def __init__(self, app, max_bytes: int, timeout: float, stopping):
+        self.app, self.max_bytes, self.timeout, self.stopping = app, max_bytes, timeout, stopping
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        length = dict(scope["headers"]).get(b"content-length", b"0")
-        if not length.isdigit() or int(length) > self.max_bytes:
-            error = APIError(413, f"the request body is larger than {self.max_bytes:,} bytes (the server's "
-                                  f"--max-body)", code="body_too_large")
-            return await JSONResponse(error.body(), status_code=413)(scope, receive, send)
-        received, complete = 0, False
+        declared = dict(scope["headers"]).get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > self.max_bytes:
+            return await JSONResponse(too_large(self.max_bytes).body(), status_code=413)(scope, receive, send)
+        complete, received = False, 0
 
-        async def limited():
-            nonlocal received, complete
-            if complete:  # the body is in: later reads only wait for a disconnect, which has no deadline
+        async def timed():
+            nonlocal complete, received
+            if complete:
                 return await receive()
-            try:
-                message = await asyncio.wait_for(receive(), self.timeout)
-            except TimeoutError:
-                raise BodyTimeout() from None
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > self.max_bytes:
-                    raise BodyTooLarge()
-                complete = not message.get("more_body", False)
+            loop = asyncio.get_running_loop()
+            deadline, arrival = loop.time() + self.timeout, asyncio.ensure_future(receive())
+            while not arrival.done():  # checked in slices, so a shutdown need not wait out the deadline
+                if self.stopping() or loop.time() > deadline:
+                    arrival.cancel()
+                    raise BodyTimeout(stopping=self.stopping())
+                await asyncio.wait({arrival}, timeout=min(0.25, self.timeout))
+            message = arrival.result()
+            received += len(message.get("body", b""))
+            if received > self.max_bytes:
+                raise BodyTooLarge()
+            complete = message["type"] != "http.request" or not message.get("more_body", False)
             return message
 
-        await self.app(scope, limited, send)
+        await self.app(scope, timed, send)
 
 
 class Server(uvicorn.Server):
@@ -149,7 +159,7 @@ def create_app(ensemble, defaults: Defaults, *, api_key: str | None = None, max_
     engine = engine or BatchEngine(ensemble, max_batch=max_batch, max_queue=max_queue)
     app = FastAPI(title="tie-lite", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.engine = engine
-    app.add_middleware(BodyLimit, max_bytes=max_body, timeout=read_timeout)
+    app.add_middleware(BodyGuard, max_bytes=max_body, timeout=read_timeout, stopping=lambda: engine.closed)
     created = int(time.time())
 
     def error(exc: APIError) -> JSONResponse:
@@ -170,11 +180,12 @@ def create_app(ensemble, defaults: Defaults, *, api_key: str | None = None, max_
 
     @app.exception_handler(BodyTooLarge)
     async def on_too_large(request, exc):
-        return error(APIError(413, f"the request body is larger than {max_body:,} bytes (the server's --max-body)",
-                              code="body_too_large"))
+        return error(too_large(max_body))
 
     @app.exception_handler(BodyTimeout)
-    async def on_slow_body(request, exc):
+    async def on_slow_body(request, exc: BodyTimeout):
+        if exc.stopping:
+            return error(APIError(503, "the server is shutting down", kind="server_error", code="shutting_down"))
         return error(APIError(408, f"the request body did not arrive within {read_timeout:g} s", code="timeout"))
 
     def check_key(request: Request) -> None:
