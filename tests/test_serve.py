@@ -66,12 +66,12 @@ def client(served):
     return openai.OpenAI(base_url=served[1] + "/v1", api_key=KEY, max_retries=0)
 
 
-def generate_text(*args) -> str:
+def generate_text(*args, prompt=PROMPT) -> str:
     from tie_lite.faces.cli import main
 
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
-        assert main(["generate", PROMPT, *args, "--json"]) == 0
+        assert main(["generate", prompt, *args, "--json"]) == 0
     return json.loads(out.getvalue())["text"]
 
 

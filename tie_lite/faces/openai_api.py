@@ -23,7 +23,7 @@ from tie_lite.faces.client_settings import (
 )
 
 MAX_CHOICES = 8  # choices one request may ask for (n, times the prompts of a completion), within the batch
-MAX_STOP = 4  # OpenAI's limit on stop sequences
+MAX_STOP = 16  # stop sequences (OpenAI allows 4; lm-eval's completions send a task's list plus the EOS text)
 CHARS_PER_TOKEN = 32  # a prompt longer than this many characters per context token cannot fit: refused untokenized
 
 # Fields clients send that change nothing in a masked diffusion decode when left at their defaults.
@@ -177,16 +177,19 @@ def _conversation(messages: list[dict], field: str) -> list[dict]:
         raise APIError(400, str(exc), param=field) from None
 
 
-def conversations(endpoint: str, body: dict) -> list[list[dict]]:
+def conversations(endpoint: str, body: dict, detokenize=None) -> list[list[dict]]:
+    """Each prompt's conversation. A completion's prompt may be token ids of the server's tokenizer (`/tokenize`),
+    which `detokenize` turns back into text."""
     field = PROMPT_FIELD[endpoint]
     if endpoint == "chat":
         return [_conversation(_messages(body.get("messages"), field), field)]
     if endpoint == "completions":
         prompt = body.get("prompt")
-        prompts = [prompt] if isinstance(prompt, str) else prompt
-        if not isinstance(prompts, list) or not prompts or not all(isinstance(p, str) for p in prompts):
-            raise APIError(400, "prompt must be a string or a list of strings (token ids are not available: "
-                                "the members have different tokenizers)", param="prompt")
+        prompts = [prompt] if isinstance(prompt, str) or _token_ids(prompt) else prompt
+        if not isinstance(prompts, list) or not prompts or not all(isinstance(p, str) or _token_ids(p) for p in prompts):
+            raise APIError(400, "prompt must be a string, a list of strings, or token ids from this server's "
+                                "/tokenize", param="prompt")
+        prompts = [p if isinstance(p, str) else detokenize(p) for p in prompts]
         return [_conversation([{"role": "user", "content": p}], "prompt") for p in prompts]
     given = body.get("input")
     messages = [{"role": "user", "content": given}] if isinstance(given, str) else _messages(given, field)
@@ -198,7 +201,11 @@ def conversations(endpoint: str, body: dict) -> list[list[dict]]:
     return [_conversation(messages, field)]
 
 
-def read_ask(endpoint: str, body, defaults: Defaults) -> Ask:
+def _token_ids(value) -> bool:
+    return isinstance(value, list) and bool(value) and all(isinstance(t, int) and not isinstance(t, bool) for t in value)
+
+
+def read_ask(endpoint: str, body, defaults: Defaults, detokenize=None) -> Ask:
     """A request body -> Ask, or an APIError naming the field at fault."""
     if not isinstance(body, dict):
         raise APIError(400, "the request body must be a JSON object")
@@ -211,7 +218,7 @@ def read_ask(endpoint: str, body, defaults: Defaults) -> Ask:
     for key in ("quant", "backend", "models"):
         if body.get(key) is not None:
             raise APIError(400, f"'{key}' is set by the server's operator; choose a model id instead", param=key)
-    talks = conversations(endpoint, body)
+    talks = conversations(endpoint, body, detokenize)
     n = _whole(body, "n", 1, MAX_CHOICES) or 1
     if n * len(talks) > MAX_CHOICES:
         raise APIError(400, f"n times the prompts is {n * len(talks)}; at most {MAX_CHOICES} choices a request",

@@ -2,6 +2,7 @@
 
     GET  /health                 status and load
     GET  /v1/models              the ensemble (tie:a+b) and each member alone; /v1/models/{id} one of them
+    GET  /tokenizer_info, POST /tokenize, /detokenize   the server's tokenizer (vLLM's names; lm-eval reads them)
     POST /v1/chat/completions    messages -> n choices (stream, stop, logprobs, token caps; TIE settings as fields)
     POST /v1/completions         prompt(s) -> choices, the same fields
     POST /v1/responses           input (+ instructions) -> one response, streamed as the Responses API's events
@@ -219,13 +220,48 @@ def create_app(ensemble, defaults: Defaults, *, api_key: str | None = None, max_
                            param="model", code="model_not_found")
         return model_object(model_id)
 
-    async def read(request: Request, endpoint: str) -> Ask:
+    # The server's tokenizer (/tokenize, /detokenize, token-id prompts; what lm-eval's remote tokenizer reads): the
+    # first launched member's. Each member still reads the prompt as text, in its own tokens.
+    tokenizer = ensemble.scheduler.loaded[0].tokenizer
+    context = ensemble.scheduler.loaded[0].max_length
+
+    def detokenize(ids) -> str:
+        if not isinstance(ids, list) or not all(isinstance(t, int) and 0 <= t < len(tokenizer) for t in ids):
+            raise APIError(400, f"tokens must be a list of token ids, 0..{len(tokenizer) - 1}", param="tokens")
+        return tokenizer.decode(ids, skip_special_tokens=True)
+
+    async def json_body(request: Request):
         check_key(request)
         try:
-            body = json.loads(await request.body())
+            return json.loads(await request.body())
         except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
             raise APIError(400, "the request body is not valid JSON (or nests too deeply)") from None
-        ask = read_ask(endpoint, body, defaults)
+
+    @app.get("/tokenizer_info")
+    async def tokenizer_info(request: Request):
+        check_key(request)
+        return {"tokenizer_class": type(tokenizer).__name__, "eos_token": tokenizer.eos_token,
+                "bos_token": tokenizer.bos_token, "pad_token": tokenizer.pad_token, "model_max_length": context,
+                "chat_template": getattr(tokenizer, "chat_template", None)}
+
+    @app.post("/tokenize")
+    async def tokenize(request: Request):
+        body = await json_body(request)
+        text = body.get("prompt") if isinstance(body, dict) else None
+        if not isinstance(text, str) or len(text) > max_body:
+            raise APIError(400, "prompt must be a string", param="prompt")
+        special = isinstance(body.get("add_special_tokens"), bool) and body["add_special_tokens"]
+        ids = await asyncio.to_thread(tokenizer.encode, text, add_special_tokens=special)
+        return {"tokens": ids, "count": len(ids), "max_model_len": context}
+
+    @app.post("/detokenize")
+    async def detokenize_endpoint(request: Request):
+        body = await json_body(request)
+        return {"prompt": detokenize(body.get("tokens") if isinstance(body, dict) else None)}
+
+    async def read(request: Request, endpoint: str) -> Ask:
+        body = await json_body(request)
+        ask = read_ask(endpoint, body, defaults, detokenize)
         members = [ensemble.scheduler.loaded[i] for i in member_indices(defaults.load, ask.load)]
         check_prompt_size(ask, members)  # before any tokenizing
         # tokenizing and the context check run beside the engine's worker, never on it
