@@ -14,10 +14,10 @@ the framework's 404 and 405 included, uses OpenAI's error object. What the field
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
-import queue
 import secrets
 import socket
 import sys
@@ -267,25 +267,26 @@ def create_app(ensemble, defaults: Defaults, *, api_key: str | None = None, max_
         # tokenizing and the context check run beside the engine's worker, never on it
         return await asyncio.to_thread(fit_canvas, ask, members)
 
-    def submit(ask: Ask) -> list[Choice]:
-        choices, events = [], queue.Queue()  # one queue for every choice: (index, kind, value)
+    def submit(ask: Ask) -> tuple[list[Choice], asyncio.Queue]:
+        # one inbox for every choice, (index, kind, value), fed from the worker thread without polling threads
+        choices, inbox, loop = [], asyncio.Queue(), asyncio.get_running_loop()
         members = member_indices(defaults.load, ask.load)
         try:
             for k in range(ask.choices):
-                choice = Choice(k)
+                choice, tagged = Choice(k), Tagged(loop, inbox, k)
 
-                def on_event(event, choice=choice):  # in the worker, while the trajectories are as the event says
+                def on_event(event, choice=choice, tagged=tagged):  # in the worker, while trajectories are as it says
                     if isinstance(event, StepFrame):
                         choice.latest[event.member] = event.trajectory
                     elif ask.stream and isinstance(event, Relay) and event.leader in choice.latest:
                         # after a relay every member shares the leader's committed text; a token cut
                         # mid-character decodes to U+FFFD, so the prefix stops before it
                         prefix = choice.latest[event.leader].state().reasoning.strip().split("\ufffd")[0]
-                        events.put((choice.index, "prefix", prefix))
+                        tagged.put(("prefix", prefix))
 
                 decode = replace(ask.decode, seed=ask.seed(k))
                 choice.job = engine.submit(ask.conversations[k // ask.n], decode, ask.tie, members, on_event=on_event,
-                                           events=Tagged(events, k))
+                                           events=tagged)
                 choices.append(choice)
         except (QueueFull, Closed) as exc:
             for choice in choices:
@@ -294,7 +295,7 @@ def create_app(ensemble, defaults: Defaults, *, api_key: str | None = None, max_
                 raise APIError(503, "the server is shutting down", kind="server_error", code="shutting_down") from None
             raise APIError(429, f"the server is busy ({exc}); retry shortly", kind="rate_limit_error",
                            code="queue_full", headers={"Retry-After": "1"}) from None
-        return choices, events
+        return choices, inbox
 
     def member_of(result):
         # the loaded members, not the scheduler's current selection (other requests change that)
@@ -325,16 +326,19 @@ def create_app(ensemble, defaults: Defaults, *, api_key: str | None = None, max_
         if ask.stream:
             stream = _stream(ask, choices, events, request, rid)
             return StreamingResponse(stream, media_type="text/event-stream")
-        start = time.perf_counter()
+        start, left = time.perf_counter(), len(choices)
         try:
-            while not all(c.job.finished.is_set() for c in choices):
-                if await request.is_disconnected():
-                    for c in choices:
-                        c.job.cancel()
-                    log.warning("tie-lite serve: %s: the client went away after %.1f s; its decode was dropped",
-                                rid, time.perf_counter() - start)
-                    return JSONResponse({}, status_code=499)
-                await asyncio.to_thread(choices[0].job.finished.wait, 0.05)
+            while left:
+                try:
+                    _, kind, _ = await asyncio.wait_for(events.get(), 0.5)
+                    left -= kind in ("done", "error", "cancelled")
+                except TimeoutError:  # between events: is the client still there?
+                    if await request.is_disconnected():
+                        for c in choices:
+                            c.job.cancel()
+                        log.warning("tie-lite serve: %s: the client went away after %.1f s; its decode was dropped",
+                                    rid, time.perf_counter() - start)
+                        return JSONResponse({}, status_code=499)
         except asyncio.CancelledError:
             for c in choices:
                 c.job.cancel()
@@ -345,7 +349,7 @@ def create_app(ensemble, defaults: Defaults, *, api_key: str | None = None, max_
         done = [finished(ask, c, c.job.result) for c in choices]
         return JSONResponse(_reply(ask, rid, done))
 
-    async def _stream(ask: Ask, choices: list[Choice], events: queue.Queue, request: Request, rid: str):
+    async def _stream(ask: Ask, choices: list[Choice], events: asyncio.Queue, request: Request, rid: str):
         """Server-sent events: what each choice's relayed text adds after each round, then the rest of its
         response and its finish; an error after the first byte ends the stream with an error event (and [DONE])."""
         form = StreamForm(ask, rid)
@@ -355,10 +359,7 @@ def create_app(ensemble, defaults: Defaults, *, api_key: str | None = None, max_
         try:
             yield form.opening(len(choices))
             while not all(c.done for c in choices):
-                try:
-                    index, kind, value = await asyncio.to_thread(events.get, True, 0.1)
-                except queue.Empty:
-                    continue
+                index, kind, value = await events.get()
                 choice = choices[index]
                 if choice.done:
                     continue
@@ -423,13 +424,15 @@ def create_app(ensemble, defaults: Defaults, *, api_key: str | None = None, max_
 
 
 class Tagged:
-    """A job's event queue that writes into a request's shared queue, tagged with the choice's index."""
+    """A job's event queue, as the engine's worker thread writes it: into the request's asyncio inbox on the
+    server's loop, tagged with the choice's index."""
 
-    def __init__(self, shared: queue.Queue, index: int):
-        self.shared, self.index = shared, index
+    def __init__(self, loop: asyncio.AbstractEventLoop, inbox: asyncio.Queue, index: int):
+        self.loop, self.inbox, self.index = loop, inbox, index
 
     def put(self, item) -> None:
-        self.shared.put((self.index, *item))
+        with contextlib.suppress(RuntimeError):  # the loop has closed (the server stopped): nobody is listening
+            self.loop.call_soon_threadsafe(self.inbox.put_nowait, (self.index, *item))
 
 
 def _trace(result) -> dict:
