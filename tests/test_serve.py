@@ -317,7 +317,7 @@ def test_stream_errors_fail_before_the_first_byte_or_end_with_an_event_and_done(
 
     with pytest.raises(openai.NotFoundError):  # a bad request is a status, not a stream
         list(ask(client, "no-such-model", stream=True))
-    member = served[0].state.engine.ensemble.members[0]
+    member = served[0].state.engine.ensemble.scheduler.loaded[0]  # tiny-sp
     real, calls = member.forward, []
 
     def fails_later(request):
@@ -333,3 +333,22 @@ def test_stream_errors_fail_before_the_first_byte_or_end_with_an_event_and_done(
         assert reply.status_code == 200
         events = [line[6:] for line in reply.iter_lines() if line.startswith("data: ")]
     assert events[-1] == "[DONE]" and "internal error (RuntimeError: device lost)" in json.loads(events[-2])["error"]["message"]
+
+
+def test_committed_logprobs_survive_a_relay_between_tokenizers(served):
+    """The shipped pair write different tokens; a relay through text hands the receiver the leader's committed
+    log-probabilities, regrouped into its own tokens with the total kept (what `logprobs` reports after relays)."""
+    from tie_lite.engine.process import run
+    from tie_lite.engine.sampler import DecodeSettings, Trajectory
+
+    sp, bpe = served[0].state.engine.ensemble.scheduler.loaded  # the launched pair (members: the latest choice)
+    messages, decode = [{"role": "user", "content": PROMPT}], DecodeSettings()
+    leader, receiver = Trajectory.start(sp, messages, decode), Trajectory.start(bpe, messages, decode)
+    run(leader.advance(decode, 2))
+    receiver.adopt(leader)
+    assert not receiver.same_canvas(leader)
+    given = sum(sum(chars) for chars in leader.layout.char_logprobs(sp.tokenizer, leader.ids, leader.commit_logp))
+    kept = float(receiver.commit_logp.sum())
+    assert given < 0 and kept == pytest.approx(given, abs=1e-4)
+    committed = receiver.ids[receiver.layout.reasoning] != receiver.layout.mask_id
+    assert (receiver.commit_logp[receiver.layout.reasoning][committed] != 0).any()

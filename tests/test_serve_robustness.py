@@ -70,7 +70,7 @@ def test_a_prompt_too_long_for_the_context_is_a_400_without_the_engine(guarded, 
     an oversized prompt still gets its answer, and the decode is unaffected."""
     app, url = guarded
     engine = app.state.engine
-    member = engine.ensemble.members[0]
+    member = engine.ensemble.scheduler.loaded[0]  # tiny-sp
     held, real = threading.Event(), member.forward
     monkeypatch.setattr(member, "forward", lambda request: (held.wait(120), real(request))[1])
     running = threading.Thread(target=lambda: httpx.post(f"{url}/v1/chat/completions", headers=AUTH, timeout=120,
