@@ -297,15 +297,10 @@ def create_app(ensemble, defaults: Defaults, *, api_key: str | None = None, max_
                            code="queue_full", headers={"Retry-After": "1"}) from None
         return choices, inbox
 
-    def member_of(result):
-        # the loaded members, not the scheduler's current selection (other requests change that)
-        return next(m for m in ensemble.scheduler.loaded if m.name == result.final_member.split("#")[0])
-
     def finished(ask: Ask, choice: Choice, result) -> dict:
         """A choice's final text, finish reason, token counts and (when asked) logprobs."""
-        member = member_of(result)
-        text, reason = cut(result.text, ask, member.tokenizer)
-        prompt, completion = member.token_counts(ask.conversations[choice.index // ask.n], text)
+        text, reason = cut(result.text, ask, final_member(ensemble, result).tokenizer)
+        prompt, completion = token_counts(ensemble, result, ask.conversations[choice.index // ask.n], text)
         out = {"text": text, "reason": reason, "prompt_tokens": prompt, "completion_tokens": completion,
                "trace": _trace(result)}
         if ask.logprobs:
@@ -433,6 +428,17 @@ class Tagged:
     def put(self, item) -> None:
         with contextlib.suppress(RuntimeError):  # the loop has closed (the server stopped): nobody is listening
             self.loop.call_soon_threadsafe(self.inbox.put_nowait, (self.index, *item))
+
+
+def final_member(ensemble, result):
+    # the loaded members, not the scheduler's current selection (other requests change that)
+    return next(m for m in ensemble.scheduler.loaded if m.name == result.final_member.split("#")[0])
+
+
+def token_counts(ensemble, result, messages: list[dict], text: str | None = None) -> tuple[int, int]:
+    """Prompt and completion tokens as `usage` reports them: in the final member's tokens (a Ray member counts on
+    its actor), of `text` (the returned text) or the whole response."""
+    return final_member(ensemble, result).token_counts(messages, result.text if text is None else text)
 
 
 def _trace(result) -> dict:
