@@ -117,13 +117,15 @@ def test_errors_are_documented_status_codes_with_one_line(served, client):
              (lambda: ask(client, extra_body={"score": "bogus"}), openai.BadRequestError, "unknown score"),
              (lambda: ask(client, extra_body={"models": ["/etc"]}), openai.BadRequestError, "operator"),
              (lambda: ask(client, max_tokens=0), openai.BadRequestError, "max_tokens"),
+             (lambda: ask(client, extra_body={"steps": 7}), openai.BadRequestError, "gen_length / block_size"),
+             (lambda: ask(client, extra_body={"gen_length": 4096}), openai.BadRequestError, "lower gen_length"),
              (lambda: ask(openai.OpenAI(base_url=served[1] + "/v1", api_key="wrong", max_retries=0)),
               openai.AuthenticationError, "API key")]
     for call, kind, says in cases:
         with pytest.raises(kind) as err:
             call()
         message = err.value.body["message"]
-        assert says in message and "\n" not in message
+        assert says in message and "\n" not in message and "--" not in message  # the API's names, not the CLI's
 
 
 def test_concurrent_requests_share_forwards_and_keep_their_answers(served, client):

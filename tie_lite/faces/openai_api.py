@@ -259,7 +259,10 @@ def read_ask(endpoint: str, body, defaults: Defaults, detokenize=None) -> Ask:
 
 def api_words(message: str) -> str:
     """A settings message in the API's field names: '--gen-length 256' -> 'gen_length 256'."""
-    return re.sub(r"--([a-z]+(?:-[a-z]+)*)", lambda m: m.group(1).replace("-", "_"), message)
+    message = re.sub(r"--([a-z]+(?:-[a-z]+)*)", lambda m: m.group(1).replace("-", "_"), message)
+    for key in SETTING_KEYS:  # settings named without their dashes too ("gen-length / block-size")
+        message = message.replace(key.replace("_", "-"), key)
+    return message
 
 
 def _named_field(message: str, values: dict) -> str | None:
@@ -302,8 +305,10 @@ def fit_canvas(ask: Ask, members: list) -> Ask:
         canvas = decode.gen_length if ask.canvas_given else max(fixed)
         if canvas > room:
             what = f"gen_length {canvas}" if ask.canvas_given else f"the members' canvas of {canvas} tokens"
-            raise APIError(400, f"{field}: the prompt leaves {room} tokens of the context and {what} does not fit; "
-                                f"shorten the prompt", param="gen_length" if ask.canvas_given else field,
+            advice = "lower gen_length or shorten the prompt" if ask.canvas_given else "shorten the prompt"
+            param = "gen_length" if ask.canvas_given else field
+            raise APIError(400, f"{param}: the prompt leaves {room} tokens of the context and {what} does not fit; "
+                                f"{advice}", param=param,
                            code="context_length_exceeded")
     else:
         want = ask.cap or decode.gen_length
