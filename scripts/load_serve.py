@@ -8,6 +8,11 @@ many clients at once, each sending --requests chat completions (temperature 0, s
 prompts). Prints per count: requests/s, completion tokens/s, throughput relative to one client, p50/p95
 latency, requests lost, whether every answer equals the one-client answer for its prompt, and the
 server's health after. The server batches step by step (--max-batch 16).
+
+Beside each served figure it prints the engine's own ceiling, measured in the same run and on the same
+number of torch threads, with no HTTP and no server: N requests' TIE processes driven together, their
+canvases stacked through each forward (runtime/drive.py, what the server's batching does), against the
+same N driven one after another. `served/ceiling` is how much of what the engine can do the server delivers.
 """
 
 from __future__ import annotations
@@ -76,6 +81,42 @@ def run_level(url: str, clients: int, requests: int) -> dict:
             "answers": {r[0]: r[2] for r in results}}
 
 
+def engine_ceiling(counts: list[int], threads: int) -> dict[int, dict]:
+    """Requests/s of the engine alone at N requests: stacked (one forward for the pending canvases of a member)
+    and one at a time, with the server's default settings on the shipped pair."""
+    import torch
+
+    from tie_lite.engine.tie import tie_process
+    from tie_lite.faces.client_settings import Defaults
+    from tie_lite.runtime.drive import run_many
+    from tie_lite.runtime.scheduler import SchedulerView
+    from tie_lite.runtime.session import Ensemble
+
+    torch.set_num_threads(threads)
+    defaults = Defaults()
+    ensemble = Ensemble(defaults.load)
+    members = list(range(len(defaults.member_names)))
+
+    def processes(n: int) -> list:
+        view = SchedulerView(ensemble.scheduler, members)
+        return [tie_process(view, [{"role": "user", "content": PROMPTS[k % len(PROMPTS)]}], defaults.decode,
+                            defaults.tie) for k in range(n)]
+
+    run_many(processes(2), ensemble.scheduler)  # warm-up
+    out = {}
+    for n in counts:
+        start = time.perf_counter()
+        run_many(processes(n), ensemble.scheduler, max_batch=n)
+        stacked = time.perf_counter() - start
+        start = time.perf_counter()
+        for process in processes(n):
+            run_many([process], ensemble.scheduler)
+        single = time.perf_counter() - start
+        out[n] = {"stacked_per_s": round(n / stacked, 3), "single_per_s": round(n / single, 3),
+                  "stacking_gain": round(single / stacked, 2)}
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--clients", default="1,4,8,16")
@@ -107,10 +148,19 @@ def main() -> int:
     finally:
         server.terminate()
         server.wait(30)
-    print(f"{'clients':>7} {'req/s':>7} {'tok/s':>7} {'x1':>5} {'p50 s':>6} {'p95 s':>6} {'lost':>4} identical")
+    # the engine alone, after the server has stopped, so the two never share the cores
+    ceiling = engine_ceiling([lv["clients"] for lv in levels], args.threads)
     for lv in levels:
+        lv["engine"] = ceiling[lv["clients"]]
+        lv["of_ceiling"] = round(lv["requests_per_s"] / lv["engine"]["stacked_per_s"], 2)
+    print(f"{'clients':>7} {'req/s':>7} {'tok/s':>7} {'x1':>5} {'p50 s':>6} {'p95 s':>6} {'lost':>4} {'identical':>9} "
+          f"{'ceiling':>8} {'served/ceiling':>14} {'alone':>7} {'stacking':>8}")
+    for lv in levels:
+        e = lv["engine"]
         print(f"{lv['clients']:>7} {lv['requests_per_s']:>7.2f} {lv['tokens_per_s']:>7.1f} {lv['speedup']:>5.2f} "
-              f"{lv['p50_s']:>6.2f} {lv['p95_s']:>6.2f} {lv['lost']:>4} {lv['identical']}")
+              f"{lv['p50_s']:>6.2f} {lv['p95_s']:>6.2f} {lv['lost']:>4} {lv['identical']!s:>9} "
+              f"{e['stacked_per_s']:>8.2f} {lv['of_ceiling']:>14.2f} {e['single_per_s']:>7.2f} {e['stacking_gain']:>7.2f}x")
+    print("req/s: served; ceiling: the engine alone, N requests stacked; alone: the same N one at a time")
     print(f"server after: {health['status']}, running {health['running']}, waiting {health['waiting']}")
     if args.json:
         for lv in levels:

@@ -252,15 +252,15 @@ def test_damaged_checkpoints(tiny_models, tmp_path_factory, case, budget):
     content=st.one_of(prompts, json_values))
 def test_serve_request_bodies(body, model, content):
     from tie_lite.faces.client_settings import Defaults
-    from tie_lite.faces.serve import APIError, request_settings
+    from tie_lite.faces.openai_api import APIError, read_ask
 
     tally = COUNTS.setdefault("serve bodies", [0, 0, 0])
     tally[0] += 1
     if isinstance(body, dict) and model is not None:  # most bodies get a real model and a last user message
         body = {"model": model, "messages": [{"role": "user", "content": content}]} | body
     try:
-        _, _, load, _, _, _ = request_settings(body, Defaults())
-        assert set(load.models) <= set(Defaults().load.models)
+        ask = read_ask("chat", body, Defaults())
+        assert set(ask.load.models) <= set(Defaults().load.models)
         tally[2] += 1
     except APIError as exc:
         assert exc.status in (400, 404) and exc.message.strip() and "\n" not in exc.message

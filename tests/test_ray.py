@@ -93,12 +93,12 @@ def test_a_member_dying_mid_request_is_one_error_and_the_next_request_works(ense
 
 
 def test_the_api_servers_usage_counts_tokens_on_the_actors(ensembles):
-    from tie_lite.faces.serve import _usage
+    from tie_lite.faces.serve import token_counts
 
     here, remote = ensembles
     result = remote.run(PROMPT, DecodeSettings(), TieSettings())
-    usage = _usage(result, remote, PROMPT)
-    assert usage == _usage(result, here, PROMPT) and usage["prompt_tokens"] > 0
+    usage = token_counts(remote, result, PROMPT)
+    assert usage == token_counts(here, result, PROMPT) and usage[0] > 0
 
 
 def test_the_chat_runs_on_ray_members(ensembles):

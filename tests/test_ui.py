@@ -348,12 +348,12 @@ def test_chat_command_binds_locally_unless_told(tiny_models, monkeypatch):
     monkeypatch.setattr(tie_lite.faces.chat.app, "serve", lambda demo, **kw: calls.append((demo, kw)))
     assert main(["chat"]) == 0
     demo, kw = calls[-1]
-    assert kw == {"host": "127.0.0.1", "port": None, "share": False}
+    assert kw == {"host": "127.0.0.1", "port": None, "share": False, "auth": None}
     assert demo.tie_cache.ensemble is not None  # loaded before the server starts, reused by every request
     assert main(["chat", "--host", "0.0.0.0", "--port", "8123", "--share", "--score", "verify",
-                 "--gen-length", "32"]) == 0
+                 "--gen-length", "32", "--login", "me:secret"]) == 0
     demo, kw = calls[-1]
-    assert kw == {"host": "0.0.0.0", "port": 8123, "share": True}
+    assert kw == {"host": "0.0.0.0", "port": 8123, "share": True, "auth": ("me", "secret")}
     assert demo.tie_defaults.tie.score == "verify" and demo.tie_defaults.decode.gen_length == 32
     assert main(["chat", "--gen-length", "50"]) == 2  # bad defaults: one line, exit 2, no server
 

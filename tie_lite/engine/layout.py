@@ -222,6 +222,41 @@ class Layout:
                 at += len(tokenizer.decode([t], skip_special_tokens=True))
         return owners
 
+    # --- log-probabilities of committed tokens, carried across a text relay the same way -----------------
+
+    def char_logprobs(self, tokenizer, ids: torch.Tensor, logp: torch.Tensor) -> tuple[list[float], list[float]]:
+        """Per character of the reasoning and answer texts, the log-probability of the token that committed it,
+        on the token's first character (0 on the others), so that any re-tokenization keeps the total."""
+        regions = [self.reasoning] + ([self.answer] if self.has_answer else [])
+        out = []
+        for region in regions:
+            chars: list[float] = []
+            for pos in range(region.start, region.stop):
+                t = int(ids[pos])
+                if t == self.mask_id:
+                    break
+                if t not in self.eos_ids:
+                    width = len(tokenizer.decode([t], skip_special_tokens=True))
+                    chars += [float(logp[pos])] + [0.0] * (width - 1) if width else []
+            out.append(chars)
+        return out[0], (out[1] if len(out) > 1 else [])
+
+    def logprobs_of(self, tokenizer, ids: torch.Tensor, char_logprobs: tuple[list[float], list[float]]) -> torch.Tensor:
+        """Per position of canvas `ids` (written by `write_state`), the summed log-probability of the characters
+        its token spells (`char_logprobs`); 0 elsewhere."""
+        logp = torch.zeros(ids.numel())
+        regions = [self.reasoning] + ([self.answer] if self.has_answer else [])
+        for region, chars in zip(regions, char_logprobs):
+            at = 0
+            for pos in range(region.start, region.stop):
+                t = int(ids[pos])
+                if t == self.mask_id or t in self.eos_ids:
+                    break
+                width = len(tokenizer.decode([t], skip_special_tokens=True))
+                logp[pos] = sum(chars[at : at + width])
+                at += width
+        return logp
+
 
 def check_context(prompt_len: int, gen_length: int, max_length: int | None, total_len: int | None = None) -> None:
     if max_length is not None and (total_len or prompt_len + gen_length) > max_length:

@@ -151,6 +151,9 @@ class Trajectory:
     round_cache_ids: torch.Tensor | None = None
     index: int = 0  # the member's place in the ensemble: what `committed_by` records
     committed_by: torch.Tensor | None = None  # per position, the member that committed its token (-1: none)
+    # per position, the log-probability its token had when it was committed (0 where nothing was: prompt, marker,
+    # masks); carried through relays like `committed_by`, so an API can report each token's logprob
+    commit_logp: torch.Tensor | None = None
 
     @classmethod
     def start(cls, member, messages: list[dict], settings: DecodeSettings) -> Trajectory:
@@ -167,7 +170,8 @@ class Trajectory:
             max_length=member.max_length,
         )
         gen = torch.Generator().manual_seed(settings.seed)
-        traj = cls(member, layout, prompt, ids, gen, committed_by=torch.full_like(ids, -1))
+        traj = cls(member, layout, prompt, ids, gen, committed_by=torch.full_like(ids, -1),
+                   commit_logp=torch.zeros(ids.numel()))
         traj.begin_round()
         return traj
 
@@ -229,10 +233,15 @@ class Trajectory:
         if self.same_canvas(other):
             self.ids = other.ids.clone()
             self.committed_by = owners.clone() if owners is not None else torch.full_like(self.ids, -1)
+            logp = getattr(other, "commit_logp", None)
+            self.commit_logp = logp.clone() if logp is not None else torch.zeros(self.ids.numel())
         else:
             self.ids = self.layout.write_state(self.member.tokenizer, self.prompt_ids, other.state())
             self.committed_by = torch.full_like(self.ids, -1) if owners is None else self.layout.owners_of(
                 self.member.tokenizer, self.ids, other.layout.char_owners(other.member.tokenizer, other.ids, owners))
+            logp = getattr(other, "commit_logp", None)
+            self.commit_logp = torch.zeros(self.ids.numel()) if logp is None else self.layout.logprobs_of(
+                self.member.tokenizer, self.ids, other.layout.char_logprobs(other.member.tokenizer, other.ids, logp))
         self.block_step = 0
         self.prev_top1 = None
         self.cache = None  # another canvas: the next step refreshes
@@ -296,6 +305,9 @@ class Trajectory:
         self.ids[cand[chosen]] = x0[chosen]
         if self.committed_by is not None:
             self.committed_by[cand[chosen]] = self.index
+        if self.commit_logp is not None:
+            picked = torch.softmax(cand_logits[chosen], dim=-1).gather(-1, x0[chosen, None])[:, 0]
+            self.commit_logp[cand[chosen]] = picked.clamp_min(1e-30).log()  # each committed token's log-probability
         self.block_step += 1
         if not (self.ids[block] == lay.mask_id).any():
             self.block_step = 0

@@ -7,6 +7,7 @@ raise a one-line UserError. No client text ever reaches the file system or the m
 
 from __future__ import annotations
 
+import ipaddress
 import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -71,12 +72,19 @@ def _whole(key: str, value: Any, minimum: int | None = None) -> int:
     label = LABELS.get(key, key)
     if value is None or (isinstance(value, str) and not value.strip()):
         raise UserError(f"{label} is empty; enter a whole number")
-    try:
-        number = float(value)
-    except (TypeError, ValueError, OverflowError):
-        raise UserError(f"{label} '{shown(value)}' is not a whole number") from None
-    if not math.isfinite(number) or number != int(number):
-        raise UserError(f"{label} {shown(value)} is not a whole number")
+    if isinstance(value, bool):
+        raise UserError(f"{label} must be a whole number, not true or false")
+    if isinstance(value, str) and value.strip().lstrip("+-").isdigit():
+        value = int(value.strip())  # a typed seed like 18446744073709551615 must stay exact
+    if isinstance(value, int):  # taken as is: a float conversion would round integers past 2**53
+        number = value
+    else:
+        try:
+            number = float(value)
+        except (TypeError, ValueError, OverflowError):
+            raise UserError(f"{label} '{shown(value)}' is not a whole number") from None
+        if not math.isfinite(number) or number != int(number):
+            raise UserError(f"{label} {shown(value)} is not a whole number")
     if minimum is not None and number < minimum:
         raise UserError(f"{label} must be at least {minimum} (got {int(number)})")
     return int(number)
@@ -263,3 +271,23 @@ def off_task_reply(load: LoadSettings, message: str) -> str | None:
     if find_expression(message) is None and arithmetic_only(load):
         return ARITHMETIC_ONLY
     return None
+
+
+# --- who may connect ----------------------------------------------------------------------------------------
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name: it may resolve anywhere
+        return False
+
+
+def check_binding(host: str, api_key: str | None, open_to_network: bool, what: str = "--api-key KEY (or set "
+                  "TIE_LITE_API_KEY)") -> None:
+    """Serving beyond this machine needs a key (or the chat's login), unless the operator says it is meant to be open."""
+    if not is_loopback(host) and not api_key and not open_to_network:
+        raise UserError(f"--host {host} opens the server to other machines; give {what} so that only your "
+                        f"clients can use it, or pass --open-to-network if it is meant to be open")

@@ -35,6 +35,9 @@ class Family:
     # Trained on one question at a time: the prompt is the last user message alone. Given the history, such a
     # model copies an earlier answer instead of answering the follow-up.
     single_turn: bool = False
+    # The canvas length the family decodes well: the shipped members were trained and measured at one length and
+    # answer worse at others; None: any length (LLaDA, Dream). A server's token cap then cuts text, never the canvas.
+    canvas_length: int | None = None
 
     def register(self) -> None:
         """Import the native model module so that transformers' Auto classes know the architecture."""

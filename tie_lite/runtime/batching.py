@@ -33,6 +33,10 @@ class QueueFull(Exception):
     """More requests than the server runs and queues; the client should retry later."""
 
 
+class Closed(Exception):
+    """The engine is shutting down and takes no more requests."""
+
+
 class Job:
     """One request. `on_event` sees its tie events in the worker thread (by default they are queued on
     `events` as ("event", e)); `events` ends with ("done", Result), ("error", message) or ("cancelled", None).
@@ -77,6 +81,7 @@ class BatchEngine:
         self._pending: dict[Job, object] = {}  # job -> the Forward it waits for
         self._starting = 0  # admitted by the worker, being started
         self._cond = threading.Condition()
+        self.closed = False
         self.forwards = 0  # stacked forwards computed (for the load benchmark)
         self.batched = 0  # requests' forwards they served
         self._worker = threading.Thread(target=self._loop, name="tie-lite-batching", daemon=True)
@@ -92,11 +97,22 @@ class BatchEngine:
         """Queue a request; `events` lets a caller's `on_event` write into the job's queue from the first step."""
         job = Job(messages, decode, tie, members, on_event, events)
         with self._cond:
+            if self.closed:
+                raise Closed("the server is shutting down")
             if len(self._active) + self._starting + len(self._waiting) >= self.max_batch + self.max_queue:
                 raise QueueFull(f"{len(self._active)} requests running and {len(self._waiting)} waiting")
             self._waiting.append(job)
             self._cond.notify()
         return job
+
+    def close(self) -> None:
+        """Take no more requests and cancel every one waiting or running: each ends at the next step with
+        ("cancelled", None), so a server can answer and exit within seconds."""
+        with self._cond:
+            self.closed = True
+            for job in list(self._waiting) + list(self._active):
+                job.cancel()
+            self._cond.notify()
 
     # --- the worker ----------------------------------------------------------------------------------
 

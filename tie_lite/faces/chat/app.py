@@ -661,10 +661,12 @@ def build_app(ensemble: Ensemble | None = None, defaults: Defaults | None = None
     return demo
 
 
-def serve(demo, host: str | None = "127.0.0.1", port: int | None = None, share: bool = False) -> None:
-    """Launch and block until Ctrl+C, saying where the chat is in our own words (`tie-lite chat`)."""
+def serve(demo, host: str | None = "127.0.0.1", port: int | None = None, share: bool = False,
+          auth: tuple[str, str] | None = None) -> None:
+    """Launch and block until Ctrl+C, saying where the chat is in our own words (`tie-lite chat`); `auth`: the
+    login Gradio asks for."""
     _, local_url, share_url = launch_app(demo, host=host, port=port, share=share, prevent_thread_lock=True,
-                                         quiet=True)
+                                         quiet=True, auth=auth)
     print(f"tie-lite chat: open {local_url} in a browser (Ctrl+C stops the server)", file=sys.stderr, flush=True)
     if share:
         print(f"tie-lite chat: public link {share_url or '(could not be created)'}", file=sys.stderr, flush=True)
