@@ -26,6 +26,7 @@ from tie_lite.faces.options import (
     tie_settings,
 )
 from tie_lite.faces.plan import add_plan_parser
+from tie_lite.families import FAMILIES
 from tie_lite.faces.serve import add_serve_parser
 from tie_lite.runtime.registry import DEFAULT_ENSEMBLE, ENTRIES, resolve
 from tie_lite.runtime.session import Ensemble
@@ -81,6 +82,11 @@ def cmd_models(args) -> int:
     for entry in ENTRIES.values():
         flag = " (default)" if entry.name in DEFAULT_ENSEMBLE else ""
         print(f"{entry.name:24} {resolve(entry.name)[1]}  -- {entry.about}{flag}")
+    print("\nfamilies and their authors' decoding settings (pass them as flags; an ensemble shares one setting):")
+    for family in FAMILIES:
+        settings = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in family.defaults) or "tie-lite's own defaults"
+        settings += f" ({family.defaults_note})" if family.defaults_note else ""
+        print(f"  {family.name:8} model_type {', '.join(family.model_types):20} {settings}")
     return 0
 
 

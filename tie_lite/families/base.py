@@ -26,6 +26,10 @@ class Family:
     shift_logits: bool | None = None  # None: read from the config
     hub_examples: tuple[str, ...] = ()
     native_module: str | None = None  # the project's own model classes (importing it registers them)
+    # block diffusion (LLaDA2): attention is causal across blocks, so each forward is told the canvas's blocks
+    block_causal: bool = False
+    defaults: tuple[tuple[str, object], ...] = ()  # the authors' decoding settings, as DecodeSettings names them
+    defaults_note: str = ""
 
     def register(self) -> None:
         """Import the native model module so that transformers' Auto classes know the architecture."""
@@ -36,6 +40,11 @@ class Family:
         """The checkpoint's tokenizer (families whose hub tokenizer is remote code override this)."""
 
         return AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
+
+    def check_checkpoint(self, config: dict, tensors, name: str) -> None:
+        """Raise a UserError when a checkpoint's config.json or its weights cannot be this family's. `tensors()`
+        reads {name: (dtype, shape)} from the safetensors headers (None when unreadable). Families with more to
+        check than checkpoint.checked_family does override this."""
 
     def mask_id(self, config) -> int:
         return self.mask_token_id if self.mask_token_id is not None else int(config.mask_token_id)
