@@ -174,3 +174,169 @@ def test_llada_moe_config_is_never_loaded_as_dense_llada(tmp_path):
         "vocab_size": 157184, "num_experts": 64, "num_experts_per_tok": 8, "expert_intermediate_size": 1024}))
     proc = _cli("generate", "hi", "--model", str(folder))
     assert proc.returncode == 2 and "is LLaDA-MoE" in proc.stderr and "not loaded as one" in proc.stderr
+
+
+# --- the exact cache across finished blocks ----------------------------------------------------------------
+
+
+def test_block_refresh_recomputes_from_the_finished_block_not_the_prompt(member, monkeypatch):
+    """After the first whole-canvas forward, a new block's refresh starts at the block just finished: the
+    prompt and older blocks are never recomputed (their keys and values are final), and the ids are the
+    uncached ones (the greedy tests above run every setting with and without the cache)."""
+    run = RUNS_20[0]
+    requests = []
+    original = member.forward
+    monkeypatch.setattr(member, "forward", lambda request: (requests.append(request), original(request))[1])
+    settings = DecodeSettings(gen_length=32, block_size=8, steps=32, unmask="llada2", threshold=0.95,
+                              answer_length=None, cache="dual")
+    ours, _, _ = _engine(member, run, monkeypatch, settings)
+    assert ours == run["output"]
+    refreshes = [r for r in requests if r.store]
+    assert refreshes[0].caches is None  # the first block: one whole-canvas forward
+    starts = [int(r.query[0][0]) for r in refreshes[1:]]
+    prompt = len(run["prompt"])
+    assert starts == [prompt, prompt + 8, prompt + 16]  # each later refresh starts at the block just finished
+
+
+# --- memory: total and active parameters, experts on the host ----------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def mini_config(tmp_path_factory) -> Path:
+    """inclusionAI/LLaDA2.0-mini's config.json alone (no weights): the plan reads it from the config."""
+    folder = tmp_path_factory.mktemp("llada2-mini") / "LLaDA2.0-mini"
+    folder.mkdir()
+    (folder / "config.json").write_text((REF / "config-mini.json").read_text())
+    return folder
+
+
+def test_config_weight_table_is_the_model_s(checkpoint):
+    config = json.loads((REF / "config.json").read_text())
+    with torch.device("meta"):
+        model = LLaDA2MoeModelLM(LLaDA2MoeModelLM.config_class(**{k: v for k, v in config.items() if k != "model_type"}))
+    assert {k: v[1] for k, v in LLADA2.config_tensors(config).items()} == {k: tuple(t.shape) for k, t in model.state_dict().items()}
+
+
+def test_plan_counts_total_and_active_parameters_of_llada2_mini(mini_config):
+    from tie_lite.runtime.sizes import estimate_member
+
+    est = estimate_member(str(mini_config), quant="4bit", device="cuda")
+    assert round(est.total_params / 1e9, 2) == 16.26 and round(est.active_params / 1e9, 2) == 1.43
+    assert est.moe_layers == 19 and 0 < est.expert_bytes < est.weight_bytes
+
+
+@pytest.mark.parametrize("budget,placement,strategy", [("8GiB", "experts-on-host", "resident"),
+                                                       ("12GiB", "resident", "resident")])
+def test_an_moe_member_whose_experts_do_not_fit_is_planned_with_experts_on_the_host(mini_config, budget, placement,
+                                                                                    strategy):
+    from tie_lite.runtime.plan import build_plan, render
+
+    plan, estimates = build_plan([str(mini_config)], quant="4bit", device="cuda", max_memory=budget, gen_length=256)
+    assert plan.placement == [placement] and plan.strategy == strategy
+    assert plan.device_bytes(0) < plan.capacity_bytes
+    text = render(plan, estimates, 320, 1)
+    assert "16.3B (1.43B)" in text
+    if placement == "experts-on-host":
+        assert 0 < plan.host_step_bytes < 2**30 and "routed experts in host memory" in text
+
+
+def test_experts_on_host_are_planned_only_beside_a_gpu(mini_config):
+    from tie_lite.runtime.plan import build_plan
+
+    plan, _ = build_plan([str(mini_config)], quant="none", device="cpu", max_memory="8GiB", gen_length=64)
+    assert plan.placement == ["offload"]  # on the CPU the host is the device: nothing to gain
+
+
+def test_four_bit_quantizes_the_experts_and_decodes(checkpoint):
+    member = load_member(str(checkpoint.path), quant="4bit")
+    expert = member.model.model.layers[1].mlp.experts[0].down_proj
+    assert type(expert).__name__ == "Linear4bit"
+    assert member.model.model.layers[1].mlp.gate.weight.dtype == torch.float32  # the router is not quantized
+    settings = DecodeSettings(gen_length=16, block_size=8, steps=16, unmask="llada2", answer_length=None)
+    result = run_tie(Scheduler([member]), [{"role": "user", "content": "hi"}], settings)
+    assert result.text is not None and result.steps == 16
+
+
+# --- ensembles across families, from the command line, the server and the chat ----------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_llada(tmp_path_factory):
+    from real_checkpoints import build_llada
+
+    return build_llada(tmp_path_factory.mktemp("llada-for-llada2"))
+
+
+def _generate(capsys, models: list[str], *extra) -> dict:
+    from tie_lite.faces.cli import main
+
+    capsys.readouterr()
+    argv = ["generate", "What is (23+41)*7?", *[a for m in models for a in ("--model", m)], "--gen-length", "32",
+            "--block-size", "8", "--interval", "8", *extra, "--json"]
+    assert main(argv) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+@pytest.mark.parametrize("with_", ["llada", "shipped-pair"])
+def test_cli_ensembles_llada2_with_other_families(checkpoint, tiny_llada, capsys, with_):
+    others = [str(tiny_llada.path)] if with_ == "llada" else ["tiny-sp", "tiny-bpe"]
+    out = _generate(capsys, [str(checkpoint.path), *others], "--unmask", "llada2", "--threshold", "0.9",
+                    "--edit-threshold", "0.0004")
+    assert out["members"][0] == checkpoint.path.name and len(out["members"]) == 1 + len(others)
+    assert len(out["rounds"]) >= 2 and set(out["rounds"][0]["scores"]) == set(out["members"])
+    assert set(out["responses"]) == set(out["members"]) and out["text"] == out["responses"][out["final_member"]]
+    assert not checkpoint.remote_code_marker.exists()
+
+
+def test_server_and_chat_run_llada2_with_llada_and_the_shipped_pair(checkpoint, tiny_llada):
+    import httpx
+    import uvicorn
+    from gradio_client import Client
+    from test_ui import free_port
+
+    from tie_lite.faces.chat.app import build_app, launch_app
+    from tie_lite.faces.client_settings import Defaults
+    from tie_lite.faces.serve import create_app
+    from tie_lite.runtime.session import Ensemble, LoadSettings
+
+    load = LoadSettings(models=(str(checkpoint.path), str(tiny_llada.path), "tiny-sp", "tiny-bpe"))
+    ensemble = Ensemble(load)
+    names = [checkpoint.path.name, tiny_llada.path.name, "tiny-sp", "tiny-bpe"]
+    app = create_app(ensemble, Defaults(load=load), api_key="k", max_batch=4, max_queue=8)
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
+    import threading
+
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(400):
+            try:
+                if httpx.get(f"{url}/health").status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+        for chosen in (names,):  # the server offers the launched ensemble and each member alone
+            reply = httpx.post(f"{url}/v1/chat/completions", headers={"Authorization": "Bearer k"}, timeout=300, json={
+                "model": "tie:" + "+".join(chosen), "temperature": 0, "max_tokens": 32, "block_size": 8,
+                "interval": 8, "unmask": "llada2", "threshold": 0.9,
+                "messages": [{"role": "user", "content": "What is (23+41)*7?"}]})
+            assert reply.status_code == 200, reply.text
+            tie = reply.json()["tie"]
+            assert tie["final_member"] in chosen and set(tie["rounds"][0]["scores"]) == set(chosen)
+    finally:
+        server.should_exit = True
+        thread.join(10)
+    demo = build_app(ensemble, Defaults(load=load))
+    port = free_port()
+    launch_app(demo, port=port, prevent_thread_lock=True, quiet=True)
+    try:
+        text = Client(f"http://127.0.0.1:{port}/", verbose=False).predict(
+            "What is (23+41)*7?", api_name="/chat",
+            settings={"models": [names[0], "tiny-sp", "tiny-bpe"], "gen_length": 32, "block_size": 8, "interval": 8,
+                      "unmask": "llada2"})
+        assert isinstance(text, str) and text.strip(), text
+        print("chat:", text[:200])
+    finally:
+        demo.close()

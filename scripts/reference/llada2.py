@@ -24,7 +24,7 @@ itself cannot be fetched here): vocabulary 157184, mask 156895, end-of-text 1568
 16 heads and 4 key/value heads of 128, partial rotary 0.5 with theta 600000, 256 experts in 8 groups keeping
 4, 8 experts a token, 1 shared expert, routed scaling 2.5, the first layer dense. The tiny checkpoint keeps
 every one of those facts except the sizes (TINY): width 64, 4 heads, 2 key/value heads of 16, 3 layers (the
-first dense), 16 experts of width 32 in 4 groups keeping 2, 4 experts a token.
+first dense), 16 experts of width 64 in 4 groups keeping 2, 4 experts a token.
 
 What it writes under --out (default tests/fixtures/reference/llada2/): config.json (as the authors'
 save_pretrained wrote it), tensors.json (name, shape, dtype: tests/real_checkpoints.py rebuilds the identical
@@ -96,8 +96,9 @@ REAL_MINI = {
     "use_qkv_bias": False,
     "vocab_size": 157184,
 }
+# widths are multiples of 64: bitsandbytes' 4-bit CPU kernel needs it
 TINY = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2,
-            head_dim=16, moe_intermediate_size=32, num_experts=16, n_group=4, topk_group=2, num_experts_per_tok=4,
+            head_dim=16, moe_intermediate_size=64, num_experts=16, n_group=4, topk_group=2, num_experts_per_tok=4,
             max_position_embeddings=4096)
 
 MASK, EOS = 156895, 156892

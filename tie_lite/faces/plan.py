@@ -45,7 +45,8 @@ def cmd_plan(args) -> int:
         out["lengths"] = {"prompt": args.prompt_length, "gen": args.gen_length, "batch": batch}
         for row, est, how in zip(out["members"], estimates, status):
             row.update(quant=est.quant, source=est.source, source_bytes=est.source_bytes, exact=est.exact,
-                       vocab=est.dims["vocab"], loads=how)
+                       vocab=est.dims["vocab"], loads=how, total_params=est.total_params,
+                       active_params=est.active_params)
         print(json.dumps(out, indent=2))
     else:
         print(render(plan, estimates, total_len, batch, status))

@@ -46,6 +46,19 @@ class Family:
         reads {name: (dtype, shape)} from the safetensors headers (None when unreadable). Families with more to
         check than checkpoint.checked_family does override this."""
 
+    def config_tensors(self, config: dict) -> dict | None:
+        """{name: (dtype, shape)} of every weight a checkpoint with this config.json holds, from the config alone
+        (the memory plan of a checkpoint whose weights are not at hand); None: the plan approximates."""
+        return None
+
+    def routed_experts(self, config: dict) -> tuple[int, int] | None:
+        """(experts a token is routed to, routed experts per MoE layer) for a mixture of experts; None if dense."""
+        return None
+
+    def is_routed_expert(self, tensor_name: str) -> bool:
+        """Whether a weight belongs to a routed expert (what an experts-on-host placement leaves in host memory)."""
+        return False
+
     def mask_id(self, config) -> int:
         return self.mask_token_id if self.mask_token_id is not None else int(config.mask_token_id)
 

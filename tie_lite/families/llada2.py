@@ -45,6 +45,55 @@ class LLaDA2Family(Family):
         role_end = tokenizer.convert_tokens_to_ids(ROLE_END) if ROLE_END in tokenizer.get_vocab() else None
         return self.eos_token_ids + ((role_end,) if role_end is not None else ())
 
+    def config_tensors(self, config: dict) -> dict | None:
+        """The architecture's weight table for this config, written out from the layout (instantiating 16B
+        parameters even on the meta device takes half a minute); a test checks it against the model's own."""
+        try:
+            cfg = LLaDA2MoeConfig(**{k: v for k, v in config.items() if k != "model_type"})
+        except (ValueError, TypeError):
+            return None
+        dt = {"float32": "F32", "float16": "F16"}.get(str(config.get("dtype", config.get("torch_dtype"))), "BF16")
+        h, v, hd = cfg.hidden_size, cfg.vocab_size, cfg.head_dim
+        heads, kv = cfg.num_attention_heads, cfg.num_key_value_heads
+        table = {"model.word_embeddings.weight": (dt, (v, h)), "model.norm.weight": (dt, (h,))}
+        if not cfg.tie_word_embeddings:
+            table["lm_head.weight"] = (dt, (v, h))
+
+        def mlp(prefix: str, width: int) -> None:
+            table.update({f"{prefix}.gate_proj.weight": (dt, (width, h)), f"{prefix}.up_proj.weight": (dt, (width, h)),
+                          f"{prefix}.down_proj.weight": (dt, (h, width))})
+
+        for n in range(cfg.num_hidden_layers):
+            p = f"model.layers.{n}"
+            table[f"{p}.input_layernorm.weight"] = table[f"{p}.post_attention_layernorm.weight"] = (dt, (h,))
+            table[f"{p}.attention.query_key_value.weight"] = (dt, ((heads + 2 * kv) * hd, h))
+            if cfg.use_qkv_bias:
+                table[f"{p}.attention.query_key_value.bias"] = (dt, ((heads + 2 * kv) * hd,))
+            if cfg.use_qk_norm:
+                table[f"{p}.attention.query_layernorm.weight"] = table[f"{p}.attention.key_layernorm.weight"] = (dt, (hd,))
+            table[f"{p}.attention.dense.weight"] = (dt, (h, heads * hd))
+            if cfg.use_bias:
+                table[f"{p}.attention.dense.bias"] = (dt, (h,))
+            if not cfg.is_moe_layer(n):
+                mlp(f"{p}.mlp", int(cfg.intermediate_size))
+                continue
+            experts, width = int(cfg.num_experts), int(cfg.moe_intermediate_size)
+            table[f"{p}.mlp.gate.weight"] = (dt, (experts, h))
+            table[f"{p}.mlp.gate.expert_bias"] = ("F32", (experts,))
+            for e in range(experts):
+                mlp(f"{p}.mlp.experts.{e}", width)
+            if cfg.num_shared_experts:
+                mlp(f"{p}.mlp.shared_experts", width * int(cfg.num_shared_experts))
+        return table
+
+    def routed_experts(self, config: dict) -> tuple[int, int] | None:
+        if not config.get("num_experts"):
+            return None
+        return int(config.get("num_experts_per_tok", 8)), int(config["num_experts"])
+
+    def is_routed_expert(self, tensor_name: str) -> bool:
+        return ROUTED_EXPERT.search(tensor_name) is not None
+
     def check_checkpoint(self, config: dict, tensors, name: str) -> None:
         """The config's router and sizes are ones the architecture implements, and every MoE layer's weights
         hold exactly the experts the config names."""
@@ -59,6 +108,7 @@ class LLaDA2Family(Family):
             check_experts(cfg, table, name)
 
 
+ROUTED_EXPERT = re.compile(r"\.mlp\.experts\.\d+\.")  # a routed expert's weight (never the shared experts)
 _EXPERT = re.compile(r"^model\.layers\.(\d+)\.mlp\.experts\.(\d+)\.(gate_proj|up_proj|down_proj)\.weight$")
 EXPERT_PARTS = 3  # gate_proj, up_proj, down_proj
 

@@ -256,13 +256,17 @@ class MixtureOfExperts(nn.Module):
         shape = x.shape
         flat = x.reshape(-1, shape[-1])
         chosen, weights = self.gate(flat)
-        out = torch.zeros(flat.shape[0], shape[-1], dtype=torch.float32, device=flat.device)
+        # the routed experts may live elsewhere than the rest (in host memory, beside a GPU: llama.cpp's --cpu-moe):
+        # the layer's tokens go to them once and their weighted sum comes back once
+        where = self.experts[0].down_proj.weight.device
+        flat_there, chosen, weights = flat.to(where), chosen.to(where), weights.to(where)
+        out = torch.zeros(flat.shape[0], shape[-1], dtype=torch.float32, device=where)
         # each expert runs once, on the tokens that picked it; the weighted sum is taken in float32
         for expert in torch.unique(chosen).tolist():
             token, slot = (chosen == expert).nonzero(as_tuple=True)
-            y = self.experts[expert](flat[token]).float() * weights[token, slot, None]
+            y = self.experts[expert](flat_there[token]).float() * weights[token, slot, None]
             out.index_add_(0, token, y)
-        out = out.to(x.dtype).view(shape)
+        out = out.to(x.device).to(x.dtype).view(shape)
         return out + self.shared_experts(x) if self.shared_experts is not None else out
 
 

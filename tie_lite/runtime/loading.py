@@ -286,6 +286,22 @@ def load_member(
     return member
 
 
+def load_member_experts_on_host(spec: str, *, device: str, **kwargs) -> Member:
+    """A mixture-of-experts member whose routed experts stay in host memory and compute there (llama.cpp's
+    --cpu-moe), everything else on `device`: it loads on the CPU (quantized there when asked) and every leaf
+    module that is not a routed expert moves to the device; the model sends each MoE layer's tokens to its
+    experts and takes their sum back."""
+    member = load_member(spec, **{**kwargs, "device": "cpu"})
+    if not member.family.routed_experts(read_config(member.source, member.name)):
+        raise UserError(f"model '{member.name}' has no routed experts to keep on the host")
+    dev = resolve_device(device)
+    for name, module in member.model.named_modules():
+        if not list(module.children()) and not member.family.is_routed_expert(name + "."):
+            module.to(dev)
+    member.device = dev
+    return member
+
+
 def load_member_offloaded(
     spec: str,
     *,
