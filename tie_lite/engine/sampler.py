@@ -352,12 +352,7 @@ class Trajectory:
             masked = self.masked
             watched = self.scored_positions(masked, block) if self.watch else torch.zeros(0, dtype=torch.long)
             plan = StepPlan(masked, block, torch.zeros(0, dtype=torch.long), watched, self._editable(masked, block))
-            row = (yield self.forward_request(settings, plan))[0]
-            if row.cache is not None:
-                self._keep_cache(row.cache, plan)
-            self.step(settings, row.logits, plan)
-            if on_step is not None:
-                on_step(self)
+            yield from self._forward_and_step(settings, plan, on_step)
             if not self.last_edits:
                 return
 
@@ -390,17 +385,20 @@ class Trajectory:
         for _ in range(blocks):
             blk = self.current_block()
             while blk is not None and self.current_block() == blk:
-                plan = self.plan_step()
-                row = (yield self.forward_request(settings, plan))[0]
-                if row.cache is not None:
-                    self._keep_cache(row.cache, plan)
-                self.step(settings, row.logits, plan)
-                if on_step is not None:
-                    on_step(self)
+                yield from self._forward_and_step(settings, self.plan_step(), on_step)
             if blk is not None and self.edit_threshold is not None:
                 yield from self._polish(settings, blk, on_step)
             if self.done:
                 return
+
+    def _forward_and_step(self, settings: DecodeSettings, plan: StepPlan, on_step=None):
+        """Process: one forward for `plan` (keeping the cache it brings back) and the step on its logits."""
+        row = (yield self.forward_request(settings, plan))[0]
+        if row.cache is not None:
+            self._keep_cache(row.cache, plan)
+        self.step(settings, row.logits, plan)
+        if on_step is not None:
+            on_step(self)
 
     def forward_request(self, settings: DecodeSettings, plan: StepPlan) -> Forward:
         """The forward a step needs: logits at its candidates and watched positions only; with a cache, a

@@ -49,9 +49,8 @@ from transformers import (
 )
 
 from .cache import CanvasCache, CanvasLMOutput, head_rows, positions_and_kv
-from .layers import RMSNorm, rotate_half, sdpa_mask
+from .layers import ACTIVATIONS, RMSNorm, rotate_half, sdpa_mask
 
-ACTIVATIONS = {"silu": F.silu, "gelu": F.gelu, "relu": F.relu}
 SCORE_FUNCTIONS = ("sigmoid",)  # what the authors' LLaDA2MoeGate computes; anything else is refused
 ROUTER_DTYPES = ("fp32", "float32")  # the gate runs in float32 whatever the checkpoint says
 
