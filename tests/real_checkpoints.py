@@ -219,3 +219,37 @@ def build_dream(root: Path, name: str = "tiny-dream-v0") -> Checkpoint:
     marker = _decoy_code(folder, ("configuration_dream.py", "modeling_dream.py", "generation_utils.py",
                                   "tokenization_dream.py"))
     return Checkpoint(folder, "dream", 151666, (151643, 151645), True, marker)
+
+
+# inclusionAI/LLaDA2.0-mini: the hub tokenizer's special ids (<|endoftext|>, <|mask|>) and Ling's role tags at
+# ids of this small vocabulary's own choosing (the hub tokenizer cannot be fetched here).
+LLADA2_SPECIALS = {
+    "<|endoftext|>": 156892,
+    "<|mask|>": 156895,
+    "<role>": 156897,
+    "</role>": 156898,
+    "<|role_end|>": 156900,
+    "SYSTEM": 500,
+    "HUMAN": 501,
+    "ASSISTANT": 502,
+    "detailed": 503,
+    "thinking": 504,
+    "off": 505,
+}
+
+
+def build_llada2(root: Path, name: str = "tiny-llada2-mini", tensors: list[dict] | None = None,
+                 config: dict | None = None) -> Checkpoint:
+    """A tiny LLaDA2 with the LLaDA2.0-mini config (sizes cut down), the authors' parameter names and the
+    weights their reference run used; `tensors` / `config` replace the recorded ones (damaged checkpoints)."""
+    ref = reference_dir("llada2")
+    folder = Path(root) / name
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text(json.dumps(config) if config is not None else (ref / "config.json").read_text())
+    write_weights(folder, tensors if tensors is not None else json.loads((ref / "tensors.json").read_text()))
+    tokenizer = word_tokenizer(LLADA2_SPECIALS, max(LLADA2_SPECIALS.values()) + 1, bos=None)
+    tokenizer.add_special_tokens({"eos_token": "<|endoftext|>", "pad_token": "<|endoftext|>", "mask_token": "<|mask|>",
+                                  "additional_special_tokens": ["<role>", "</role>", "<|role_end|>"]})
+    tokenizer.save_pretrained(folder)
+    marker = _decoy_code(folder, ("configuration_llada2_moe.py", "modeling_llada2_moe.py"))
+    return Checkpoint(folder, "llada2", 156895, (156892, 156900), False, marker)

@@ -37,9 +37,10 @@ def member_view(judge, trajs: list, kind: str):
     needs = [torch.unique(torch.cat([targets[i][0] for i in range(len(trajs)) if which[i] == j]))
              for j in range(len(distinct))]
     if kind == "verify" and len(distinct) == 1 and judge.round_cache is not None and torch.equal(distinct[0], judge.round_cache_ids):
-        request = Forward(judge.member, distinct[0][None], need=needs, caches=[judge.round_cache], query=[needs[0][:0]])
+        request = Forward(judge.member, distinct[0][None], need=needs, caches=[judge.round_cache], query=[needs[0][:0]],
+                          blocks=[judge.layout.block_origin])
     else:
-        request = Forward(judge.member, torch.stack(distinct), need=needs)
+        request = Forward(judge.member, torch.stack(distinct), need=needs, blocks=[judge.layout.block_origin] * len(distinct))
     rows = yield request
     judge.forwards += len(distinct)
     out = []

@@ -78,6 +78,11 @@ class Layout:
     def num_blocks(self) -> int:
         return self.gen_length // self.block_size
 
+    @property
+    def block_origin(self) -> tuple[int, int]:
+        """(where block 0 starts, block size): what a block-causal member's attention follows."""
+        return self.prompt_len, self.block_size
+
     def block(self, index: int) -> slice:
         start = self.prompt_len + index * self.block_size
         return slice(start, start + self.block_size)

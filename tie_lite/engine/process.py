@@ -23,6 +23,8 @@ class Forward:
     caches: list | None = None  # per row: a CanvasCache to reuse; then only `query` positions are recomputed
     query: list[torch.Tensor] | None = None
     canvas_lengths: list[int] | None = None  # per row, when rows of different lengths were stacked (right-padded)
+    # per row: (position where block 0 starts, block size); block-causal members (LLaDA2) attend by blocks
+    blocks: list[tuple[int, int]] | None = None
 
     @property
     def lengths(self) -> list[int]:
@@ -46,7 +48,8 @@ class Forward:
         width = max(r.ids.shape[1] for r in requests)  # right-padded; Member.forward masks the padding out
         ids = torch.cat([torch.nn.functional.pad(r.ids, (0, width - r.ids.shape[1]), value=PAD) for r in requests])
         lengths = [n for r in requests for n in r.lengths]
-        return Forward(first.member, ids, joined("need"), first.store, joined("caches"), joined("query"), lengths)
+        return Forward(first.member, ids, joined("need"), first.store, joined("caches"), joined("query"), lengths,
+                       joined("blocks"))
 
 
 @dataclass

@@ -11,6 +11,14 @@ Two step schedules, one engine:
   positions and the last step all that are left. Steps that commit nothing are skipped (Dream spends a
   forward on them whose canvas, and so whose logits, the next step sees unchanged).
 
+LLaDA2's generate() is the `llada2` policy: each step commits the block's masked positions whose top-1
+probability exceeds `threshold` (strictly), and at least the step's share of the block (LLaDA's even split of
+the block over its steps, at least one). LLaDA2.1's token editing is `edit_threshold`: in the same step,
+committed positions of the current block (never the prompt or the answer marker) whose top-1 token differs
+from the one standing there, with probability above `edit_threshold`, take the new token; once a block has no
+masks left it is forwarded again while edits happen, at most `edit_steps` more times (2.1's max_post_steps).
+An edit is part of the member's trajectory: scores read the canvas as it stands at the end of a round.
+
 Dream's algorithm names are policies too: `maskgit_plus` (top-1 probability), `topk_margin` (top-1 minus
 top-2 probability) and `entropy` (negative entropy). Under the "dream" schedule `entropy` is computed as
 diffusion_generate computes it, sum(p * log(p + 1e-10)); under "blocks" as before. At temperature 0 a
@@ -34,7 +42,8 @@ from tie_lite.engine.layout import Layout, TextState, make_layout
 from tie_lite.engine.process import Forward, run
 from tie_lite.errors import UserError
 
-UNMASK_POLICIES = ("low_confidence", "threshold", "topk", "margin", "entropy", "random", "maskgit_plus", "topk_margin")
+UNMASK_POLICIES = ("low_confidence", "threshold", "topk", "margin", "entropy", "random", "maskgit_plus", "topk_margin",
+                   "llada2")
 DREAM_ALGS = ("maskgit_plus", "topk_margin", "entropy")  # diffusion_generate's `alg` names
 SCHEDULES = ("blocks", "dream")
 CACHES = ("none", "prefix", "dual")
@@ -58,6 +67,10 @@ class DecodeSettings:
     # block KV cache: none (exact, the reference samplers' computation), prefix (the committed prefix's keys and
     # values reused within a block) or dual (the suffix's too). The CLI, chat and server default to dual.
     cache: str = "none"
+    # LLaDA2.1's token editing: committed positions of the current block whose top-1 token differs and is more
+    # probable than this are replaced (None: no editing); at most `edit_steps` extra forwards once a block is full
+    edit_threshold: float | None = None
+    edit_steps: int = 16
 
     @property
     def dream(self) -> bool:
@@ -92,6 +105,10 @@ class DecodeSettings:
             raise UserError("--temperature must be a finite number")
         if not math.isfinite(self.threshold):
             raise UserError("--threshold must be a finite number")
+        if self.edit_threshold is not None and not (math.isfinite(self.edit_threshold) and 0 <= self.edit_threshold < 1):
+            raise UserError("--edit-threshold must be in [0, 1)")
+        if self.edit_steps < 0:
+            raise UserError("--edit-steps must be at least 0")
         if self.dream:
             self._validate_dream()
             return
@@ -154,6 +171,10 @@ class Trajectory:
     # per position, the log-probability its token had when it was committed (0 where nothing was: prompt, marker,
     # masks); carried through relays like `committed_by`, so an API can report each token's logprob
     commit_logp: torch.Tensor | None = None
+    edit_threshold: float | None = None  # LLaDA2.1's token editing (DecodeSettings.edit_threshold)
+    edits: int = 0  # committed tokens replaced by token editing, over the whole decode
+    last_edits: int = 0
+    _pending_edits: tuple | None = None
 
     @classmethod
     def start(cls, member, messages: list[dict], settings: DecodeSettings) -> Trajectory:
@@ -171,7 +192,7 @@ class Trajectory:
         )
         gen = torch.Generator().manual_seed(settings.seed)
         traj = cls(member, layout, prompt, ids, gen, committed_by=torch.full_like(ids, -1),
-                   commit_logp=torch.zeros(ids.numel()))
+                   commit_logp=torch.zeros(ids.numel()), edit_threshold=settings.edit_threshold)
         traj.begin_round()
         return traj
 
@@ -267,7 +288,18 @@ class Trajectory:
             candidates[lay.answer] = False  # answers are committed after all of the reasoning
         cand = candidates.nonzero().flatten()
         watched = self.scored_positions(masked, block) if self.watch else cand[:0]
-        return StepPlan(masked, block, cand, watched)
+        return StepPlan(masked, block, cand, watched, self._editable(masked, block))
+
+    def _editable(self, masked: torch.Tensor, block: slice) -> torch.Tensor | None:
+        """Committed positions of `block` that token editing may replace (never the answer marker); None when
+        the trajectory does not edit."""
+        if self.edit_threshold is None:
+            return None
+        editable = ~masked
+        editable[: block.start] = False
+        editable[block.stop :] = False
+        editable[self.layout.marker] = False
+        return editable.nonzero().flatten()
 
     def step(self, settings: DecodeSettings, logits, plan: StepPlan | None = None) -> bool:
         """Commit from one forward's logits (for this canvas, indexable by position). False when it was
@@ -285,6 +317,8 @@ class Trajectory:
             x0 = cand_logits.argmax(-1)
         confidence = commit_confidence(settings.unmask, cand_logits, x0, self.generator, dream=settings.dream)
 
+        if plan.editable is not None:  # read before this step's commitments, as LLaDA2.1's generate() does
+            self._edit(settings, logits, plan.editable)
         if settings.dream:
             left = int(masked[lay.prompt_len :].sum())
             count = dream_transfer_count(left, self.block_step, settings.total_steps, settings.eps)
@@ -295,6 +329,9 @@ class Trajectory:
             count = max(1, int((confidence >= settings.threshold).sum()))
         elif settings.unmask == "topk":
             count = settings.topk
+        elif settings.unmask == "llada2":
+            share = llada2_share(lay.block_size, settings.steps_per_block, self.block_step)
+            count = max(int((confidence > settings.threshold).sum()), share)
         else:
             left = max(1, settings.steps_per_block - self.block_step)
             count = math.ceil(int(masked[block].sum()) / left)
@@ -308,10 +345,39 @@ class Trajectory:
         if self.commit_logp is not None:
             picked = torch.softmax(cand_logits[chosen], dim=-1).gather(-1, x0[chosen, None])[:, 0]
             self.commit_logp[cand[chosen]] = picked.clamp_min(1e-30).log()  # each committed token's log-probability
+        if plan.editable is not None and self._pending_edits is not None:
+            self.ids[self._pending_edits[0]] = self._pending_edits[1]
+            self._pending_edits = None
         self.block_step += 1
         if not (self.ids[block] == lay.mask_id).any():
             self.block_step = 0
         return True
+
+    def _edit(self, settings: DecodeSettings, logits, editable: torch.Tensor) -> None:
+        """LLaDA2.1's edits at `editable` (positions, tokens), applied with the step's commitments."""
+        self.last_edits = 0
+        self._pending_edits = None
+        if not editable.numel():
+            return
+        probs = torch.softmax(logits[editable], dim=-1)
+        top_p, top = probs.max(-1)
+        change = (top != self.ids[editable]) & (top_p > settings.edit_threshold)
+        if bool(change.any()):
+            self._pending_edits = (editable[change], top[change])
+            self.last_edits = int(change.sum())
+            self.edits += self.last_edits
+
+    def _polish(self, settings: DecodeSettings, index: int, on_step=None):
+        """Process: LLaDA2.1's passes over a block that has no masks left, while they edit (at most
+        `edit_steps`)."""
+        block = self.layout.block(index)
+        for _ in range(settings.edit_steps):
+            masked = self.masked
+            watched = self.scored_positions(masked, block) if self.watch else torch.zeros(0, dtype=torch.long)
+            plan = StepPlan(masked, block, torch.zeros(0, dtype=torch.long), watched, self._editable(masked, block))
+            yield from self._forward_and_step(settings, plan, on_step)
+            if not self.last_edits:
+                return
 
     def _record(self, logits: torch.Tensor, watched: torch.Tensor) -> None:
         """Token change count at the watched positions (EOS predictions excluded), normalized per step."""
@@ -342,28 +408,41 @@ class Trajectory:
         for _ in range(blocks):
             blk = self.current_block()
             while blk is not None and self.current_block() == blk:
-                plan = self.plan_step()
-                row = (yield self.forward_request(settings, plan))[0]
-                if row.cache is not None:
-                    self._keep_cache(row.cache, plan)
-                self.step(settings, row.logits, plan)
-                if on_step is not None:
-                    on_step(self)
+                yield from self._forward_and_step(settings, self.plan_step(), on_step)
+            if blk is not None and self.edit_threshold is not None:
+                yield from self._polish(settings, blk, on_step)
             if self.done:
                 return
+
+    def _forward_and_step(self, settings: DecodeSettings, plan: StepPlan, on_step=None):
+        """Process: one forward for `plan` (keeping the cache it brings back) and the step on its logits."""
+        row = (yield self.forward_request(settings, plan))[0]
+        if row.cache is not None:
+            self._keep_cache(row.cache, plan)
+        self.step(settings, row.logits, plan)
+        if on_step is not None:
+            on_step(self)
 
     def forward_request(self, settings: DecodeSettings, plan: StepPlan) -> Forward:
         """The forward a step needs: logits at its candidates and watched positions only; with a cache, a
         whole-canvas refresh at each new block (a relay lands on one, so it costs no extra forward) and then
         only the positions that change (prefix: the block onwards; dual: the block and the watched ones)."""
-        need = [torch.unique(torch.cat([plan.cand, plan.watched]))]
+        read = [plan.cand, plan.watched] + ([plan.editable] if plan.editable is not None else [])
+        need = [torch.unique(torch.cat(read))]
+        blocks = [self.layout.block_origin]
         if settings.cache == "none" or not self.member.caches:
-            return Forward(self.member, self.ids[None], need=need)
+            return Forward(self.member, self.ids[None], need=need, blocks=blocks)
+        if self.cache is not None and self.cache_block < plan.block.start and self.member.block_causal:
+            # block diffusion: the blocks before the last cached one never saw what came after them, so their
+            # keys and values are final; the refresh recomputes from the block just finished onwards
+            query = torch.arange(self.cache_block, self.layout.total_len)
+            return Forward(self.member, self.ids[None], need=need, store=True, caches=[self.cache], query=[query],
+                           blocks=blocks)
         if self.cache is None or self.cache_block != plan.block.start:
-            return Forward(self.member, self.ids[None], need=need, store=True)
+            return Forward(self.member, self.ids[None], need=need, store=True, blocks=blocks)
         stop = self.layout.total_len if settings.cache == "prefix" else plan.block.stop
         query = torch.arange(plan.block.start, stop)  # the member adds the positions the logits are read at
-        return Forward(self.member, self.ids[None], need=need, caches=[self.cache], query=[query])
+        return Forward(self.member, self.ids[None], need=need, caches=[self.cache], query=[query], blocks=blocks)
 
     def _keep_cache(self, cache, plan: StepPlan) -> None:
         self.cache, self.cache_block = cache, plan.block.start
@@ -380,6 +459,7 @@ class StepPlan:
     block: slice
     cand: torch.Tensor  # positions this step may commit
     watched: torch.Tensor  # positions whose predictions TCC and scoring watch
+    editable: torch.Tensor | None = None  # committed positions token editing may replace (None: no editing)
 
 
 def _gumbel_argmax(logits: torch.Tensor, temperature: float, generator: torch.Generator) -> torch.Tensor:
@@ -387,6 +467,13 @@ def _gumbel_argmax(logits: torch.Tensor, temperature: float, generator: torch.Ge
     z = logits.to(torch.float64)
     noise = torch.rand(z.shape, dtype=torch.float64, generator=generator)
     return (z.exp() / (-torch.log(noise)) ** temperature).argmax(-1)
+
+
+def llada2_share(block_size: int, steps: int, step: int) -> int:
+    """LLaDA2's minimum for step `step` of a block: the even split of the block over `steps` steps (block //
+    steps each, the first block % steps one more), and at least one (LLaDA2.1 commits at least one a step)."""
+    base, extra = divmod(block_size, max(1, steps))
+    return max(1, base + (1 if step < extra else 0))
 
 
 @functools.lru_cache(maxsize=64)

@@ -250,11 +250,17 @@ def generate_many(args) -> int:
 
 
 def cmd_models(args) -> int:
+    from tie_lite.families import FAMILIES  # deferred: the families load torch
     from tie_lite.runtime.registry import DEFAULT_ENSEMBLE, ENTRIES, resolve  # deferred: the registry loads torch
 
     for entry in ENTRIES.values():
         flag = " (default)" if entry.name in DEFAULT_ENSEMBLE else ""
         print(f"{entry.name:24} {resolve(entry.name)[1]}  -- {entry.about}{flag}")
+    print("\nfamilies and their authors' decoding settings (pass them as flags; an ensemble shares one setting):")
+    for family in FAMILIES:
+        settings = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in family.defaults) or "tie-lite's own defaults"
+        settings += f" ({family.defaults_note})" if family.defaults_note else ""
+        print(f"  {family.name:8} model_type {', '.join(family.model_types):20} {settings}")
     return 0
 
 

@@ -158,8 +158,9 @@ def add_decode_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--steps", type=whole, default=None, metavar="N", help="default: gen-length (one token a step)")
     g.add_argument("--temperature", type=number, default=0.0, metavar="T", help="0 = greedy")
     g.add_argument("--unmask", default="low_confidence",
-                   help="low_confidence | threshold | topk | margin | entropy | random, and Dream's names "
-                        "maskgit_plus | topk_margin | entropy")
+                   help="low_confidence | threshold | topk | margin | entropy | random, Dream's names "
+                        "maskgit_plus | topk_margin | entropy, and llada2 (LLaDA2's threshold decoding: every "
+                        "position above --threshold, at least the step's share of the block)")
     g.add_argument("--schedule", default="blocks",
                    help="blocks: LLaDA's semi-autoregressive blocks (default); dream: Dream's diffusion_generate "
                         "schedule (linspace(1, eps) transfer counts over the whole generation, no blocks; a TIE "
@@ -171,6 +172,11 @@ def add_decode_args(p: argparse.ArgumentParser) -> None:
                         "samplers compute); refreshed at every block boundary, where relays land")
     g.add_argument("--threshold", type=number, default=0.9, metavar="TAU", help="confidence for --unmask threshold")
     g.add_argument("--topk", type=whole, default=2, metavar="K", help="tokens a step for --unmask topk")
+    g.add_argument("--edit-threshold", type=number, default=None, metavar="E",
+                   help="LLaDA2.1's token editing: a committed token of the current block is replaced by a different "
+                        "top-1 token more probable than E (off by default; the authors' 2.1 setting is 0.9)")
+    g.add_argument("--edit-steps", type=whole, default=16, metavar="N",
+                   help="with --edit-threshold: at most N more passes over a block once it has no masks (16)")
     g.add_argument("--seed", dest="decode_seed", type=whole, default=0, metavar="S",
                    help="sampling seed (temperature > 0); the same meaning in every command")
     g.add_argument("--answer-length", type=whole, default=DEFAULTS["answer_length"], metavar="A",
@@ -238,6 +244,8 @@ def decode_settings(args):
         schedule=args.schedule,
         eps=args.eps,
         cache=args.cache,
+        edit_threshold=args.edit_threshold,
+        edit_steps=args.edit_steps,
     )
     settings.validate()
     return settings

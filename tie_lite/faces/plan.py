@@ -55,7 +55,8 @@ def cmd_plan(args) -> int:
         out["threads"] = {"count": threads, "from": threads_from}
         for row, est, how in zip(out["members"], estimates, status):
             row.update(quant=est.quant, source=est.source, source_bytes=est.source_bytes, exact=est.exact,
-                       vocab=est.dims["vocab"], loads=how)
+                       vocab=est.dims["vocab"], loads=how, total_params=est.total_params,
+                       active_params=est.active_params)
         print(json.dumps(out, indent=2))
     else:
         print(render(plan, estimates, total_len, batch, status))

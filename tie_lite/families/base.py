@@ -38,6 +38,10 @@ class Family:
     # The canvas length the family decodes well: the shipped members were trained and measured at one length and
     # answer worse at others; None: any length (LLaDA, Dream). A server's token cap then cuts text, never the canvas.
     canvas_length: int | None = None
+    # block diffusion (LLaDA2): attention is causal across blocks, so each forward is told the canvas's blocks
+    block_causal: bool = False
+    defaults: tuple[tuple[str, object], ...] = ()  # the authors' decoding settings, as DecodeSettings names them
+    defaults_note: str = ""
 
     def register(self) -> None:
         """Import the native model module so that transformers' Auto classes know the architecture."""
@@ -48,6 +52,24 @@ class Family:
         """The checkpoint's tokenizer (families whose hub tokenizer is remote code override this)."""
 
         return AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
+
+    def check_checkpoint(self, config: dict, tensors, name: str) -> None:
+        """Raise a UserError when a checkpoint's config.json or its weights cannot be this family's. `tensors()`
+        reads {name: (dtype, shape)} from the safetensors headers (None when unreadable). Families with more to
+        check than checkpoint.checked_family does override this."""
+
+    def config_tensors(self, config: dict) -> dict | None:
+        """{name: (dtype, shape)} of every weight a checkpoint with this config.json holds, from the config alone
+        (the memory plan of a checkpoint whose weights are not at hand); None: the plan approximates."""
+        return None
+
+    def routed_experts(self, config: dict) -> tuple[int, int] | None:
+        """(experts a token is routed to, routed experts per MoE layer) for a mixture of experts; None if dense."""
+        return None
+
+    def is_routed_expert(self, tensor_name: str) -> bool:
+        """Whether a weight belongs to a routed expert (what an experts-on-host placement leaves in host memory)."""
+        return False
 
     def mask_id(self, config) -> int:
         return self.mask_token_id if self.mask_token_id is not None else int(config.mask_token_id)

@@ -3,7 +3,7 @@
 A full forward of a canvas can keep every layer's keys and values (`store_cache=True`). A later forward
 passes `canvas_cache` and only some positions' tokens (`position_ids` says where they sit): each layer
 computes keys and values for those positions, writes them over the cached ones, and attends over the whole
-canvas. Which positions are recomputed is the caller's choice: everything after the committed prefix
+canvas (and keeps the rewritten canvas when it also stores: block-causal members extend their cache so). Which positions are recomputed is the caller's choice: everything after the committed prefix
 (Fast-dLLM's prefix cache) or only the current block and the watched positions (its dual cache). With
 `logits_at`, the output head runs only at those indices of the input, never over canvas x vocabulary.
 """
@@ -55,8 +55,6 @@ class LayerKV:
     def __init__(self, cache: CanvasCache | None = None, positions: torch.Tensor | None = None, store: bool = False):
         if cache is not None and positions is None:
             raise ValueError("a canvas_cache forward needs position_ids: where its tokens sit in the canvas")
-        if cache is not None and store:
-            raise ValueError("store_cache takes a whole canvas, not a canvas_cache forward")
         self.cache, self.store = cache, store
         self.kept = CanvasCache([], []) if store else None
         self._index = None
@@ -64,14 +62,17 @@ class LayerKV:
             self._index = positions.to(cache.keys[0].device)[:, None, :, None]  # (batch, 1, q, 1) for scatter
 
     def __call__(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.store:
-            self.kept.keys.append(k)
-            self.kept.values.append(v)
         if self.cache is None:
+            if self.store:
+                self.kept.keys.append(k)
+                self.kept.values.append(v)
             return k, v
         index = self._index.expand(-1, k.shape[1], -1, k.shape[3])
         full_k = self.cache.keys[layer].to(k.dtype).scatter(2, index, k)
         full_v = self.cache.values[layer].to(v.dtype).scatter(2, index, v)
+        if self.store:  # a cached forward that keeps the result: the old canvas with these positions rewritten
+            self.kept.keys.append(full_k)
+            self.kept.values.append(full_v)
         return full_k, full_v
 
 

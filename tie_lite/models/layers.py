@@ -1,9 +1,12 @@
-"""Pieces LLaDA and Dream compute the same way (each checked bit for bit against its authors' code)."""
+"""Pieces LLaDA, LLaDA2 and Dream compute the same way (each checked against its authors' code)."""
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+
+ACTIVATIONS = {"silu": F.silu, "gelu": F.gelu, "relu": F.relu}  # the MLP activations the configs may name
 
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:

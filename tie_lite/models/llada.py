@@ -41,9 +41,8 @@ from transformers import (
 )
 
 from .cache import CanvasCache, CanvasLMOutput, head_rows, positions_and_kv
-from .layers import RMSNorm, rotate_half, sdpa_mask
+from .layers import ACTIVATIONS, RMSNorm, rotate_half, sdpa_mask
 
-ACTIVATIONS = {"silu": F.silu, "gelu": F.gelu, "relu": F.relu}
 
 
 class LLaDAConfig(PretrainedConfig):

@@ -16,7 +16,7 @@ from tie_lite.engine.process import PositionLogits, Row
 from tie_lite.errors import UserError
 from tie_lite.families import Family
 from tie_lite.models.cache import CanvasCache
-from tie_lite.runtime.checkpoint import checked_family, read_config, weight_files
+from tie_lite.runtime.checkpoint import checked_family, checkpoint_tensors, read_config, weight_files
 from tie_lite.runtime.registry import resolve
 from tie_lite.runtime.weights import measured_footprint
 
@@ -41,15 +41,26 @@ class Member:
     tokenizer_key: str = field(default="")
 
     @torch.no_grad()
-    def logits(self, ids: torch.Tensor) -> torch.Tensor:
+    def logits(self, ids: torch.Tensor, blocks: list[tuple[int, int]] | None = None) -> torch.Tensor:
         """float32 logits for a (batch, length) canvas; the prediction for position i at index i."""
-        out = self.model(input_ids=ids.to(self.device)).logits
+        out = self.model(input_ids=ids.to(self.device), **self._block_kwargs(blocks)).logits
         return self.family.align(out, self.shifted).float()
+
+    def _block_kwargs(self, blocks: list[tuple[int, int]] | None) -> dict:
+        """What a block-causal model's forward needs to know of the canvases' blocks (nothing for the others)."""
+        if not self.family.block_causal or blocks is None:
+            return {}
+        return dict(block_size=blocks[0][1], block_start=torch.tensor([start for start, _ in blocks], device=self.device))
 
     @property
     def caches(self) -> bool:
         """The project's own model classes keep KV caches and compute logits at chosen positions only."""
         return self.family.native_module is not None
+
+    @property
+    def block_causal(self) -> bool:
+        """Block diffusion (LLaDA2): finished blocks never see later ones, so their cached keys and values are final."""
+        return self.caches and self.family.block_causal
 
     def read_positions(self, positions: torch.Tensor) -> torch.Tensor:
         """The model outputs holding the predictions for canvas `positions` (Dream-style: one to the left)."""
@@ -61,13 +72,19 @@ class Member:
         and each row's KV cache when asked to store one."""
         ids, lengths = request.ids, request.lengths
         padded = len(set(lengths)) > 1 or lengths[0] != ids.shape[1]
-        if padded and (request.need is None or not self.caches):  # whole canvases: one at a time
-            rows = [self.forward(replace(request, ids=ids[r : r + 1, :n], need=None if request.need is None else
-                                         request.need[r : r + 1], store=False, caches=None, query=None,
-                                         canvas_lengths=None))[0] for r, n in enumerate(lengths)]
+        mixed_blocks = self.family.block_causal and request.blocks and len({b[1] for b in request.blocks}) > 1
+        if mixed_blocks or (padded and (request.need is None or not self.caches)):  # one canvas at a time
+            def row(r):
+                return None if getattr(request, r) is None else getattr(request, r)[k : k + 1]
+            rows = []
+            for k, n in enumerate(lengths):
+                one = replace(request, ids=ids[k : k + 1, :n], need=row("need"), caches=row("caches"),
+                              query=row("query"), canvas_lengths=None, blocks=row("blocks"))
+                rows.append(self.forward(one)[0])
             return rows
+        block_kwargs = self._block_kwargs(request.blocks)
         if request.need is None:
-            return [Row(row, None) for row in self.logits(ids)]
+            return [Row(row, None) for row in self.logits(ids, request.blocks)]
         if not self.caches:  # remote code: whole-canvas logits, then the positions asked for
             full = self.logits(ids)
             return [Row(PositionLogits(n, full[r, n])) for r, n in enumerate(request.need)]
@@ -78,7 +95,8 @@ class Member:
             query = _padded(queries)
             at = _padded([torch.searchsorted(q, rd) for q, rd in zip(queries, reads)])
             inputs = ids.gather(1, query)
-            kwargs = dict(position_ids=query.to(self.device), canvas_cache=CanvasCache.stack(request.caches))
+            kwargs = dict(position_ids=query.to(self.device), canvas_cache=CanvasCache.stack(request.caches),
+                          store_cache=request.store)
         else:
             inputs, at = ids, _padded(reads)
             kwargs = dict(store_cache=request.store)
@@ -86,7 +104,7 @@ class Member:
                 keep = torch.arange(ids.shape[1])[None] < torch.tensor(lengths)[:, None]
                 inputs = inputs.masked_fill(~keep, self.mask_id)
                 kwargs["attention_mask"] = keep.to(self.device)
-        out = self.model(input_ids=inputs.to(self.device), logits_at=at.to(self.device), **kwargs)
+        out = self.model(input_ids=inputs.to(self.device), logits_at=at.to(self.device), **kwargs, **block_kwargs)
         logits = out.logits.float()
         caches = out.canvas_cache.rows(lengths) if request.store else [None] * len(reads)
         return [Row(PositionLogits(n, logits[r, : n.numel()]), caches[r]) for r, n in enumerate(request.need)]
@@ -171,6 +189,7 @@ def loadable(spec: str, *, trust_remote_code: bool = False, allow_pickle: bool =
     name, source = resolve(spec)
     config = read_config(source, name)
     family = checked_family(config, name)
+    family.check_checkpoint(config, lambda: checkpoint_tensors(source), name)  # headers only, and only if asked
     if family.trust_remote_code and not trust_remote_code:
         raise UserError(
             f"model '{name}' is an architecture tie-lite does not implement (model_type "
@@ -264,6 +283,22 @@ def load_member(
         footprint_bytes=measured_footprint(model),
     )
     member.tokenizer_key = tokenizer_key(tokenizer)
+    return member
+
+
+def load_member_experts_on_host(spec: str, *, device: str, **kwargs) -> Member:
+    """A mixture-of-experts member whose routed experts stay in host memory and compute there (llama.cpp's
+    --cpu-moe), everything else on `device`: it loads on the CPU (quantized there when asked) and every leaf
+    module that is not a routed expert moves to the device; the model sends each MoE layer's tokens to its
+    experts and takes their sum back."""
+    member = load_member(spec, **{**kwargs, "device": "cpu"})
+    if not member.family.routed_experts(read_config(member.source, member.name)):
+        raise UserError(f"model '{member.name}' has no routed experts to keep on the host")
+    dev = resolve_device(device)
+    for name, module in member.model.named_modules():
+        if not list(module.children()) and not member.family.is_routed_expert(name + "."):
+            module.to(dev)
+    member.device = dev
     return member
 
 

@@ -9,7 +9,7 @@ import torch
 from tie_lite.checks import format_size, parse_size
 from tie_lite.engine.scoring import needs_cross_model
 from tie_lite.errors import UserError
-from tie_lite.runtime.scheduler import Need, Plan, make_plan
+from tie_lite.runtime.scheduler import EXPERTS_ON_HOST, Need, Plan, make_plan
 from tie_lite.runtime.sizes import SizeEstimate, estimate_member
 
 DEFAULT_PROMPT_LENGTH = 64
@@ -42,7 +42,8 @@ def resolve_plan_device(device: str, has_budget: bool) -> str:
 def needs_for(estimates: list[SizeEstimate], total_len: int, batch: int) -> list[Need]:
     return [
         Need(name=e.name, weight_bytes=e.weight_bytes, working_bytes=e.working_bytes(total_len, batch),
-             layer_bytes=e.layer_bytes, reload=e.reload, source_bytes=e.source_bytes)
+             layer_bytes=e.layer_bytes, reload=e.reload, source_bytes=e.source_bytes, expert_bytes=e.expert_bytes,
+             host_step_bytes=e.host_step_bytes(total_len, batch))
         for e in estimates
     ]
 
@@ -71,15 +72,24 @@ def build_plan(models: list[str], *, quant: str = "none", backend: str = "bitsan
     return plan, estimates
 
 
+def _count(n: int) -> str:
+    """A parameter count as people say it: 16.3B, 1.43B, 220K."""
+    for size, unit in ((1e9, "B"), (1e6, "M"), (1e3, "K")):
+        if n >= size:
+            return f"{n / size:.3g}{unit}"
+    return str(n)
+
+
 def render(plan: Plan, estimates: list[SizeEstimate], total_len: int, batch: int, status: list[str] | None = None) -> str:
     m = len(plan.needs)
     lines = [f"memory plan: {m} member{'s' * (m != 1)} on {plan.device}, budget {format_size(plan.budget_bytes)} "
              f"({plan.budget_source})", ""]
     status = status or ["native"] * m
-    rows = [("member", "loads", "quant", "weights", "working", "largest layer", "placement")]
+    rows = [("member", "loads", "params (active)", "quant", "weights", "working", "largest layer", "placement")]
     for need, est, place, how in zip(plan.needs, estimates, plan.placement, status):
         mark = "" if est.exact else "~"
-        rows.append((need.name, how.split(":")[0], est.quant, mark + format_size(need.weight_bytes),
+        params = _count(est.total_params) + (f" ({_count(est.active_params)})" if est.expert_bytes else "")
+        rows.append((need.name, how.split(":")[0], params, est.quant, mark + format_size(need.weight_bytes),
                      format_size(need.working_bytes), mark + format_size(need.layer_bytes),
                      place + (" (reload)" if need.reload and place != "resident" else "")))
     widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]))]
@@ -91,8 +101,13 @@ def render(plan: Plan, estimates: list[SizeEstimate], total_len: int, batch: int
                  f"{'es' * (batch != 1)} x {total_len} positions (largest vocabulary {vocab:,} tokens)")
     lines.append(f"weights: {format_size(plan.total_weight_bytes)} in all; room for weights under the budget: "
                  f"{format_size(max(0, plan.capacity_bytes))}")
+    hosted = [n.name for n, p in zip(plan.needs, plan.placement) if p == EXPERTS_ON_HOST]
+    if hosted:
+        lines.append(f"experts on the host: {', '.join(hosted)} -- routed experts in host memory, computed there; "
+                     f"about {format_size(plan.host_step_bytes)} of activations cross per forward")
     if plan.strategy == "resident":
-        lines.append("strategy: resident -- every member stays on the device; no swaps")
+        what = "what each member keeps on the device stays there" if hosted else "every member stays on the device"
+        lines.append(f"strategy: resident -- {what}; no swaps")
     else:
         names = [n.name for n in plan.needs]
         snake = " | ".join(" ".join(names[i] for i in o) for o in plan.orders[:3])

@@ -31,6 +31,9 @@ ENTRIES = {
         Entry("llada-1.5", "GSAI-ML/LLaDA-1.5", False, "LLaDA family; native, verified against the authors' code"),
         Entry("dream-7b-instruct", "Dream-org/Dream-v0-Instruct-7B", False, "Dream family; native, verified against the authors' code"),
         Entry("diffucoder-7b-instruct", "apple/DiffuCoder-7B-Instruct", False, "Dream family; native, verified against the authors' code"),
+        Entry("llada2.0-mini", "inclusionAI/LLaDA2.0-mini", False, "LLaDA2 family (MoE, 16B total, 1.4B active); native, verified against the authors' code"),
+        Entry("llada2.1-mini", "inclusionAI/LLaDA2.1-mini", False, "LLaDA2 family (MoE, 16B total, 1.4B active, token editing); native, verified against the authors' code"),
+        Entry("llada2.0-flash", "inclusionAI/LLaDA2.0-flash", False, "LLaDA2 family (MoE, 100B total); native, verified against the authors' code"),
     )
 }
 

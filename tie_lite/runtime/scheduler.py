@@ -6,7 +6,9 @@ memory of one forward, and a device budget,
 - each member fits alone -> whole members swap between the device and host memory (or, on a CPU, the
   memory-mapped checkpoint); the members run in a snake (A B | B A | A B ...) so the member that ends a round
   begins the next: M - 1 swaps a round instead of M;
-- a member alone does not fit -> accelerate layer offload for that member.
+- a member alone does not fit -> for a mixture of experts whose other weights fit, its routed experts stay
+  in host memory and compute there (llama.cpp's --cpu-moe): only each MoE layer's activations cross, per
+  forward; otherwise accelerate layer offload for that member.
 
 The engine asks `use(i)` before member i computes; the scheduler makes it resident (evicting the least
 recently used members when the budget says so) and counts what it moved. Only relay state (canvas ids and
@@ -24,6 +26,7 @@ from tie_lite.errors import UserError
 from tie_lite.runtime.loading import Member
 
 STRATEGIES = ("resident", "swap", "offload")
+EXPERTS_ON_HOST = "experts-on-host"  # a member placement: routed experts in host memory, the rest on the device
 
 
 
@@ -40,6 +43,8 @@ class Need:
     layer_bytes: int = 0  # the largest piece layer offload must still hold on the device
     reload: bool = False  # leaves the device by being released and reloaded (bitsandbytes 8-bit), not moved
     source_bytes: int = 0  # what a reload reads from disk
+    expert_bytes: int = 0  # a mixture of experts' routed experts (what may stay in host memory)
+    host_step_bytes: int = 0  # what crosses between device and host per forward when they do
 
 
 @dataclass
@@ -49,7 +54,7 @@ class Plan:
     budget_source: str  # "--max-memory", "free device memory", "available RAM"
     needs: list[Need]
     strategy: str
-    placement: list[str]  # per member: resident | swap | offload
+    placement: list[str]  # per member: resident | swap | offload | experts-on-host
     capacity_bytes: int  # the budget less the largest working memory: what weights may occupy at once
     cross_model: bool
     swaps_per_round: int
@@ -67,8 +72,17 @@ class Plan:
         return max((n.working_bytes for n in self.needs), default=0)
 
     def device_bytes(self, k: int) -> int:
-        """What member k may hold on the device: all its weights, or under offload, the whole capacity."""
-        return min(self.needs[k].weight_bytes, self.capacity_bytes)
+        """What member k may hold on the device: all its weights, all but its routed experts when they stay on
+        the host, or under offload, the whole capacity."""
+        need = self.needs[k]
+        if self.placement[k] == EXPERTS_ON_HOST:
+            return need.weight_bytes - need.expert_bytes
+        return min(need.weight_bytes, self.capacity_bytes)
+
+    @property
+    def host_step_bytes(self) -> int:
+        """Bytes crossing between device and host per forward of the members whose experts stay on the host."""
+        return sum(n.host_step_bytes for n, p in zip(self.needs, self.placement) if p == EXPERTS_ON_HOST)
 
     def to_json(self) -> dict:
         return {
@@ -81,7 +95,8 @@ class Plan:
             "total_weight_bytes": self.total_weight_bytes,
             "members": [
                 {"name": n.name, "weight_bytes": n.weight_bytes, "working_bytes": n.working_bytes,
-                 "largest_layer_bytes": n.layer_bytes, "placement": p, "moves_by": "reload" if n.reload else "copy"}
+                 "largest_layer_bytes": n.layer_bytes, "placement": p, "moves_by": "reload" if n.reload else "copy",
+                 "expert_bytes": n.expert_bytes, "host_step_bytes": n.host_step_bytes if p == EXPERTS_ON_HOST else 0}
                 for n, p in zip(self.needs, self.placement)
             ],
             "cross_model_scoring": self.cross_model,
@@ -110,6 +125,15 @@ def make_plan(needs: list[Need], budget: int, *, device: str = "cpu", budget_sou
             if n.weight_bytes <= capacity:
                 placement.append("swap")
                 continue
+            if n.expert_bytes and device != "cpu" and n.weight_bytes - n.expert_bytes <= capacity:  # host != device
+                placement.append(EXPERTS_ON_HOST)
+                warnings.append(
+                    f"'{n.name}' ({format_size(n.weight_bytes)}) does not fit {format_size(capacity)} alone: its routed "
+                    f"experts ({format_size(n.expert_bytes)}) stay in host memory and compute there, attention, "
+                    f"embeddings, shared experts and dense layers ({format_size(n.weight_bytes - n.expert_bytes)}) on "
+                    f"the {device}; about {format_size(n.host_step_bytes)} of activations cross per forward"
+                )
+                continue
             if capacity < n.layer_bytes or n.layer_bytes == 0:
                 least = (n.layer_bytes or n.weight_bytes) + working
                 raise UserError(
@@ -134,6 +158,10 @@ def make_plan(needs: list[Need], budget: int, *, device: str = "cpu", budget_sou
                    f"2-4x the memory in host RAM and move 2-4x the bytes)" if quant != "none" else "")
             )
         strategy = "offload" if "offload" in placement else "swap"
+        on_device = sum(n.weight_bytes - (n.expert_bytes if p == EXPERTS_ON_HOST else 0) for n, p in zip(needs, placement))
+        if EXPERTS_ON_HOST in placement and "offload" not in placement and on_device <= capacity:
+            strategy = "resident"  # what stays on the device fits at once: nothing swaps
+            placement = [p if p == EXPERTS_ON_HOST else "resident" for p in placement]
     plan = Plan(device=device, budget_bytes=budget, budget_source=budget_source, needs=list(needs),
                 strategy=strategy, placement=placement, capacity_bytes=capacity, cross_model=cross_model,
                 swaps_per_round=0, bytes_per_round=0, reloads_per_round=0, orders=[], warnings=warnings)

@@ -21,13 +21,14 @@ from tie_lite.errors import UserError
 from tie_lite.runtime.loading import (
     Member,
     load_member,
+    load_member_experts_on_host,
     load_member_offloaded,
     resolve_device,
 )
 from tie_lite.runtime.plan import needs_for
 from tie_lite.runtime.registry import DEFAULT_ENSEMBLE
 from tie_lite.runtime.remote import start_members
-from tie_lite.runtime.scheduler import Scheduler, make_plan
+from tie_lite.runtime.scheduler import EXPERTS_ON_HOST, Scheduler, make_plan
 from tie_lite.runtime.sizes import SizeEstimate, estimate_member
 from tie_lite.runtime.weights import WeightStore, _weight_tensors, swap_dir
 
@@ -135,7 +136,15 @@ class Ensemble:
             if on_load is not None:
                 on_load(spec)
             sched.reserve(plan.device_bytes(k))  # make room before loading, so loading honours the budget too
-            if plan.placement[k] == "offload":
+            if plan.placement[k] == EXPERTS_ON_HOST:
+                if plan.strategy != "resident":
+                    raise UserError(f"'{spec}' keeps its experts on the host, and the other members would have to "
+                                    f"swap beside it, which tie-lite does not do yet; raise --max-memory or run it "
+                                    f"with fewer members")
+
+                def load(spec=spec):
+                    return load_member_experts_on_host(spec, **kwargs)
+            elif plan.placement[k] == "offload":
                 def load(spec=spec, k=k):
                     return load_member_offloaded(spec, device_bytes=plan.capacity_bytes,
                                                  offload_folder=f"{self._spill}/offload-{k}", **kwargs)
@@ -144,7 +153,8 @@ class Ensemble:
                     return load_member(spec, **kwargs)
             member = load()
             reload = (lambda load=load: load().model) if self.estimates[k].reload else None
-            on_device = sum(t.numel() * t.element_size() for _, t in _weight_tensors(member.model))
+            on_device = sum(t.numel() * t.element_size() for _, t in _weight_tensors(member.model)
+                            if t.device.type == member.device.type)  # experts kept on the host do not count
             sched.add(member, WeightStore(member, self._spill, reload=reload), size=on_device)
         return sched
 

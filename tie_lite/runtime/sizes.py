@@ -73,6 +73,17 @@ class SizeEstimate:
     exact: bool  # from safetensors headers (True) or from config fields alone (False)
     reload: bool  # swapped by releasing and reloading (bitsandbytes 8-bit, quanto), not by moving
     shifted: bool = False
+    total_params: int = 0
+    active_params: int = 0  # per token: a mixture of experts computes only its routed share of the experts
+    expert_bytes: int = 0  # the routed experts' weights on the device (what experts-on-host leaves on the host)
+    moe_layers: int = 0
+
+    def host_step_bytes(self, total_len: int, batch: int = 1) -> int:
+        """Bytes that cross between device and host per forward when the routed experts stay on the host and
+        compute there (llama.cpp's --cpu-moe): each MoE layer's input goes to the host and its output comes
+        back, for every position of the canvas (an upper bound: cached forwards send fewer)."""
+        act = 2 if self.device == "cuda" else 4
+        return 2 * self.moe_layers * batch * total_len * self.dims["hidden"] * act
 
     def working_bytes(self, total_len: int, batch: int = 1, read: int | None = None, cache: bool = False) -> int:
         """Transient memory of one forward over `batch` canvases of `total_len` positions, plus the sampler's
@@ -106,10 +117,11 @@ def estimate_member(spec: str, *, quant: str = "none", backend: str = "bitsandby
     tensors = checkpoint_tensors(source)
     exact = tensors is not None
     if tensors is None:
-        tensors = _synthetic_tensors(dims)
+        tensors = family.config_tensors(config) or _synthetic_tensors(dims)
     if exact and not dims["dtype"]:
         dims["dtype"] = "float32"
-    weight = source_bytes = 0
+    weight = source_bytes = params = expert_params = expert_bytes = 0
+    moe_layers: set[str] = set()
     units: dict[str, int] = {}
     load_dtype = dtype
     if load_dtype != "auto":
@@ -117,10 +129,18 @@ def estimate_member(spec: str, *, quant: str = "none", backend: str = "bitsandby
     for tname, (dtype, shape) in tensors.items():
         on_device = tensor_device_bytes(tname, dtype, shape, quant, device, load_dtype)
         weight += on_device
-        source_bytes += (math.prod(shape) if shape else 1) * DTYPE_BYTES.get(dtype, 4)
+        numel = math.prod(shape) if shape else 1
+        source_bytes += numel * DTYPE_BYTES.get(dtype, 4)
+        params += numel if dtype in _FLOAT else 0
         m = _BLOCK.match(tname)
+        if family.is_routed_expert(tname):
+            expert_params += numel
+            expert_bytes += on_device
+            moe_layers.add(m.group(1) if m else tname)
         unit = m.group(1) if m else tname.rsplit(".", 1)[0]
         units[unit] = units.get(unit, 0) + on_device
+    routed = family.routed_experts(config)
+    active = params - expert_params + (expert_params * routed[0] // routed[1] if routed else expert_params)
     return SizeEstimate(
         name=name,
         source=source,
@@ -133,4 +153,8 @@ def estimate_member(spec: str, *, quant: str = "none", backend: str = "bitsandby
         exact=exact,
         reload=quant != "none" and (quant == "8bit" or backend == "quanto"),
         shifted=bool(family.shift_logits if family.shift_logits is not None else config.get("shift_logits", False)),
+        total_params=params,
+        active_params=active,
+        expert_bytes=expert_bytes,
+        moe_layers=len(moe_layers),
     )

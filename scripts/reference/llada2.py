@@ -1,0 +1,288 @@
+"""Reference figures for LLaDA2.x (llada2_moe), computed by the authors' own code (never imported by tie-lite).
+
+Run it in a scratch virtualenv with the transformers the dllm library pins for these files (4.57.0):
+
+    python3 -m venv /tmp/tie-lite-llada2-venv
+    /tmp/tie-lite-llada2-venv/bin/pip install torch==2.13.0 && \\
+        /tmp/tie-lite-llada2-venv/bin/pip install transformers==4.57.0 accelerate==1.11.0 safetensors numpy
+    git clone https://github.com/ZHZisZZ/dllm          # or the fetch tool's /work/.mirror/ZHZisZZ+dllm/repo
+    /tmp/tie-lite-llada2-venv/bin/python scripts/reference/llada2.py --dllm-repo /work/.mirror/ZHZisZZ+dllm/repo
+
+The authors' files are read with `git show COMMIT:PATH` from a clone of ZHZisZZ/dllm (the dllm library, which
+carries the inclusionAI hub files `modeling_llada2_moe.py` / `configuration_llada2_moe.py` for LLaDA2.0 and a
+LLaDA2.1 copy whose generate() adds token editing) into a temporary folder; nothing of them is copied into
+this repository.
+
+- dllm/pipelines/llada2/models/{modeling,configuration}_llada2_moe.py: the model and LLaDA2.0's generate()
+  (threshold decoding with a per-step minimum);
+- dllm/pipelines/llada21/models/{modeling,configuration}_llada21_moe.py: LLaDA2.1's generate() (threshold with at
+  least one token a step, plus editing of committed tokens past `editing_threshold`, and up to
+  `max_post_steps` extra passes once a block has no masks left).
+
+The configuration is inclusionAI/LLaDA2.0-mini's, as public copies give it (REAL_MINI below; the hub folder
+itself cannot be fetched here): vocabulary 157184, mask 156895, end-of-text 156892, 20 layers of width 2048,
+16 heads and 4 key/value heads of 128, partial rotary 0.5 with theta 600000, 256 experts in 8 groups keeping
+4, 8 experts a token, 1 shared expert, routed scaling 2.5, the first layer dense. The tiny checkpoint keeps
+every one of those facts except the sizes (TINY): width 64, 4 heads, 2 key/value heads of 16, 3 layers (the
+first dense), 16 experts of width 64 in 4 groups keeping 2, 4 experts a token.
+
+What it writes under --out (default tests/fixtures/reference/llada2/): config.json (as the authors'
+save_pretrained wrote it), tensors.json (name, shape, dtype: tests/real_checkpoints.py rebuilds the identical
+weights), figures.json (float32 logits at fixed positions of fixed canvases, bidirectional and block-causal;
+the ids the 2.0 and 2.1 generate() return at temperature 0 on three prompts, with every forward's canvas).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "tests"))
+from common import git, sha256, show, top_figures  # noqa: E402  (scripts/reference/, beside this file)
+from llada import compact_json  # noqa: E402
+from real_checkpoints import fill_deterministic, tensor_table  # noqa: E402
+
+DLLM_REPO = "/work/.mirror/ZHZisZZ+dllm/repo"
+DLLM_URL = "https://github.com/ZHZisZZ/dllm"
+DLLM_COMMIT = "ca176752fbceec49c6b4777a2c18ae88e4eb10ed"
+FILES_20 = {"modeling_llada2_moe.py": "dllm/pipelines/llada2/models/modeling_llada2_moe.py",
+            "configuration_llada2_moe.py": "dllm/pipelines/llada2/models/configuration_llada2_moe.py"}
+FILES_21 = {"modeling_llada21_moe.py": "dllm/pipelines/llada21/models/modeling_llada21_moe.py",
+            "configuration_llada21_moe.py": "dllm/pipelines/llada21/models/configuration_llada21_moe.py"}
+
+# inclusionAI/LLaDA2.0-mini config.json, from public copies: the model-args test of the xLLM serving engine
+# (every size, router and rotary field) and the dllm library's generate() defaults (mask and end-of-text ids).
+REAL_MINI = {
+    "architectures": ["LLaDA2MoeModelLM"],
+    "model_type": "llada2_moe",
+    "dtype": "bfloat16",
+    "first_k_dense_replace": 1,
+    "head_dim": 128,
+    "hidden_act": "silu",
+    "hidden_size": 2048,
+    "initializer_range": 0.02,
+    "intermediate_size": 5120,
+    "max_position_embeddings": 32768,
+    "moe_intermediate_size": 512,
+    "moe_router_enable_expert_bias": True,
+    "n_group": 8,
+    "norm_head": False,
+    "norm_topk_prob": True,
+    "num_attention_heads": 16,
+    "num_experts": 256,
+    "num_experts_per_tok": 8,
+    "num_hidden_layers": 20,
+    "num_key_value_heads": 4,
+    "num_shared_experts": 1,
+    "output_router_logits": False,
+    "pad_token_id": 156892,
+    "partial_rotary_factor": 0.5,
+    "rms_norm_eps": 1e-06,
+    "rope_theta": 600000,
+    "routed_scaling_factor": 2.5,
+    "router_dtype": "fp32",
+    "score_function": "sigmoid",
+    "tie_word_embeddings": False,
+    "topk_group": 4,
+    "use_bias": False,
+    "use_qk_norm": True,
+    "use_qkv_bias": False,
+    "vocab_size": 157184,
+}
+# widths are multiples of 64: bitsandbytes' 4-bit CPU kernel needs it
+TINY = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2,
+            head_dim=16, moe_intermediate_size=64, num_experts=16, n_group=4, topk_group=2, num_experts_per_tok=4,
+            max_position_embeddings=4096)
+
+MASK, EOS = 156895, 156892
+# three prompts of 16 tokens (a multiple of every block size used: see llada2_moe.py on block numbering)
+PROMPTS = [
+    [156891, 120, 4599, 1345, 25, 7, 30, 19, 10, 46, 30, 156893, 120, 23, 44, 991],
+    [156891, 88, 5, 1290, 77, 3030, 12, 9, 8, 150000, 4, 156893, 120, 23, 44, 991],
+    [156891, 120, 7000, 7001, 7002, 31, 32, 33, 34, 35, 36, 37, 38, 156893, 2, 991],
+]
+CANVASES = [PROMPTS[0] + [MASK] * 16, PROMPTS[1] + [17, MASK, 900, MASK, MASK, 13, MASK, EOS] + [MASK] * 8]
+POSITIONS = [[0, 15, 16, 20, 27, 31], [3, 16, 17, 21, 24, 31]]
+FIXED_IDS = [0, 13, 120, 991, EOS, MASK, 157183]
+BLOCK_FIGURES = 8  # the block-causal logits use blocks of 8
+# (gen_length, block_length, steps per block, threshold) for LLaDA2.0's generate()
+GENERATE_20 = [(32, 8, 8, 0.95), (32, 16, 4, 0.95), (24, 8, 8, 0.0004)]
+# (gen_length, block_length, threshold, editing_threshold, max_post_steps) for LLaDA2.1's generate()
+GENERATE_21 = [(32, 8, 0.95, 0.9, 16), (32, 8, 0.0004, 0.00045, 4)]
+
+
+def block_mask(length: int, block: int) -> torch.Tensor:
+    """The additive block-causal mask the authors' generate() builds (0 / -inf, bfloat16)."""
+    n = (length + block - 1) // block
+    tri = torch.tril(torch.ones(n, n))
+    full = tri.repeat_interleave(block, 0).repeat_interleave(block, 1)[:length, :length]
+    return full[None, None].log().to(torch.bfloat16)
+
+
+def build(work: Path, files: dict[str, str], repo: str, commit: str, config: dict, name: str):
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    folder = work / f"build-{name}"
+    folder.mkdir()
+    sources = {fname: show(repo, commit, path) for fname, path in files.items()}
+    for fname, text in sources.items():
+        (folder / fname).write_text(text)
+    (folder / "config.json").write_text(json.dumps(config, indent=2))
+    cfg = AutoConfig.from_pretrained(str(folder), trust_remote_code=True)
+    model = AutoModelForCausalLM.from_config(cfg, trust_remote_code=True, torch_dtype=torch.float32).eval()
+    fill_deterministic(model)
+    model.config._name_or_path = "inclusionAI/LLaDA2.0-mini"
+    ckpt = work / f"tiny-{name}"
+    model.save_pretrained(str(ckpt))
+    for fname in sources:
+        shutil.copy(folder / fname, ckpt / fname)
+    loaded = AutoModelForCausalLM.from_pretrained(str(ckpt), trust_remote_code=True, torch_dtype=torch.float32).eval()
+    ours, theirs = model.state_dict(), loaded.state_dict()
+    assert ours.keys() == theirs.keys(), ours.keys() ^ theirs.keys()
+    for key in ours:
+        assert torch.equal(ours[key], theirs[key]), key
+    return loaded, (ckpt / "config.json").read_text(), tensor_table(ckpt), sources
+
+
+def canvas_figures(model) -> list[dict]:
+    rows = []
+    with torch.no_grad():
+        for k, (ids, positions) in enumerate(zip(CANVASES, POSITIONS)):
+            x = torch.tensor([ids])
+            full = model(x).logits[0]
+            blocked = model(x, attention_mask=block_mask(len(ids), BLOCK_FIGURES).float(),
+                            position_ids=torch.arange(len(ids))[None]).logits[0]
+            rows.append({"canvas": k, "ids": ids, "positions": top_figures(full, positions, FIXED_IDS),
+                         "block_causal": {"block_size": BLOCK_FIGURES,
+                                          "positions": top_figures(blocked, positions, FIXED_IDS)}})
+    return rows
+
+
+def recorded_generate(model, **kwargs) -> dict:
+    """generate() with every canvas its forwards saw."""
+    seen: list[list[int]] = []
+    original = model.forward
+
+    def forward(x, *args, attention_mask=None, **kw):
+        # generate() builds its 0 / -inf mask in bfloat16 for a bfloat16 model; SDPA refuses it beside float32
+        # queries, so it is cast (0 and -inf are exact in both)
+        seen.append(x[0].tolist())
+        return original(x, *args, attention_mask=attention_mask.to(torch.float32), **kw)
+
+    model.forward = forward
+    try:
+        out = model.generate(**kwargs)
+    finally:
+        del model.forward
+    return {"output": out[0].tolist(), "forwards": len(seen), "canvases": seen}
+
+
+def edits_in(canvases: list[list[int]]) -> int:
+    """Committed tokens replaced by another token between consecutive forwards of one block."""
+    count = 0
+    for a, b in zip(canvases, canvases[1:]):
+        n = min(len(a), len(b))
+        count += sum(1 for x, y in zip(a[:n], b[:n]) if x != MASK and y != MASK and x != y)
+    return count
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--dllm-repo", default=DLLM_REPO, help="git clone of ZHZisZZ/dllm")
+    ap.add_argument("--dllm-commit", default=DLLM_COMMIT)
+    ap.add_argument("--out", default=str(ROOT / "tests" / "fixtures" / "reference" / "llada2"))
+    args = ap.parse_args()
+    import transformers
+
+    commit = git(args.dllm_repo, "rev-parse", args.dllm_commit).strip()
+    config = dict(REAL_MINI, **TINY)
+    config["auto_map"] = {"AutoConfig": "configuration_llada2_moe.LLaDA2MoeConfig",
+                          "AutoModelForCausalLM": "modeling_llada2_moe.LLaDA2MoeModelLM"}
+    config21 = dict(config, model_type="llada21_moe",
+                    auto_map={"AutoConfig": "configuration_llada21_moe.LLaDA2MoeConfig",
+                              "AutoModelForCausalLM": "modeling_llada21_moe.LLaDA2MoeModelLM"})
+    torch.manual_seed(0)
+    work = Path(tempfile.mkdtemp(prefix="tie-lite-llada2-ref-"))
+    try:
+        model, saved, table, sources = build(work, FILES_20, args.dllm_repo, commit, config, "llada2")
+        model21, _, table21, sources21 = build(work, FILES_21, args.dllm_repo, commit, config21, "llada21")
+        assert table == table21  # the same weights under both files
+        with torch.no_grad():
+            x = torch.tensor([CANVASES[1]])
+            assert torch.equal(model(x).logits, model21(x).logits)
+        figures_main = canvas_figures(model)
+        runs20 = []
+        for prompt in PROMPTS:
+            for gen, block, steps, threshold in GENERATE_20:
+                r = recorded_generate(model, inputs=torch.tensor([prompt]), temperature=0.0, block_length=block,
+                                      steps=steps, gen_length=gen, threshold=threshold, eos_id=EOS, mask_id=MASK)
+                runs20.append({"prompt": prompt, "gen_length": gen, "block_length": block, "steps": steps,
+                               "threshold": threshold, **r})
+        runs21 = []
+        for prompt in PROMPTS:
+            for gen, block, threshold, edit, post in GENERATE_21:
+                r = recorded_generate(model21, inputs=torch.tensor([prompt]), temperature=0.0, block_length=block,
+                                      steps=block, gen_length=gen, threshold=threshold, editing_threshold=edit,
+                                      max_post_steps=post, eos_id=EOS, mask_id=MASK)
+                runs21.append({"prompt": prompt, "gen_length": gen, "block_length": block, "threshold": threshold,
+                               "editing_threshold": edit, "max_post_steps": post, "edits": edits_in(r["canvases"]),
+                               **r})
+        assert any(r["edits"] for r in runs21), "no editing run edited anything: lower its editing_threshold"
+        files = {name: {"repo": DLLM_URL, "commit": commit, "path": path, "sha256": sha256(sources[name])}
+                 for name, path in FILES_20.items()}
+        files.update({name: {"repo": DLLM_URL, "commit": commit, "path": path, "sha256": sha256(sources21[name])}
+                      for name, path in FILES_21.items()})
+        figures = {
+            "about": "Figures of the LLaDA2 authors' code as the dllm library carries it (transformers %s, torch %s) "
+                     "on a tiny checkpoint with the LLaDA2.0-mini config and deterministic weights "
+                     "(tests/real_checkpoints.py)." % (transformers.__version__, torch.__version__.split("+")[0]),
+            "command": "/tmp/tie-lite-llada2-venv/bin/python scripts/reference/llada2.py "
+                       "--dllm-repo /work/.mirror/ZHZisZZ+dllm/repo",
+            "source": files,
+            "config_source": "inclusionAI/LLaDA2.0-mini's config.json as public copies give it (REAL_MINI in the "
+                             "script), with tiny sizes %s" % TINY,
+            "fixed_ids": FIXED_IDS,
+            "logits_convention": "raw model output in float32: output i is the prediction for position i (no shift)",
+            "canvases": figures_main,
+            "generate_20": runs20,
+            "generate_21": runs21,
+            "notes": [
+                "generate() (2.0): blocks are numbered from canvas position 0 (the prompts here are 16 tokens, a "
+                "multiple of every block size); each step commits the masked positions of the block whose "
+                "probability exceeds `threshold` (strictly) if there are at least num_transfer_tokens[step] of "
+                "them (an even split of block_length over `steps`), else the num_transfer_tokens[step] most "
+                "probable; x0 = argmax of softmax(logits).",
+                "generate() (2.1): the same threshold with at least num_to_transfer = 1 a step and no step budget; "
+                "in the same step, committed non-prompt positions of the block whose argmax differs from their "
+                "token and whose probability exceeds editing_threshold are replaced; once a block has no masks it "
+                "runs again while edits happen, at most max_post_steps more forwards.",
+                "generate() builds its mask in bfloat16; the harness casts it to float32 for the float32 model "
+                "(its values, 0 and -inf, are exact in both).",
+                "Both stop decoding further blocks once an end-of-text id stands in the generated part and cut "
+                "the output after the first end-of-text.",
+            ],
+        }
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.json").write_text(saved)
+        (out / "tensors.json").write_text(json.dumps(table, indent=1) + "\n")
+        (out / "figures.json").write_text(compact_json(figures) + "\n")
+        print(f"wrote {out}: dllm {commit[:12]}")
+        for r in runs20:
+            print("2.0", r["gen_length"], r["block_length"], r["steps"], r["threshold"], r["forwards"], r["output"])
+        for r in runs21:
+            print("2.1", r["gen_length"], r["block_length"], r["threshold"], r["editing_threshold"], r["forwards"],
+                  "edits", r["edits"], r["output"])
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
