@@ -2,12 +2,13 @@
 
 from ..errors import UserError
 from .base import Family, chat_prompt_ids
+from .diffusion_gemma import DIFFUSION_GEMMA
 from .dream import DREAM
 from .llada import LLADA
 from .remote import REMOTE
 from .tiny import TINY
 
-FAMILIES = (TINY, LLADA, DREAM)
+FAMILIES = (TINY, LLADA, DREAM, DIFFUSION_GEMMA)
 
 
 def family_for(model_type: str | None, source: str = "", config: dict | None = None) -> Family:
@@ -20,9 +21,9 @@ def family_for(model_type: str | None, source: str = "", config: dict | None = N
         return REMOTE
     known = ", ".join(t for f in FAMILIES for t in f.model_types)
     raise UserError(
-        f"{source or 'model'} has model_type '{str(model_type)[:40]}', which is not a masked diffusion family "
-        f"tie-lite knows ({known}); pass a LLaDA, Dream or tie-tiny checkpoint"
+        f"{source or 'model'} has model_type '{str(model_type)[:40]}', which is not a diffusion family "
+        f"tie-lite knows ({known}); pass a LLaDA, Dream, DiffusionGemma or tie-tiny checkpoint"
     )
 
 
-__all__ = ["DREAM", "FAMILIES", "Family", "LLADA", "REMOTE", "TINY", "chat_prompt_ids", "family_for"]
+__all__ = ["DIFFUSION_GEMMA", "DREAM", "FAMILIES", "Family", "LLADA", "REMOTE", "TINY", "chat_prompt_ids", "family_for"]

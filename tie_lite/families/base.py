@@ -35,6 +35,8 @@ class Family:
     # Trained on one question at a time: the prompt is the last user message alone. Given the history, such a
     # model copies an earlier answer instead of answering the follow-up.
     single_turn: bool = False
+    # The canvas starts as random tokens that are accepted or re-noised (DiffusionGemma), not as masks.
+    uniform_noise: bool = False
 
     def register(self) -> None:
         """Import the native model module so that transformers' Auto classes know the architecture."""
@@ -45,6 +47,9 @@ class Family:
         """The checkpoint's tokenizer (families whose hub tokenizer is remote code override this)."""
 
         return AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
+
+    def check_checkpoint(self, config: dict, source: str, name: str) -> None:
+        """Family-specific checks of a checkpoint's files before anything loads (one line if unusable)."""
 
     def mask_id(self, config) -> int:
         return self.mask_token_id if self.mask_token_id is not None else int(config.mask_token_id)
