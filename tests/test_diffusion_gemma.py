@@ -202,3 +202,12 @@ def test_mixed_ensemble_with_the_shipped_pair_from_the_cli(folders):
         assert out["members"] == ["dg-a", "tiny-sp", "tiny-bpe"]
         assert all(set(r["scores"]) == {"dg-a", "tiny-sp", "tiny-bpe"} for r in out["rounds"])
         assert out["final_member"] in out["responses"] and out["text"] == out["responses"][out["final_member"]]
+
+
+def test_plan_of_the_released_configuration_counts_its_experts():
+    """`tie-lite plan` on the released configuration (no weights here): every routed expert counts in memory,
+    so the bfloat16 weights come to the released checkpoint's size (about 52 GB), not the 4B active."""
+    done = cli("plan", "--model", str(ROOT / "tests" / "fixtures" / "diffusion_gemma"), "--json")
+    assert done.returncode == 0, done.stderr[-2000:]
+    member = json.loads(done.stdout)["members"][0]
+    assert member["loads"] == "native" and 49e9 < member["weight_bytes"] < 54e9

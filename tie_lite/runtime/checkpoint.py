@@ -103,6 +103,8 @@ def model_dims(config: dict) -> dict:
         vocab=vocab,
         gated=config.get("model_type") != "tie-tiny",
         dtype=str(_cfg(config, "dtype", "torch_dtype", default="float32")),
+        experts=int(_cfg(config, "num_experts", default=0)),  # routed experts per layer (mixture of experts)
+        expert_intermediate=int(_cfg(config, "moe_intermediate_size", default=0)),
     )
 
 
