@@ -12,6 +12,7 @@ from tie_lite.engine.layout import TextState
 from tie_lite.engine.process import run, run_each
 from tie_lite.engine.sampler import DecodeSettings, Trajectory
 from tie_lite.engine.scoring import check_score, round_scores
+from tie_lite.engine.uniform import UniformTrajectory
 from tie_lite.errors import UserError
 
 SELECTIONS = ("lowest-tcc", "verify", "most-selected", "best-model", "oracle")
@@ -165,7 +166,8 @@ def start_trajectory(member, messages: list[dict], decode: DecodeSettings, watch
     start_elsewhere = getattr(member, "start_trajectory", None)
     if start_elsewhere is not None:
         return start_elsewhere(messages, decode, watch)
-    traj = Trajectory.start(member, messages, decode)
+    uniform = getattr(member, "denoising", None) is not None  # a uniform-noise canvas (DiffusionGemma)
+    traj = (UniformTrajectory if uniform else Trajectory).start(member, messages, decode)
     traj.watch = watch
     return traj
 

@@ -2,13 +2,14 @@
 
 from ..errors import UserError
 from .base import Family, chat_prompt_ids
+from .diffusion_gemma import DIFFUSION_GEMMA
 from .dream import DREAM
 from .llada import LLADA
 from .llada2 import LLADA2
 from .remote import REMOTE
 from .tiny import TINY
 
-FAMILIES = (TINY, LLADA, DREAM, LLADA2)
+FAMILIES = (TINY, LLADA, DREAM, LLADA2, DIFFUSION_GEMMA)
 
 
 # LLaDA-MoE-7B-A1B's released config says model_type "llada" like dense LLaDA; its expert fields tell it apart
@@ -34,9 +35,10 @@ def family_for(model_type: str | None, source: str = "", config: dict | None = N
         return REMOTE
     known = ", ".join(t for f in FAMILIES for t in f.model_types)
     raise UserError(
-        f"{source or 'model'} has model_type '{str(model_type)[:40]}', which is not a masked diffusion family "
-        f"tie-lite knows ({known}); pass a LLaDA, LLaDA2, Dream or tie-tiny checkpoint"
+        f"{source or 'model'} has model_type '{str(model_type)[:40]}', which is not a diffusion family "
+        f"tie-lite knows ({known}); pass a LLaDA, LLaDA2, Dream, DiffusionGemma or tie-tiny checkpoint"
     )
 
 
-__all__ = ["DREAM", "FAMILIES", "Family", "LLADA", "LLADA2", "REMOTE", "TINY", "chat_prompt_ids", "family_for"]
+__all__ = ["DIFFUSION_GEMMA", "DREAM", "FAMILIES", "Family", "LLADA", "LLADA2", "REMOTE", "TINY", "chat_prompt_ids",
+           "family_for"]

@@ -42,6 +42,8 @@ class Family:
     block_causal: bool = False
     defaults: tuple[tuple[str, object], ...] = ()  # the authors' decoding settings, as DecodeSettings names them
     defaults_note: str = ""
+    # The canvas starts as random tokens that are accepted or re-noised (DiffusionGemma), not as masks.
+    uniform_noise: bool = False
 
     def register(self) -> None:
         """Import the native model module so that transformers' Auto classes know the architecture."""
@@ -53,8 +55,9 @@ class Family:
 
         return AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
 
-    def check_checkpoint(self, config: dict, tensors, name: str) -> None:
-        """Raise a UserError when a checkpoint's config.json or its weights cannot be this family's. `tensors()`
+    def check_checkpoint(self, config: dict, source: str, tensors, name: str) -> None:
+        """Raise a UserError when a checkpoint's files (config.json, its weights, other files in `source`) cannot be
+        this family's, before anything loads. `tensors()`
         reads {name: (dtype, shape)} from the safetensors headers (None when unreadable). Families with more to
         check than checkpoint.checked_family does override this."""
 

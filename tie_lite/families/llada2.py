@@ -94,7 +94,7 @@ class LLaDA2Family(Family):
     def is_routed_expert(self, tensor_name: str) -> bool:
         return ROUTED_EXPERT.search(tensor_name) is not None
 
-    def check_checkpoint(self, config: dict, tensors, name: str) -> None:
+    def check_checkpoint(self, config: dict, source: str, tensors, name: str) -> None:
         """The config's router and sizes are ones the architecture implements, and every MoE layer's weights
         hold exactly the experts the config names."""
         try:

@@ -86,6 +86,8 @@ def _cfg(config: dict, *names, default=None):
 
 def model_dims(config: dict) -> dict:
     """The few config facts working memory depends on, across the naming schemes of the families."""
+    if isinstance(config.get("text_config"), dict):  # composite configs (DiffusionGemma) keep the sizes there
+        config = {**config, **config["text_config"], "model_type": config.get("model_type")}
     hidden = int(_cfg(config, "hidden_size", "d_model", "n_embd", default=0))
     ratio = _cfg(config, "mlp_ratio")
     inter = _cfg(config, "intermediate_size", "mlp_hidden_size", "n_inner")
@@ -101,6 +103,8 @@ def model_dims(config: dict) -> dict:
         vocab=vocab,
         gated=config.get("model_type") != "tie-tiny",
         dtype=str(_cfg(config, "dtype", "torch_dtype", default="float32")),
+        experts=int(_cfg(config, "num_experts", default=0)),  # routed experts per layer (mixture of experts)
+        expert_intermediate=int(_cfg(config, "moe_intermediate_size", default=0)),
     )
 
 
@@ -119,11 +123,12 @@ def checked_family(config: dict, name: str) -> Family:
         if dims[field] > limit:
             raise UserError(f"model '{name}': config.json gives {field} {dims[field]}, beyond any known model "
                             f"(at most {limit}); re-download or re-save the checkpoint")
-    context = config.get("max_position_embeddings", config.get("max_sequence_length"))
+    sizes = config["text_config"] if isinstance(config.get("text_config"), dict) else config
+    context = sizes.get("max_position_embeddings", sizes.get("max_sequence_length"))
     if context is not None and (isinstance(context, bool) or not isinstance(context, int) or context <= 0):
         raise UserError(f"model '{name}': config.json gives a context length of {str(context)[:40]!r}, not a "
                         f"positive whole number; re-download or re-save the checkpoint")
-    if family.mask_token_id is None:  # read from the checkpoint (tiny and remote-code families)
+    if family.mask_token_id is None and not family.uniform_noise:  # read from the checkpoint (tiny, remote code)
         mask = config.get("mask_token_id")
         if isinstance(mask, bool) or not isinstance(mask, int) or not 0 <= mask < dims["vocab"]:
             raise UserError(f"model '{name}': config.json has no usable mask_token_id (got {mask!r}); a masked "

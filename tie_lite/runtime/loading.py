@@ -13,10 +13,12 @@ import transformers
 
 from tie_lite.checks import BACKENDS, DTYPES, QUANTS, check_choice, check_device
 from tie_lite.engine.process import PositionLogits, Row
+from tie_lite.engine.uniform import Denoise, DenoisingSettings
 from tie_lite.errors import UserError
 from tie_lite.families import Family
 from tie_lite.models.cache import CanvasCache
 from tie_lite.runtime.checkpoint import checked_family, checkpoint_tensors, read_config, weight_files
+from tie_lite.runtime.denoising import denoise, denoising_settings
 from tie_lite.runtime.registry import resolve
 from tie_lite.runtime.weights import measured_footprint
 
@@ -39,6 +41,7 @@ class Member:
     load_seconds: float
     footprint_bytes: int
     tokenizer_key: str = field(default="")
+    denoising: DenoisingSettings | None = None  # a uniform-noise member's sampler (engine/uniform.py); None: masked
 
     @torch.no_grad()
     def logits(self, ids: torch.Tensor, blocks: list[tuple[int, int]] | None = None) -> torch.Tensor:
@@ -70,6 +73,8 @@ class Member:
     def forward(self, request) -> list[Row]:
         """Compute a drive.Forward: float32 logits at each row's `need` positions (all positions when None),
         and each row's KV cache when asked to store one."""
+        if isinstance(request, Denoise):
+            return denoise(self.model, request)
         ids, lengths = request.ids, request.lengths
         padded = len(set(lengths)) > 1 or lengths[0] != ids.shape[1]
         mixed_blocks = self.family.block_causal and request.blocks and len({b[1] for b in request.blocks}) > 1
@@ -189,7 +194,7 @@ def loadable(spec: str, *, trust_remote_code: bool = False, allow_pickle: bool =
     name, source = resolve(spec)
     config = read_config(source, name)
     family = checked_family(config, name)
-    family.check_checkpoint(config, lambda: checkpoint_tensors(source), name)  # headers only, and only if asked
+    family.check_checkpoint(config, source, lambda: checkpoint_tensors(source), name)  # headers only if asked
     if family.trust_remote_code and not trust_remote_code:
         raise UserError(
             f"model '{name}' is an architecture tie-lite does not implement (model_type "
@@ -266,7 +271,8 @@ def load_member(
         model.to(dev)
     model.eval()
     hf_config = model.config
-    max_length = getattr(hf_config, "max_position_embeddings", None) or getattr(hf_config, "max_sequence_length", None)
+    sizes = hf_config.get_text_config()  # the config itself, or a composite's text part (DiffusionGemma)
+    max_length = getattr(sizes, "max_position_embeddings", None) or getattr(sizes, "max_sequence_length", None)
     member = Member(
         name=name,
         source=source,
@@ -283,6 +289,8 @@ def load_member(
         footprint_bytes=measured_footprint(model),
     )
     member.tokenizer_key = tokenizer_key(tokenizer)
+    if family.uniform_noise:
+        member.denoising = denoising_settings(model)
     return member
 
 

@@ -33,6 +33,9 @@ def _synthetic_tensors(dims: dict) -> dict[str, tuple[str, tuple[int, ...]]]:
                   p + "norm1.weight": (dt, (h,)), p + "norm2.weight": (dt, (h,))})
         if dims["gated"]:
             t[p + "gate.weight"] = (dt, (i, h))
+        if dims.get("experts"):  # routed experts (gated): memory counts them all, though few compute per token
+            e, m = dims["experts"], dims["expert_intermediate"]
+            t.update({p + "experts.gate_up": (dt, (e, 2 * m, h)), p + "experts.down": (dt, (e, h, m))})
     return t
 
 
