@@ -54,6 +54,7 @@ def open_server(tiny_models):
 @pytest.mark.parametrize("model,endpoint,chat", [("local-completions", "/v1/completions", False),
                                                  ("local-chat-completions", "/v1/chat/completions", True)])
 def test_lm_eval_runs_at_its_defaults_and_records_the_cli_answers(open_server, task_dir, model, endpoint, chat):
+    import lm_eval.models  # noqa: F401  lm-eval's own models, whatever registered itself first in this process
     from lm_eval import simple_evaluate
     from lm_eval.tasks import TaskManager
 

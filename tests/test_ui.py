@@ -393,6 +393,16 @@ def GPU(fn=None, **kw):
 '''
 
 
+def wait_for_space(proc, port: int) -> None:
+    """Until the Space's process listens on `port`; its output in the failure if it exits first."""
+    def up():
+        if proc.poll() is not None:
+            raise AssertionError(f"the Space exited: {proc.stdout.read()}")
+        with socket.socket() as s:
+            return s.connect_ex(("127.0.0.1", port)) == 0
+    wait_for(up, 300, "the Space to listen")
+
+
 def test_built_space_imports_and_launches(tiny_models, tmp_path):
     from gradio_client import Client
     from gradio_client.exceptions import AppError
@@ -424,12 +434,7 @@ def test_built_space_imports_and_launches(tiny_models, tmp_path):
     proc = subprocess.Popen([sys.executable, "app.py"], cwd=out, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     try:
-        def up():
-            if proc.poll() is not None:
-                raise AssertionError(f"the Space exited: {proc.stdout.read()}")
-            with socket.socket() as s:
-                return s.connect_ex(("127.0.0.1", port)) == 0
-        wait_for(up, 240, "the Space to listen")
+        wait_for_space(proc, port)
         space = Client(f"http://127.0.0.1:{port}/", verbose=False)
         text = space.predict(PROMPT, api_name="/chat")
         assert "Answer:" in text and MASK not in text
@@ -478,12 +483,7 @@ def test_the_space_installs_from_its_own_requirements_and_answers(tiny_models, t
     proc = subprocess.Popen([str(python), "app.py"], cwd=out, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     try:
-        def up():
-            if proc.poll() is not None:
-                raise AssertionError(f"the Space exited: {proc.stdout.read()}")
-            with socket.socket() as s:
-                return s.connect_ex(("127.0.0.1", port)) == 0
-        wait_for(up, 300, "the Space to listen")
+        wait_for_space(proc, port)
         text = Client(f"http://127.0.0.1:{port}/", verbose=False).predict(PROMPT, api_name="/chat")
         assert text.endswith(f"Answer: {(23 + 41) * 7}")
     finally:
