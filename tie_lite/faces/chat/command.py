@@ -42,13 +42,12 @@ def cmd_chat(args) -> int:
     from . import (
         app,  # gradio loads only when the chat starts (seconds, and not for other commands)
     )
+    from tie_lite.faces.client_settings import check_binding  # deferred: client settings load the engine (torch)
     from tie_lite.runtime.session import Ensemble  # deferred: loads torch, which `tie-lite --help` must not
 
     login = args.login or os.environ.get("TIE_LITE_CHAT_LOGIN") or None
     if login is not None and (":" not in login or not all(login.split(":", 1))):
         raise UserError("--login takes USER:PASSWORD, both non-empty")
-    from tie_lite.faces.client_settings import check_binding  # deferred: client settings load the engine (torch)
-
     check_binding(args.host, login, args.open_to_network, what="--login USER:PASSWORD")
     if args.port is not None and not 0 < args.port < 65536:
         raise UserError(f"--port {args.port} is not a port number (1-65535)")
