@@ -31,7 +31,8 @@ def summary(result):
 
 def test_cli_ray_flag_gives_the_in_process_answer():
     # first in this module: the in-process CLI starts the local cluster that the tests below reuse
-    argv = ["generate", "What is 48+39?", "--json", "--score", "verify", "--select", "verify"]
+    # one thread on both sides: CPU float sums depend on the thread count, and --threads sets the actors' too
+    argv = ["generate", "What is 48+39?", "--json", "--score", "verify", "--select", "verify", "--threads", "1"]
     code, here, _ = run_cli(argv, "ray")
     assert code == 0
     code, remote, err = run_cli(argv + ["--ray"], "ray")
@@ -52,7 +53,10 @@ def test_joining_a_cluster_that_is_not_there_is_one_line():
 
 @pytest.fixture(scope="module")
 def ensembles():
-    return Ensemble(LoadSettings()), Ensemble(LoadSettings(ray="local"))
+    import torch
+
+    # the actors compute with this process's thread count, so that float sums are the same on both sides
+    return Ensemble(LoadSettings()), Ensemble(LoadSettings(ray="local", threads=torch.get_num_threads()))
 
 
 @pytest.mark.parametrize("score,select", [("tcc", "lowest-tcc"), ("verify", "verify")])

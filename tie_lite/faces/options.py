@@ -33,6 +33,7 @@ from tie_lite.errors import UserError
 DEFAULTS = dict(gen_length=64, block_size=16, answer_length=8, interval=16, score="verify", select="lowest-tcc",
                 cache="dual")  # cache: as accurate as none on the validation seed, 2.5-3x faster there
 THREADS_VARIABLE = "TIE_LITE_THREADS"
+AFFINITY_SOURCE = "the CPUs this process may use"  # the default thread count's source
 PLOT_FORMATS = ("png", "pdf", "svg", "jpg", "jpeg")
 TRACE_FORMATS = ("jsonl", "json")
 
@@ -111,7 +112,14 @@ def thread_count(args) -> tuple[int, str]:
         if threads < 1:
             raise UserError(f"{source} must be at least 1 thread (got {threads})")
         return threads, source
-    return len(os.sched_getaffinity(0)), "the CPUs this process may use"
+    return len(os.sched_getaffinity(0)), AFFINITY_SOURCE
+
+
+def explicit_threads(args) -> int | None:
+    """The thread count the user set (--threads or an environment variable), else None: Ray member actors
+    take it as theirs, and without it their share of the cluster's CPUs."""
+    threads, source = thread_count(args)
+    return None if source == AFFINITY_SOURCE else threads
 
 
 def apply_threads(args) -> int:
@@ -225,6 +233,7 @@ def load_settings(args):
         allow_pickle=args.allow_pickle,
         max_memory=args.max_memory,
         ray=getattr(args, "ray", None),
+        threads=explicit_threads(args),
     )
 
 

@@ -240,8 +240,11 @@ class RemoteTrajectory:
         self.member.call("begin_round")
 
 
-def start_members(address: str, specs: list[str], load_kwargs: dict, device: str) -> list[RemoteMember]:
-    """Start (address 'local') or join a Ray cluster and one actor per member; on CUDA each asks for a GPU."""
+def start_members(address: str, specs: list[str], load_kwargs: dict, device: str,
+                  threads: int | None = None) -> list[RemoteMember]:
+    """Start (address 'local') or join a Ray cluster and one actor per member; on CUDA each asks for a GPU.
+    Each actor computes with `threads` CPU threads when given (the driver's own figure: CPU float sums depend
+    on the thread count, so equal counts give the in-process output bit for bit), else its share of CPUs."""
     ray = import_ray()
     if address != "local":
         check_reachable(address)
@@ -268,7 +271,7 @@ def start_members(address: str, specs: list[str], load_kwargs: dict, device: str
     wait_for_free(ray, cpus * len(specs), gpus * len(specs))
     actor_class = ray.remote(num_cpus=cpus, num_gpus=gpus, max_restarts=-1)(MemberActor)
     kwargs = {**load_kwargs, "device": "cuda" if gpus else load_kwargs["device"]}
-    actors = [actor_class.remote(spec, kwargs, cpus) for spec in specs]
+    actors = [actor_class.remote(spec, kwargs, threads or cpus) for spec in specs]
     return [RemoteMember(actor, spec) for actor, spec in zip(actors, specs)]
 
 

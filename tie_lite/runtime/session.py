@@ -49,6 +49,7 @@ class LoadSettings:
     allow_pickle: bool = False
     max_memory: str | None = None
     ray: str | None = None  # 'local' (start a cluster here) or a cluster address: every member a Ray actor
+    threads: int | None = None  # CPU threads of each Ray member actor; None: an equal share of the cluster's CPUs
 
 
 class Ensemble:
@@ -112,7 +113,7 @@ class Ensemble:
             on_load(", ".join(s.models))
         kwargs = dict(quant=s.quant, backend=s.backend, device=s.device, dtype=s.dtype,
                       trust_remote_code=s.trust_remote_code, allow_pickle=s.allow_pickle)
-        members = start_members(s.ray, list(s.models), kwargs, s.device)
+        members = start_members(s.ray, list(s.models), kwargs, s.device, s.threads)
         self.device = torch.device("cpu")  # the driver's own memory is what this process can report
         self.budget = self.budget_source = self.plan = None
         self.estimates = []
