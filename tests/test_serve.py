@@ -66,13 +66,17 @@ def client(served):
     return openai.OpenAI(base_url=served[1] + "/v1", api_key=KEY, max_retries=0)
 
 
-def generate_text(*args, prompt=PROMPT) -> str:
+def generate_json(*args, prompt=PROMPT) -> dict:
     from tie_lite.faces.cli import main
 
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
         assert main(["generate", prompt, *args, "--json"]) == 0
-    return json.loads(out.getvalue())["text"]
+    return json.loads(out.getvalue())
+
+
+def generate_text(*args, prompt=PROMPT) -> str:
+    return generate_json(*args, prompt=prompt)["text"]
 
 
 def ask(client, model="tie:tiny-sp+tiny-bpe", prompt=PROMPT, temperature=0, **kwargs):
@@ -95,6 +99,18 @@ def test_answers_equal_tie_lite_generate(client, model, args):
     assert reply.choices[0].finish_reason == "stop" and reply.usage.completion_tokens > 0
     trace = reply.model_extra["tie"]
     assert trace["final_member"] in trace["members"] and len(trace["rounds"]) >= 1
+
+
+def test_replies_carry_the_generated_token_ids_as_generate_json_does(client):
+    expected = generate_json("--member-token-ids")
+    trace = ask(client).model_extra["tie"]
+    assert trace["token_ids"] == expected["token_ids"] and "response_token_ids" not in trace
+    trace = ask(client, extra_body={"member_token_ids": True}).model_extra["tie"]
+    assert trace["response_token_ids"] == expected["response_token_ids"]
+    assert trace["token_ids"] == trace["response_token_ids"][trace["final_member"]]
+    with pytest.raises(openai.BadRequestError) as err:
+        ask(client, extra_body={"member_token_ids": "yes"})
+    assert err.value.body["param"] == "member_token_ids"
 
 
 def test_tie_settings_travel_as_extra_fields(client):

@@ -43,9 +43,10 @@ REFUSED = {
 }
 ENDPOINT_FIELDS = {
     "chat": {"model", "messages", "max_tokens", "max_completion_tokens", "stream", "stream_options", "n", "stop",
-             "logprobs", "top_logprobs"},
-    "completions": {"model", "prompt", "max_tokens", "stream", "stream_options", "n", "stop", "logprobs"},
-    "responses": {"model", "input", "instructions", "max_output_tokens", "stream", "top_logprobs"},
+             "logprobs", "top_logprobs", "member_token_ids"},
+    "completions": {"model", "prompt", "max_tokens", "stream", "stream_options", "n", "stop", "logprobs",
+                    "member_token_ids"},
+    "responses": {"model", "input", "instructions", "max_output_tokens", "stream", "top_logprobs", "member_token_ids"},
 }
 CAP_FIELDS = {"chat": ("max_completion_tokens", "max_tokens"), "completions": ("max_tokens",),
               "responses": ("max_output_tokens",)}
@@ -82,6 +83,7 @@ class Ask:
     stop: tuple[str, ...] = ()
     logprobs: bool = False
     canvas_given: bool = False  # the request set gen_length itself
+    member_token_ids: bool = False  # the trace carries each member's generated ids too
 
     @property
     def choices(self) -> int:
@@ -258,7 +260,8 @@ def read_ask(endpoint: str, body, defaults: Defaults, detokenize=None) -> Ask:
         if (refusal := off_task_reply(load, talk[-1]["content"])) is not None:
             raise APIError(400, refusal)
     return Ask(endpoint, model, talks, load, decode, tie, n=n, stream=stream, include_usage=include_usage, cap=cap,
-               stop=tuple(stop), logprobs=logprobs, canvas_given="gen_length" in values)
+               stop=tuple(stop), logprobs=logprobs, canvas_given="gen_length" in values,
+               member_token_ids=_flag(body, "member_token_ids"))
 
 
 def api_words(message: str) -> str:

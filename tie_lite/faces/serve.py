@@ -302,7 +302,7 @@ def create_app(ensemble, defaults: Defaults, *, api_key: str | None = None, max_
         text, reason = cut(result.text, ask, final_member(ensemble, result).tokenizer)
         prompt, completion = token_counts(ensemble, result, ask.conversations[choice.index // ask.n], text)
         out = {"text": text, "reason": reason, "prompt_tokens": prompt, "completion_tokens": completion,
-               "trace": _trace(result)}
+               "trace": _trace(result, ask.member_token_ids)}
         if ask.logprobs:
             out["logprobs"] = token_logprobs(choice.latest[result.final_member], text)
         return out
@@ -441,10 +441,14 @@ def token_counts(ensemble, result, messages: list[dict], text: str | None = None
     return final_member(ensemble, result).token_counts(messages, result.text if text is None else text)
 
 
-def _trace(result) -> dict:
-    return {"members": result.members, "final_member": result.final_member, "rounds": result.rounds,
-            "leader_changes": result.leader_changes, "steps": result.steps, "seconds": round(result.seconds, 4),
-            "swaps": result.memory.get("swaps", 0), "strategy": result.memory.get("strategy")}
+def _trace(result, member_token_ids: bool = False) -> dict:
+    """The `tie` field of a reply: how the ensemble reached it, and the generated token ids (the whole decoded
+    canvas after the prompt, before stop or a cap cut the text), as `generate --json` gives them."""
+    trace = {"members": result.members, "final_member": result.final_member, "rounds": result.rounds,
+             "leader_changes": result.leader_changes, "steps": result.steps, "seconds": round(result.seconds, 4),
+             "swaps": result.memory.get("swaps", 0), "strategy": result.memory.get("strategy"),
+             "token_ids": result.token_ids}
+    return trace | ({"response_token_ids": result.response_token_ids} if member_token_ids else {})
 
 
 def _chat_logprobs(tokens) -> dict | None:
