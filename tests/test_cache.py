@@ -94,16 +94,17 @@ def test_the_ensemble_with_a_cache_is_about_as_accurate_as_without(shipped):
 
 def test_a_relay_is_the_receivers_refresh_and_verify_costs_no_whole_canvas_forward(tmp_path):
     """Two members with one tokenizer (LLaDA and its GQA variant): the receiver's first forward after a relay is
-    its block refresh, and verify reads each judge's cached round-start canvas at the scored positions only."""
+    its block refresh, and verify reads each judge's cached round-start canvas at the scored positions only
+    (rounds of two blocks here: the round's first step did not read the second block)."""
     a = load_member(str(build_llada(tmp_path).path))
     b = load_member(str(build_llada(tmp_path, "gqa").path))
     decode = DecodeSettings(gen_length=32, block_size=8, cache="dual")
     log = []
     proc = tie_process(Scheduler([a, b]), [{"role": "user", "content": "hi"}], decode,
-                       TieSettings(interval=8, score="verify"))
+                       TieSettings(interval=16, score="verify"))
     result = recording(proc, log)
     uncached = recording(tie_process(Scheduler([a, b]), [{"role": "user", "content": "hi"}],
-                                     DecodeSettings(gen_length=32, block_size=8), TieSettings(interval=8, score="verify")), [])
+                                     DecodeSettings(gen_length=32, block_size=8), TieSettings(interval=16, score="verify")), [])
     assert len(result.rounds) == len(uncached.rounds)
     whole = [r for r in log if r.caches is None]
     assert all(r.store for r in whole)  # every whole-canvas forward is a block refresh
@@ -112,6 +113,31 @@ def test_a_relay_is_the_receivers_refresh_and_verify_costs_no_whole_canvas_forwa
     assert len(scoring) >= 2 * (len(result.rounds) - 1)  # each judge, each round, over its cache
     for r in scoring:
         assert r.ids.shape[0] == 1  # the M verify canvases were one canvas: computed once
+
+
+@pytest.mark.parametrize("cache", ["none", "dual"])
+def test_verify_within_one_block_reads_the_rounds_first_step_and_forwards_nothing(tmp_path, cache, monkeypatch):
+    """A round of one block: each judge's first step of the round computed its logits on the canvas the round
+    started from, at every position of the block, so verify asks for no forward and scores what a forward gives."""
+    from tie_lite.engine import judge
+
+    a = load_member(str(build_llada(tmp_path).path))
+    b = load_member(str(build_llada(tmp_path, "gqa").path))
+    decode = DecodeSettings(gen_length=32, block_size=8, cache=cache)
+    tie = TieSettings(interval=8, score="verify")
+    prompt = [{"role": "user", "content": "hi"}]
+    log = []
+    result = recording(tie_process(Scheduler([a, b]), prompt, decode, tie), log)
+    steps = sum(len(r.ids) for r in log)
+    monkeypatch.setattr(judge, "_round_logits", lambda *_: None)  # every verify computed by its own forward
+    log = []
+    recomputed = recording(tie_process(Scheduler([a, b]), prompt, decode, tie), log)
+    assert len(result.rounds) == len(recomputed.rounds) == 4
+    assert sum(len(r.ids) for r in log) - steps >= 2 * (len(result.rounds) - 1)  # those forwards are gone
+    for ours, theirs in zip(result.rounds, recomputed.rounds):
+        assert ours["leader"] == theirs["leader"]
+        assert ours["scores"] == pytest.approx(theirs["scores"], abs=1e-5)
+    assert result.token_ids == recomputed.token_ids
 
 
 def test_cached_verify_scores_equal_whole_canvas_verify(tmp_path):
@@ -123,6 +149,8 @@ def test_cached_verify_scores_equal_whole_canvas_verify(tmp_path):
         trajs = [Trajectory.start(m, [{"role": "user", "content": "hi"}], decode) for m in (a, b)]
         recording(trajs[1].advance(decode, 1), [])
         recording(trajs[0].advance(decode, 1), [])
+        for t in trajs:
+            t.round_logits = None  # the verify forward itself, not the round's first step
         log = []
         scores[mode] = recording(round_scores(trajs, "verify", [0, 1]), log)
         assert (mode == "dual") == all(r.caches is not None for r in log)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from tie_lite.engine.process import Forward
+from tie_lite.engine.process import Forward, PositionLogits, Row
 
 
 def member_view(judge, trajs: list, kind: str):
@@ -36,6 +36,10 @@ def member_view(judge, trajs: list, kind: str):
         which.append(j)
     needs = [torch.unique(torch.cat([targets[i][0] for i in range(len(trajs)) if which[i] == j]))
              for j in range(len(distinct))]
+    stashed = _round_logits(judge, distinct, needs) if kind == "verify" else None
+    if stashed is not None:
+        rows = [Row(stashed)]
+        return _scores(judge, targets, which, rows, kind)
     if kind == "verify" and len(distinct) == 1 and judge.round_cache is not None and torch.equal(distinct[0], judge.round_cache_ids):
         request = Forward(judge.member, distinct[0][None], need=needs, caches=[judge.round_cache], query=[needs[0][:0]],
                           blocks=[judge.layout.block_origin])
@@ -43,6 +47,23 @@ def member_view(judge, trajs: list, kind: str):
         request = Forward(judge.member, torch.stack(distinct), need=needs, blocks=[judge.layout.block_origin] * len(distinct))
     rows = yield request
     judge.forwards += len(distinct)
+    return _scores(judge, targets, which, rows, kind)
+
+
+def _round_logits(judge, distinct: list, needs: list) -> PositionLogits | None:
+    """The judge's first-step logits of this round, when the one canvas to verify is the one the round started
+    from and that step read every position to score (a round within one block): the verify forward would
+    compute them again."""
+    stash = getattr(judge, "round_logits", None)
+    if stash is None or len(distinct) != 1 or not torch.equal(distinct[0], judge.round_start):
+        return None
+    positions, values = stash
+    if not bool(torch.isin(needs[0], positions).all()):
+        return None
+    return PositionLogits(positions, values)
+
+
+def _scores(judge, targets: list, which: list, rows: list, kind: str) -> list[float]:
     out = []
     for i, (positions, tokens) in enumerate(targets):
         logits = rows[which[i]].logits

@@ -166,6 +166,9 @@ class Trajectory:
     cache_block: int = -1
     round_cache: object = None  # the first refresh of this round, on the canvas the round started from
     round_cache_ids: torch.Tensor | None = None
+    # the logits of the round's first step, computed on the canvas the round started from (positions, rows):
+    # verify reads a trajectory's round commitments there, so a judge whose member took that step needs no forward
+    round_logits: tuple[torch.Tensor, torch.Tensor] | None = None
     index: int = 0  # the member's place in the ensemble: what `committed_by` records
     committed_by: torch.Tensor | None = None  # per position, the member that committed its token (-1: none)
     # per position, the log-probability its token had when it was committed (0 where nothing was: prompt, marker,
@@ -244,7 +247,7 @@ class Trajectory:
         self.round_start = self.ids.clone()
         self.round_tcc = 0.0
         self.round_steps = 0
-        self.round_cache = self.round_cache_ids = None
+        self.round_cache = self.round_cache_ids = self.round_logits = None
 
     def adopt(self, other: Trajectory) -> None:
         """Relay: take `other`'s canvas, id for id when the tokenizers match, else through text."""
@@ -416,9 +419,12 @@ class Trajectory:
 
     def _forward_and_step(self, settings: DecodeSettings, plan: StepPlan, on_step=None):
         """Process: one forward for `plan` (keeping the cache it brings back) and the step on its logits."""
-        row = (yield self.forward_request(settings, plan))[0]
+        request = self.forward_request(settings, plan)
+        row = (yield request)[0]
         if row.cache is not None:
             self._keep_cache(row.cache, plan)
+        if self.round_logits is None and self.round_start is not None and torch.equal(self.ids, self.round_start):
+            self.round_logits = (request.need[0], row.logits[request.need[0]])
         self.step(settings, row.logits, plan)
         if on_step is not None:
             on_step(self)
