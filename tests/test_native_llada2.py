@@ -20,7 +20,7 @@ import torch
 from real_checkpoints import build_llada2, load_figures, reference_dir
 
 from tie_lite.engine.events import StepFrame
-from tie_lite.engine.sampler import DecodeSettings
+from tie_lite.engine.sampler import DecodeSettings, Trajectory
 from tie_lite.engine.tie import run_tie
 from tie_lite.families import LLADA2
 from tie_lite.models.llada2_moe import LLaDA2MoeModelLM
@@ -127,6 +127,40 @@ def test_llada21_token_editing_is_token_identical_to_generate(member, monkeypatc
 
 def test_some_reference_run_edits():
     assert any(r["edits"] for r in RUNS_21)
+
+
+@pytest.mark.parametrize("cache", ["none", "dual"])
+def test_token_edits_leave_provenance_records_that_describe_the_tokens_that_stand(member, monkeypatch, cache):
+    """After LLaDA2.1's editing, each position's committer and log-probability are those of the token standing
+    there: the member and the probability of the forward that last wrote it (a commit or an edit), read here from
+    the logits each step was given, independently of the trajectory's own records."""
+    run = next(r for r in RUNS_21 if r["edits"])
+    written: dict[int, tuple[int, float, bool]] = {}  # position -> (member, log-probability, an edit)
+    stepped: list = []
+    original = Trajectory.step
+
+    def step(self, settings, logits, plan=None):
+        before = self.ids.clone()
+        done = original(self, settings, logits, plan)
+        for p in (self.ids != before).nonzero().flatten().tolist():
+            row = logits[torch.tensor([p])][0].double()
+            written[p] = (self.index, float(torch.log_softmax(row, -1)[self.ids[p]]), int(before[p]) != MASK)
+        stepped.append(self)
+        return done
+
+    monkeypatch.setattr(Trajectory, "step", step)
+    settings = DecodeSettings(gen_length=run["gen_length"], block_size=run["block_length"], steps=run["gen_length"],
+                              unmask="llada2", threshold=run["threshold"], answer_length=None, cache=cache,
+                              edit_threshold=run["editing_threshold"], edit_steps=run["max_post_steps"])
+    ours, _, _ = _engine(member, run, monkeypatch, settings)
+    assert ours == run["output"]  # still the authors' tokens
+    traj = stepped[-1]
+    edited = [p for p, (_, _, edit) in written.items() if edit]
+    assert traj.edits >= len(edited) > 0  # committed tokens were replaced, and some still stand replaced
+    for p in range(traj.layout.prompt_len, traj.layout.total_len):
+        by, logp, _ = written[p]
+        assert int(traj.committed_by[p]) == by
+        assert float(traj.commit_logp[p]) == pytest.approx(logp, abs=1e-4), f"position {p}"
 
 
 # --- bad input: one line, exit 2 -------------------------------------------------------------------------
