@@ -374,3 +374,99 @@ def test_server_and_chat_run_llada2_with_llada_and_the_shipped_pair(checkpoint, 
         print("chat:", text[:200])
     finally:
         demo.close()
+
+
+# --- token editing set from the server and the chat, as from the command line ------------------------------
+
+# greedy threshold decoding at the tiny checkpoint's own scale (its top-1 probabilities are about 1e-4), where
+# an edit threshold of 0.00045 edits (the second LLaDA2.1 reference run's settings)
+EDIT_DECODING = {"gen_length": 32, "block_size": 8, "unmask": "llada2", "threshold": 0.0004}
+EDITING = {"edit_threshold": 0.00045, "edit_steps": 4}
+
+
+def _flags(settings: dict) -> list[str]:
+    return [a for k, v in settings.items() for a in (f"--{k.replace('_', '-')}", str(v))]
+
+
+@pytest.fixture(scope="module")
+def llada2_alone(checkpoint):
+    from tie_lite.runtime.session import Ensemble, LoadSettings
+
+    load = LoadSettings(models=(str(checkpoint.path),))
+    return Ensemble(load)
+
+
+def _cli_text(capsys, checkpoint, settings: dict) -> str:
+    from tie_lite.faces.cli import main
+
+    capsys.readouterr()
+    assert main(["generate", "What is (23+41)*7?", "--model", str(checkpoint.path), *_flags(settings), "--json"]) == 0
+    return json.loads(capsys.readouterr().out)["text"]
+
+
+def test_the_api_sets_token_editing_as_the_cli_does(checkpoint, llada2_alone, capsys):
+    import threading
+
+    import httpx
+    import openai
+    import uvicorn
+    from test_ui import free_port
+
+    from tie_lite.faces.client_settings import Defaults
+    from tie_lite.faces.serve import create_app
+
+    app = create_app(llada2_alone, Defaults(load=llada2_alone.settings), api_key="k", max_batch=2, max_queue=4)
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        for _ in range(400):
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/health").status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="k", max_retries=0)
+
+        def ask(extra: dict) -> str:
+            reply = client.chat.completions.create(model=checkpoint.path.name, temperature=0, extra_body=extra,
+                                                   messages=[{"role": "user", "content": "What is (23+41)*7?"}])
+            return reply.choices[0].message.content
+
+        edited = ask(EDIT_DECODING | EDITING)
+        assert edited == _cli_text(capsys, checkpoint, EDIT_DECODING | EDITING)
+        plain = ask(EDIT_DECODING)
+        assert plain == _cli_text(capsys, checkpoint, EDIT_DECODING)
+        assert edited != plain  # the field changed the decode
+        assert ask(EDIT_DECODING | EDITING | {"edit_threshold": False}) == plain  # false: no editing
+        for bad, says in [({"edit_threshold": 1.5}, "edit_threshold must be in [0, 1)"),
+                          ({"edit_threshold": "high"}, "edit_threshold 'high' is not a number"),
+                          ({"edit_steps": -1}, "edit_steps must be at least 0")]:
+            with pytest.raises(openai.BadRequestError) as err:
+                ask(EDIT_DECODING | {"threshold": 0.5} | bad)  # threshold too: the field named is the one at fault
+            error = err.value.body
+            assert error["param"] == next(iter(bad)) and says in error["message"], error
+            assert len(error["message"].splitlines()) == 1
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+def test_the_chat_sets_token_editing_as_the_cli_does(checkpoint, llada2_alone, capsys):
+    from gradio_client import Client
+    from test_ui import free_port
+
+    from tie_lite.faces.chat.app import build_app, launch_app
+    from tie_lite.faces.client_settings import Defaults
+
+    demo = build_app(llada2_alone, Defaults(load=llada2_alone.settings))
+    port = free_port()
+    launch_app(demo, port=port, prevent_thread_lock=True, quiet=True)
+    try:
+        client = Client(f"http://127.0.0.1:{port}/", verbose=False)
+        edited = client.predict("What is (23+41)*7?", api_name="/chat", settings=EDIT_DECODING | EDITING)
+        assert edited == _cli_text(capsys, checkpoint, EDIT_DECODING | EDITING)
+        assert edited != _cli_text(capsys, checkpoint, EDIT_DECODING)
+    finally:
+        demo.close()
