@@ -624,7 +624,8 @@ def build_app(ensemble: Ensemble | None = None, defaults: Defaults | None = None
                 kv_cache = gr.Dropdown(list(CACHES), value=start["cache"], label="KV cache",
                                     info="refreshed at each block; dual is fastest")
             with gr.Row():  # LLaDA2.1's token editing (the CLI's --edit-threshold, --edit-steps)
-                edit_threshold = gr.Number(start["edit_threshold"], label="edit threshold", elem_id="tie-edit-threshold",
+                edit_threshold = gr.Number(start["edit_threshold"], label="edit threshold",
+                                           elem_id="tie-edit-threshold",
                                            info="replace a committed token whose top-1 differs above this; empty = "
                                                 "no editing (LLaDA2.1: 0.9)")
                 edit_steps = gr.Number(start["edit_steps"], label="edit steps", precision=0,
