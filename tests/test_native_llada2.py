@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -320,6 +321,79 @@ def test_cli_ensembles_llada2_with_other_families(checkpoint, tiny_llada, capsys
     assert len(out["rounds"]) >= 2 and set(out["rounds"][0]["scores"]) == set(out["members"])
     assert set(out["responses"]) == set(out["members"]) and out["text"] == out["responses"][out["final_member"]]
     assert not checkpoint.remote_code_marker.exists()
+
+
+@pytest.fixture(scope="module")
+def tiny_dream(tmp_path_factory):
+    from real_checkpoints import build_dream
+
+    return build_dream(tmp_path_factory.mktemp("dream-for-llada2"))
+
+
+def partly_decoded_blocks(traj) -> list[int]:
+    """The blocks of a canvas that are neither whole nor untouched (the answer marker, placed by the layout, aside)."""
+    lay, masked = traj.layout, traj.masked
+    fixed = set(range(lay.marker.start, lay.marker.stop))
+    partial = []
+    for b in range(lay.num_blocks):
+        open_ = [bool(masked[p]) for p in range(lay.block(b).start, lay.block(b).stop) if p not in fixed]
+        if any(open_) and not all(open_):
+            partial.append(b)
+    return partial
+
+
+def is_subsequence(part: list[str], whole: list[str]) -> bool:
+    rest = iter(whole)
+    return all(any(w == p for w in rest) for p in part)
+
+
+@pytest.mark.parametrize("editing", [[], ["--unmask", "llada2", "--threshold", "0.0004", "--edit-threshold", "0.0004"]],
+                         ids=["plain", "token-editing"])
+def test_cli_ensembles_llada2_with_dream_relaying_text_at_block_boundaries(checkpoint, tiny_dream, capsys, monkeypatch,
+                                                                          editing):
+    """LLaDA2 (word tokenizer, block-causal) and Dream (byte-level BPE, shifted logits) share no tokenizer: every
+    relay goes through text, and lands where both members have finished whole blocks (a receiver left mid-block
+    by the text it was given finishes that block in the next round)."""
+    relays: list[dict] = []
+    seen: dict[str, object] = {}
+    adopt = Trajectory.adopt
+
+    def spied(self, other):
+        seen[self.member.name] = self
+        if other is not self:
+            relays.append({"leader": other.member.name, "receiver": self.member.name, "before": self.state(),
+                           "through_text": not self.same_canvas(other), "sent": other.state(),
+                           "partial": partly_decoded_blocks(self) + partly_decoded_blocks(other)})
+        adopt(self, other)
+        if other is not self:
+            relays[-1]["got"] = self.state()
+
+    monkeypatch.setattr(Trajectory, "adopt", spied)
+    out = _generate(capsys, [str(checkpoint.path), str(tiny_dream.path)], "--gen-length", "128", *editing)
+    names = [checkpoint.path.name, tiny_dream.path.name]
+    assert out["members"] == names and len(relays) == len(out["rounds"]) - 1  # a relay after every round but the last
+    # each member leads a round the other one adopts (these checkpoints' scores, deterministic)
+    assert {r["receiver"] for r in relays} == {r["leader"] for r in relays} == set(names)
+    assert all(r["through_text"] for r in relays)
+    assert all(r["partial"] == [] for r in relays), relays  # every member at a block boundary when a relay lands
+    for r in relays:
+        sent, got = r["sent"].reasoning, r["got"].reasoning
+        assert r["got"] != r["before"]  # the receiver's canvas was replaced
+        if r["receiver"] == tiny_dream.path.name:  # byte-level BPE spells any text: the leader's, cut to what fits
+            assert got and sent.startswith(got)
+        else:  # a word vocabulary keeps, in order, the words it knows (here not Dream's fillers) and invents none
+            assert is_subsequence(got.split(), re.findall(r"\w+|[^\w\s]+", sent))
+    assert any(r["got"].reasoning for r in relays if r["receiver"] == names[0])  # LLaDA2 was given words it knows
+    assert set(out["responses"]) == set(names) and out["final_member"] in names
+    assert out["text"] == out["responses"][out["final_member"]] and out["text"].strip()
+    for name, response in out["responses"].items():
+        assert "\nAnswer: " in response  # the layout's answer marker, in every member's own tokens
+        received = [r["got"].reasoning for r in relays if r["receiver"] == name]
+        if not editing:  # what a member was given last stands at the start of its response (edits may rewrite it)
+            assert response.startswith(received[-1])
+    if editing:
+        assert seen[names[0]].edits > 0
+    assert not checkpoint.remote_code_marker.exists() and not tiny_dream.remote_code_marker.exists()
 
 
 def test_server_and_chat_run_llada2_with_llada_and_the_shipped_pair(checkpoint, tiny_llada):
