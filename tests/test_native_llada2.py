@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -20,7 +21,7 @@ import torch
 from real_checkpoints import build_llada2, load_figures, reference_dir
 
 from tie_lite.engine.events import StepFrame
-from tie_lite.engine.sampler import DecodeSettings
+from tie_lite.engine.sampler import DecodeSettings, Trajectory
 from tie_lite.engine.tie import run_tie
 from tie_lite.families import LLADA2
 from tie_lite.models.llada2_moe import LLaDA2MoeModelLM
@@ -127,6 +128,40 @@ def test_llada21_token_editing_is_token_identical_to_generate(member, monkeypatc
 
 def test_some_reference_run_edits():
     assert any(r["edits"] for r in RUNS_21)
+
+
+@pytest.mark.parametrize("cache", ["none", "dual"])
+def test_token_edits_leave_provenance_records_that_describe_the_tokens_that_stand(member, monkeypatch, cache):
+    """After LLaDA2.1's editing, each position's committer and log-probability are those of the token standing
+    there: the member and the probability of the forward that last wrote it (a commit or an edit), read here from
+    the logits each step was given, independently of the trajectory's own records."""
+    run = next(r for r in RUNS_21 if r["edits"])
+    written: dict[int, tuple[int, float, bool]] = {}  # position -> (member, log-probability, an edit)
+    stepped: list = []
+    original = Trajectory.step
+
+    def step(self, settings, logits, plan=None):
+        before = self.ids.clone()
+        done = original(self, settings, logits, plan)
+        for p in (self.ids != before).nonzero().flatten().tolist():
+            row = logits[torch.tensor([p])][0].double()
+            written[p] = (self.index, float(torch.log_softmax(row, -1)[self.ids[p]]), int(before[p]) != MASK)
+        stepped.append(self)
+        return done
+
+    monkeypatch.setattr(Trajectory, "step", step)
+    settings = DecodeSettings(gen_length=run["gen_length"], block_size=run["block_length"], steps=run["gen_length"],
+                              unmask="llada2", threshold=run["threshold"], answer_length=None, cache=cache,
+                              edit_threshold=run["editing_threshold"], edit_steps=run["max_post_steps"])
+    ours, _, _ = _engine(member, run, monkeypatch, settings)
+    assert ours == run["output"]  # still the authors' tokens
+    traj = stepped[-1]
+    edited = [p for p, (_, _, edit) in written.items() if edit]
+    assert traj.edits >= len(edited) > 0  # committed tokens were replaced, and some still stand replaced
+    for p in range(traj.layout.prompt_len, traj.layout.total_len):
+        by, logp, _ = written[p]
+        assert int(traj.committed_by[p]) == by
+        assert float(traj.commit_logp[p]) == pytest.approx(logp, abs=1e-4), f"position {p}"
 
 
 # --- bad input: one line, exit 2 -------------------------------------------------------------------------
@@ -288,6 +323,79 @@ def test_cli_ensembles_llada2_with_other_families(checkpoint, tiny_llada, capsys
     assert not checkpoint.remote_code_marker.exists()
 
 
+@pytest.fixture(scope="module")
+def tiny_dream(tmp_path_factory):
+    from real_checkpoints import build_dream
+
+    return build_dream(tmp_path_factory.mktemp("dream-for-llada2"))
+
+
+def partly_decoded_blocks(traj) -> list[int]:
+    """The blocks of a canvas that are neither whole nor untouched (the answer marker, placed by the layout, aside)."""
+    lay, masked = traj.layout, traj.masked
+    fixed = set(range(lay.marker.start, lay.marker.stop))
+    partial = []
+    for b in range(lay.num_blocks):
+        open_ = [bool(masked[p]) for p in range(lay.block(b).start, lay.block(b).stop) if p not in fixed]
+        if any(open_) and not all(open_):
+            partial.append(b)
+    return partial
+
+
+def is_subsequence(part: list[str], whole: list[str]) -> bool:
+    rest = iter(whole)
+    return all(any(w == p for w in rest) for p in part)
+
+
+@pytest.mark.parametrize("editing", [[], ["--unmask", "llada2", "--threshold", "0.0004", "--edit-threshold", "0.0004"]],
+                         ids=["plain", "token-editing"])
+def test_cli_ensembles_llada2_with_dream_relaying_text_at_block_boundaries(checkpoint, tiny_dream, capsys, monkeypatch,
+                                                                          editing):
+    """LLaDA2 (word tokenizer, block-causal) and Dream (byte-level BPE, shifted logits) share no tokenizer: every
+    relay goes through text, and lands where both members have finished whole blocks (a receiver left mid-block
+    by the text it was given finishes that block in the next round)."""
+    relays: list[dict] = []
+    seen: dict[str, object] = {}
+    adopt = Trajectory.adopt
+
+    def spied(self, other):
+        seen[self.member.name] = self
+        if other is not self:
+            relays.append({"leader": other.member.name, "receiver": self.member.name, "before": self.state(),
+                           "through_text": not self.same_canvas(other), "sent": other.state(),
+                           "partial": partly_decoded_blocks(self) + partly_decoded_blocks(other)})
+        adopt(self, other)
+        if other is not self:
+            relays[-1]["got"] = self.state()
+
+    monkeypatch.setattr(Trajectory, "adopt", spied)
+    out = _generate(capsys, [str(checkpoint.path), str(tiny_dream.path)], "--gen-length", "128", *editing)
+    names = [checkpoint.path.name, tiny_dream.path.name]
+    assert out["members"] == names and len(relays) == len(out["rounds"]) - 1  # a relay after every round but the last
+    # each member leads a round the other one adopts (these checkpoints' scores, deterministic)
+    assert {r["receiver"] for r in relays} == {r["leader"] for r in relays} == set(names)
+    assert all(r["through_text"] for r in relays)
+    assert all(r["partial"] == [] for r in relays), relays  # every member at a block boundary when a relay lands
+    for r in relays:
+        sent, got = r["sent"].reasoning, r["got"].reasoning
+        assert r["got"] != r["before"]  # the receiver's canvas was replaced
+        if r["receiver"] == tiny_dream.path.name:  # byte-level BPE spells any text: the leader's, cut to what fits
+            assert got and sent.startswith(got)
+        else:  # a word vocabulary keeps, in order, the words it knows (here not Dream's fillers) and invents none
+            assert is_subsequence(got.split(), re.findall(r"\w+|[^\w\s]+", sent))
+    assert any(r["got"].reasoning for r in relays if r["receiver"] == names[0])  # LLaDA2 was given words it knows
+    assert set(out["responses"]) == set(names) and out["final_member"] in names
+    assert out["text"] == out["responses"][out["final_member"]] and out["text"].strip()
+    for name, response in out["responses"].items():
+        assert "\nAnswer: " in response  # the layout's answer marker, in every member's own tokens
+        received = [r["got"].reasoning for r in relays if r["receiver"] == name]
+        if not editing:  # what a member was given last stands at the start of its response (edits may rewrite it)
+            assert response.startswith(received[-1])
+    if editing:
+        assert seen[names[0]].edits > 0
+    assert not checkpoint.remote_code_marker.exists() and not tiny_dream.remote_code_marker.exists()
+
+
 def test_server_and_chat_run_llada2_with_llada_and_the_shipped_pair(checkpoint, tiny_llada):
     import httpx
     import uvicorn
@@ -338,5 +446,101 @@ def test_server_and_chat_run_llada2_with_llada_and_the_shipped_pair(checkpoint, 
                       "unmask": "llada2"})
         assert isinstance(text, str) and text.strip(), text
         print("chat:", text[:200])
+    finally:
+        demo.close()
+
+
+# --- token editing set from the server and the chat, as from the command line ------------------------------
+
+# greedy threshold decoding at the tiny checkpoint's own scale (its top-1 probabilities are about 1e-4), where
+# an edit threshold of 0.00045 edits (the second LLaDA2.1 reference run's settings)
+EDIT_DECODING = {"gen_length": 32, "block_size": 8, "unmask": "llada2", "threshold": 0.0004}
+EDITING = {"edit_threshold": 0.00045, "edit_steps": 4}
+
+
+def _flags(settings: dict) -> list[str]:
+    return [a for k, v in settings.items() for a in (f"--{k.replace('_', '-')}", str(v))]
+
+
+@pytest.fixture(scope="module")
+def llada2_alone(checkpoint):
+    from tie_lite.runtime.session import Ensemble, LoadSettings
+
+    load = LoadSettings(models=(str(checkpoint.path),))
+    return Ensemble(load)
+
+
+def _cli_text(capsys, checkpoint, settings: dict) -> str:
+    from tie_lite.faces.cli import main
+
+    capsys.readouterr()
+    assert main(["generate", "What is (23+41)*7?", "--model", str(checkpoint.path), *_flags(settings), "--json"]) == 0
+    return json.loads(capsys.readouterr().out)["text"]
+
+
+def test_the_api_sets_token_editing_as_the_cli_does(checkpoint, llada2_alone, capsys):
+    import threading
+
+    import httpx
+    import openai
+    import uvicorn
+    from test_ui import free_port
+
+    from tie_lite.faces.client_settings import Defaults
+    from tie_lite.faces.serve import create_app
+
+    app = create_app(llada2_alone, Defaults(load=llada2_alone.settings), api_key="k", max_batch=2, max_queue=4)
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        for _ in range(400):
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/health").status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="k", max_retries=0)
+
+        def ask(extra: dict) -> str:
+            reply = client.chat.completions.create(model=checkpoint.path.name, temperature=0, extra_body=extra,
+                                                   messages=[{"role": "user", "content": "What is (23+41)*7?"}])
+            return reply.choices[0].message.content
+
+        edited = ask(EDIT_DECODING | EDITING)
+        assert edited == _cli_text(capsys, checkpoint, EDIT_DECODING | EDITING)
+        plain = ask(EDIT_DECODING)
+        assert plain == _cli_text(capsys, checkpoint, EDIT_DECODING)
+        assert edited != plain  # the field changed the decode
+        assert ask(EDIT_DECODING | EDITING | {"edit_threshold": False}) == plain  # false: no editing
+        for bad, says in [({"edit_threshold": 1.5}, "edit_threshold must be in [0, 1)"),
+                          ({"edit_threshold": "high"}, "edit_threshold 'high' is not a number"),
+                          ({"edit_steps": -1}, "edit_steps must be at least 0")]:
+            with pytest.raises(openai.BadRequestError) as err:
+                ask(EDIT_DECODING | {"threshold": 0.5} | bad)  # threshold too: the field named is the one at fault
+            error = err.value.body
+            assert error["param"] == next(iter(bad)) and says in error["message"], error
+            assert len(error["message"].splitlines()) == 1
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+def test_the_chat_sets_token_editing_as_the_cli_does(checkpoint, llada2_alone, capsys):
+    from gradio_client import Client
+    from test_ui import free_port
+
+    from tie_lite.faces.chat.app import build_app, launch_app
+    from tie_lite.faces.client_settings import Defaults
+
+    demo = build_app(llada2_alone, Defaults(load=llada2_alone.settings))
+    port = free_port()
+    launch_app(demo, port=port, prevent_thread_lock=True, quiet=True)
+    try:
+        client = Client(f"http://127.0.0.1:{port}/", verbose=False)
+        edited = client.predict("What is (23+41)*7?", api_name="/chat", settings=EDIT_DECODING | EDITING)
+        assert edited == _cli_text(capsys, checkpoint, EDIT_DECODING | EDITING)
+        assert edited != _cli_text(capsys, checkpoint, EDIT_DECODING)
     finally:
         demo.close()

@@ -122,3 +122,73 @@ def test_other_policies_complete(shipped, policy):
     t = Trajectory.start(shipped["tiny-bpe"], MESSAGES, settings)
     t.run_blocks(settings, 99)
     assert t.done and "Answer:" in t.text()
+
+
+# --- LLaDA2.1's token editing and the provenance records ----------------------------------------------------
+
+
+def _chosen_logits(member, traj, tokens: dict[int, int], sure: float = 50.0) -> torch.Tensor:
+    """Whole-canvas logits, flat except that position p's top-1 is tokens[p] by a margin of `sure`."""
+    logits = torch.zeros(traj.ids.numel(), member.logits(traj.ids[None]).shape[-1])
+    for p, token in tokens.items():
+        logits[p, token] = sure
+    return logits
+
+
+def test_an_edit_rewrites_the_committer_and_log_probability_and_a_remask_clears_them(shipped):
+    member = shipped["tiny-sp"]
+    settings = DecodeSettings(gen_length=16, block_size=8, answer_length=None, unmask="llada2", threshold=1.0,
+                              edit_threshold=0.9)
+    traj = Trajectory.start(member, MESSAGES, settings)
+    traj.index = 1  # the member's place in an ensemble: what committed_by records
+    lay = traj.layout
+    block = range(lay.prompt_len, lay.prompt_len + 8)
+    first = {p: 10 + p for p in block}
+    p0, p1, p2 = block[:3]
+    for p in (p0, p1, p2):  # the step's share, one position a step: the one whose top-1 stands out
+        traj.step(settings, _chosen_logits(member, traj, {p: first[p]}, sure=3.0))
+    assert traj.ids[[p0, p1, p2]].tolist() == [first[p0], first[p1], first[p2]] and traj.edits == 0
+    logp_p2 = float(traj.commit_logp[p2])
+
+    # p0's top-1 is now another token and p1's the mask id, both past the edit threshold; p2 keeps its token
+    edited = _chosen_logits(member, traj, {**first, p0: 7, p1: member.mask_id})
+    traj.step(settings, edited)
+    assert traj.edits == 2 and traj.ids[p0] == 7 and traj.ids[p1] == member.mask_id
+    assert traj.committed_by[p0] == 1 and traj.commit_logp[p0] == pytest.approx(
+        float(torch.log_softmax(edited[p0], -1)[7]), abs=1e-5)
+    assert traj.committed_by[p1] == -1 and traj.commit_logp[p1] == 0  # a masked position: nobody's, no log-probability
+    assert traj.committed_by[p2] == 1 and traj.commit_logp[p2] == logp_p2  # not edited: its record stands
+
+    traj.run_blocks(settings, 99)  # the member's own logits from here: p1 is decoded again
+    gen = slice(lay.prompt_len, lay.total_len)
+    assert traj.done and (traj.committed_by[gen] == 1).all() and traj.ids[p1] != member.mask_id
+
+
+def test_a_remask_while_polishing_a_full_block_is_decoded_again_before_the_next_pass(shipped):
+    """Once a block has no masks LLaDA2.1 forwards it again while edits happen; an edit into the mask id makes the
+    next forward commit that position (as generate() does), and only passes over the full block count."""
+    member = shipped["tiny-sp"]
+    settings = DecodeSettings(gen_length=8, block_size=8, answer_length=None, unmask="llada2", threshold=0.9,
+                              edit_threshold=0.9, edit_steps=2)
+    traj = Trajectory.start(member, MESSAGES, settings)
+    block = range(traj.layout.prompt_len, traj.layout.total_len)
+    wanted = {p: 10 + p for p in block}
+    q = block[3]
+    plans, given = [], []
+
+    def step(settings, logits, plan=None):
+        full = not bool(traj.masked[traj.layout.prompt_len:].any())
+        polishes = sum(1 for c in plans if not c)
+        remask = full and polishes == 0  # the first pass over the full block writes the mask id at q
+        crafted = _chosen_logits(member, traj, {**wanted, q: member.mask_id} if remask else wanted)
+        plans.append(plan.cand.tolist())
+        given.append(crafted)
+        return Trajectory.step(traj, settings, crafted, plan)
+
+    traj.step = step
+    traj.run_blocks(settings, 1)
+    # all eight commit at once; a pass edits q into the mask id; q is committed again; a pass with no edits ends it
+    assert plans == [list(block), [], [q], []]
+    assert traj.done and traj.ids[list(block)].tolist() == [wanted[p] for p in block]
+    assert (traj.committed_by[list(block)] == 0).all()
+    assert traj.commit_logp[q] == pytest.approx(float(torch.log_softmax(given[2][q], -1)[wanted[q]]), abs=1e-5)

@@ -324,6 +324,27 @@ def test_settings_panel_values_parse_and_describe():
         parse_settings({"models": ["/etc"]})
 
 
+def test_the_settings_panel_sets_token_editing_and_says_what_is_wrong_in_its_own_words():
+    """The panel's edit threshold and edit steps (the CLI's --edit-threshold, --edit-steps): empty is no editing, a
+    value is described under the panel, a bad one is named by its label, as the panel's other settings are."""
+    from tie_lite.faces.chat.app import SETTING_KEYS, build_app
+
+    demo = build_app()  # nothing loads until a message comes
+    check = next(f for f in demo.fns.values() if [getattr(o, "elem_id", None) for o in f.outputs] == ["tie-check"])
+    labels = {c.label for c in check.inputs}
+    assert {"edit threshold", "edit steps"} <= labels
+    start = demo.tie_defaults.values()
+    assert start["edit_threshold"] is None  # the CLI's default: no editing
+
+    def line(**changes) -> str:
+        return check.fn(*[changes.get(k, start[k]) for k in SETTING_KEYS], "")
+
+    assert line().startswith("✓") and "editing" not in line()
+    assert "token editing above 0.9, at most 4 more passes a block" in line(edit_threshold=0.9, edit_steps=4)
+    assert line(edit_threshold=1.5) == "⚠ edit threshold must be in [0, 1)"
+    assert line(edit_threshold=0.9, edit_steps=-1) == "⚠ edit steps must be at least 0"
+
+
 def test_history_formats_and_stopped_turns():
     from tie_lite.faces.chat.app import STOPPED, history_messages
 

@@ -17,7 +17,8 @@ the block over its steps, at least one). LLaDA2.1's token editing is `edit_thres
 committed positions of the current block (never the prompt or the answer marker) whose top-1 token differs
 from the one standing there, with probability above `edit_threshold`, take the new token; once a block has no
 masks left it is forwarded again while edits happen, at most `edit_steps` more times (2.1's max_post_steps).
-An edit is part of the member's trajectory: scores read the canvas as it stands at the end of a round.
+An edit is part of the member's trajectory: scores read the canvas as it stands at the end of a round, and the
+provenance records (`committed_by`, `commit_logp`) name the editing member and the edited token's probability.
 
 Dream's algorithm names are policies too: `maskgit_plus` (top-1 probability), `topk_margin` (top-1 minus
 top-2 probability) and `entropy` (negative entropy). Under the "dream" schedule `entropy` is computed as
@@ -349,7 +350,7 @@ class Trajectory:
             picked = torch.softmax(cand_logits[chosen], dim=-1).gather(-1, x0[chosen, None])[:, 0]
             self.commit_logp[cand[chosen]] = picked.clamp_min(1e-30).log()  # each committed token's log-probability
         if plan.editable is not None and self._pending_edits is not None:
-            self.ids[self._pending_edits[0]] = self._pending_edits[1]
+            self._apply_edits(*self._pending_edits)
             self._pending_edits = None
         self.block_step += 1
         if not (self.ids[block] == lay.mask_id).any():
@@ -366,20 +367,41 @@ class Trajectory:
         top_p, top = probs.max(-1)
         change = (top != self.ids[editable]) & (top_p > settings.edit_threshold)
         if bool(change.any()):
-            self._pending_edits = (editable[change], top[change])
+            self._pending_edits = (editable[change], top[change], top_p[change])
             self.last_edits = int(change.sum())
             self.edits += self.last_edits
 
+    def _apply_edits(self, positions: torch.Tensor, tokens: torch.Tensor, probs: torch.Tensor) -> None:
+        """Write the edited tokens, and make the provenance records describe them: this member committed each,
+        with the probability the editing forward gave it. A token edited into the mask id (LLaDA2.1's generate()
+        does not rule it out) is a masked position again: no committer, no log-probability."""
+        self.ids[positions] = tokens
+        remasked = tokens == self.layout.mask_id
+        if self.committed_by is not None:
+            self.committed_by[positions] = torch.where(remasked, -1, self.index)
+        if self.commit_logp is not None:
+            logp = probs.clamp_min(1e-30).log().to(self.commit_logp.dtype)
+            self.commit_logp[positions] = torch.where(remasked, torch.zeros_like(logp), logp)
+
     def _polish(self, settings: DecodeSettings, index: int, on_step=None):
         """Process: LLaDA2.1's passes over a block that has no masks left, while they edit (at most
-        `edit_steps`)."""
+        `edit_steps`). An edit that wrote the mask id leaves a masked position: the next forward commits there
+        again, as generate() does, and only passes over a full block count towards `edit_steps`."""
         block = self.layout.block(index)
-        for _ in range(settings.edit_steps):
+        passes = 0
+        while True:
             masked = self.masked
-            watched = self.scored_positions(masked, block) if self.watch else torch.zeros(0, dtype=torch.long)
-            plan = StepPlan(masked, block, torch.zeros(0, dtype=torch.long), watched, self._editable(masked, block))
+            full = not bool(masked[block].any())
+            if full:
+                passes += 1
+                if passes > settings.edit_steps:
+                    return
+                watched = self.scored_positions(masked, block) if self.watch else torch.zeros(0, dtype=torch.long)
+                plan = StepPlan(masked, block, torch.zeros(0, dtype=torch.long), watched, self._editable(masked, block))
+            else:
+                plan = self.plan_step()
             yield from self._forward_and_step(settings, plan, on_step)
-            if not self.last_edits:
+            if full and not self.last_edits:
                 return
 
     def _record(self, logits: torch.Tensor, watched: torch.Tensor) -> None:

@@ -31,8 +31,10 @@ PUBLIC_SCORES = tuple(s for s in SCORES if s != "oracle")
 SETTING_KEYS = (
     "models", "quant", "backend", "gen_length", "block_size", "steps", "unmask", "threshold", "topk",
     "answer_length", "free", "interval", "score", "select", "select_model", "temperature", "seed", "schedule", "eps",
-    "cache",
+    "cache", "edit_threshold", "edit_steps",
 )
+# Settings whose empty value means something (one token a step, no best model, no token editing) rather than "not given"
+EMPTY_IS_A_VALUE = ("steps", "select_model", "edit_threshold")
 LABELS = {
     "models": "members", "gen_length": "generation length", "block_size": "block size", "steps": "steps",
     "threshold": "threshold", "topk": "top-k", "answer_length": "answer length", "interval": "interval",
@@ -64,7 +66,8 @@ class Defaults:
             gen_length=d.gen_length, block_size=d.block_size, steps=d.steps or 0, unmask=d.unmask,
             threshold=d.threshold, topk=d.topk, answer_length=d.answer_length or 8, free=d.answer_length is None,
             interval=t.interval, score=t.score, select=t.select, select_model=t.select_model, temperature=d.temperature,
-            seed=d.seed, schedule=d.schedule, eps=d.eps, cache=d.cache,
+            seed=d.seed, schedule=d.schedule, eps=d.eps, cache=d.cache, edit_threshold=d.edit_threshold,
+            edit_steps=d.edit_steps,
         )
 
 
@@ -101,13 +104,23 @@ def _number(key: str, value: Any) -> float:
     return number
 
 
+def _edit_threshold(value: Any) -> float | None:
+    """LLaDA2.1's token editing threshold: a number, or None / false / empty for no editing."""
+    if value is None or value is False or (isinstance(value, str) and not value.strip()):
+        return None
+    if value is True:
+        raise UserError("edit_threshold must be a number in [0, 1) (the LLaDA2.1 authors use 0.9); empty or false "
+                        "means no token editing")
+    return _number("edit_threshold", value)
+
+
 def parse_settings(values: dict, defaults: Defaults | None = None) -> tuple[LoadSettings, DecodeSettings, TieSettings]:
     """Panel or API values -> validated engine settings. Raises UserError with one readable line."""
     defaults = defaults or Defaults()
     unknown = sorted(shown(k) for k in set(values) - set(SETTING_KEYS))
     if unknown:
         raise UserError(f"unknown setting {', '.join(map(repr, unknown[:3]))}; known: {', '.join(SETTING_KEYS)}")
-    v = defaults.values() | {k: val for k, val in values.items() if val is not None or k in ("steps", "select_model")}
+    v = defaults.values() | {k: val for k, val in values.items() if val is not None or k in EMPTY_IS_A_VALUE}
     load = replace(defaults.load, models=chosen_members(v["models"], defaults))
     for key, launched in (("quant", defaults.load.quant), ("backend", defaults.load.backend)):
         if v[key] != launched:
@@ -131,6 +144,8 @@ def parse_settings(values: dict, defaults: Defaults | None = None) -> tuple[Load
         schedule=str(v["schedule"]),
         eps=_number("eps", v["eps"]),
         cache=str(v["cache"]),
+        edit_threshold=_edit_threshold(v["edit_threshold"]),
+        edit_steps=_whole("edit_steps", v["edit_steps"]),
     )
     decode.validate()
     select = str(v["select"])
@@ -184,8 +199,10 @@ def describe(decode: DecodeSettings, tie: TieSettings, members: int) -> str:
     relay = f"relay every {per_round} block{'s' * (per_round > 1)} (≤ {rounds} round{'s' * (rounds > 1)})"
     if members == 1:
         relay = "one member: plain decoding"
+    editing = (f"; token editing above {decode.edit_threshold:g}, at most {decode.edit_steps} more passes a block"
+               if decode.edit_threshold is not None else "")
     return (f"✓ {decode.gen_length} positions in {blocks} block{'s' * (blocks > 1)} of {block}, "
-            f"{decode.steps_per_block} steps a block; {relay}; score {tie.score}, final {tie.select}")
+            f"{decode.steps_per_block} steps a block{editing}; {relay}; score {tie.score}, final {tie.select}")
 
 
 def history_messages(history: Any, message: str | None = None) -> list[dict]:

@@ -273,7 +273,12 @@ def api_words(message: str) -> str:
 
 
 def _named_field(message: str, values: dict) -> str | None:
-    return next((k for k in values if k in message or k.replace("_", " ") in message), None)
+    """The field a settings message names, as a whole word ('threshold' is not named by 'edit_threshold')."""
+    def named(key: str) -> bool:
+        return any(re.search(rf"(?<![\w-]){re.escape(name)}(?![\w-])", message)
+                   for name in (key, key.replace("_", " ")))
+
+    return next((k for k in values if named(k)), None)
 
 
 # --- the canvas and the cap, against each member's context (tokenizes: run it off the engine's worker) -------

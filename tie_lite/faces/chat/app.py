@@ -310,7 +310,7 @@ PANEL_LABELS = {
     "unmask": "unmasking policy", "threshold": "threshold", "topk": "top-k", "temperature": "temperature",
     "seed": "seed", "schedule": "step schedule", "eps": "eps", "cache": "KV cache", "interval": "interval",
     "score": "score", "select": "final selection", "select-model": "best model", "model": "members",
-    "free": "free layout",
+    "free": "free layout", "edit-threshold": "edit threshold", "edit-steps": "edit steps",
 }
 _SETTING_NAME = re.compile(r"(--)?\b(" + "|".join(sorted({k for k in PANEL_LABELS} | {k.replace("-", "_") for k in
                                                                                        PANEL_LABELS}, key=len,
@@ -623,6 +623,13 @@ def build_app(ensemble: Ensemble | None = None, defaults: Defaults | None = None
                 eps = gr.Number(start["eps"], label="eps", info="last timestep of the dream schedule")
                 kv_cache = gr.Dropdown(list(CACHES), value=start["cache"], label="KV cache",
                                     info="refreshed at each block; dual is fastest")
+            with gr.Row():  # LLaDA2.1's token editing (the CLI's --edit-threshold, --edit-steps)
+                edit_threshold = gr.Number(start["edit_threshold"], label="edit threshold",
+                                           elem_id="tie-edit-threshold",
+                                           info="replace a committed token whose top-1 differs above this; empty = "
+                                                "no editing (LLaDA2.1: 0.9)")
+                edit_steps = gr.Number(start["edit_steps"], label="edit steps", precision=0,
+                                       info="more passes over a full block while it edits, at most")
             with gr.Row():
                 interval = gr.Number(start["interval"], label="interval", info="steps per round", precision=0)
                 score = gr.Dropdown(list(PUBLIC_SCORES), value=start["score"], label="score",
@@ -633,7 +640,8 @@ def build_app(ensemble: Ensemble | None = None, defaults: Defaults | None = None
             check_line = gr.Markdown(check(*[start[k] for k in SETTING_KEYS], ""), elem_id="tie-check")
 
         controls = [models, quant, backend, gen_length, block_size, steps, unmask, threshold, topk, answer_length,
-                    free, interval, score, select, select_model, temperature, seed, schedule, eps, kv_cache]
+                    free, interval, score, select, select_model, temperature, seed, schedule, eps, kv_cache,
+                    edit_threshold, edit_steps]
         assert len(controls) == len(SETTING_KEYS)
         for c in controls + [box]:  # the question counts too: the prompt and the context bound the length
             c.change(check, controls + [box], check_line, queue=False, show_progress="hidden",
