@@ -239,6 +239,17 @@ def test_plan_counts_total_and_active_parameters_and_places_experts_on_the_host(
     assert plan.placement == ["resident"]
 
 
+def test_experts_on_host_load_computes_the_same_logits(checkpoint, member):
+    """The experts-on-host load (routed experts left in host memory, the rest on the device; here both are the
+    CPU, so only the bookkeeping and the routing across devices are exercised: on a GPU it is not yet measured)."""
+    from tie_lite.runtime.loading import load_member_experts_on_host
+
+    hosted = load_member_experts_on_host(str(checkpoint.path), device="cpu")
+    ids = torch.tensor([FIG["canvases"][1]["ids"]])
+    with torch.no_grad():
+        assert torch.equal(hosted.model(ids).logits, member.model(ids).logits)
+
+
 def test_models_lists_the_family_and_its_checkpoints(capsys):
     from tie_lite.faces.cli import main
 
