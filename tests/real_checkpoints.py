@@ -253,3 +253,24 @@ def build_llada2(root: Path, name: str = "tiny-llada2-mini", tensors: list[dict]
     tokenizer.save_pretrained(folder)
     marker = _decoy_code(folder, ("configuration_llada2_moe.py", "modeling_llada2_moe.py"))
     return Checkpoint(folder, "llada2", 156895, (156892, 156900), False, marker)
+
+
+def build_llada_moe(root: Path, name: str = "tiny-llada-moe-7b-a1b", variant: str | None = None,
+                    tensors: list[dict] | None = None, config: dict | None = None) -> Checkpoint:
+    """A tiny LLaDA-MoE with the LLaDA-MoE-7B-A1B config (sizes cut down, model_type "llada" as released), the
+    authors' parameter names and the weights their reference run used; `variant` "variant" is the recorded
+    config that turns on the expert bias, a shared expert, a dense layer...; `tensors` / `config` replace the
+    recorded ones (damaged checkpoints). The tokenizer is Ling's, as LLaDA2's (build_llada2)."""
+    ref = reference_dir("llada_moe")
+    suffix = f"-{variant}" if variant else ""
+    folder = Path(root) / name
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text(json.dumps(config) if config is not None
+                                        else (ref / f"config{suffix}.json").read_text())
+    write_weights(folder, tensors if tensors is not None else json.loads((ref / f"tensors{suffix}.json").read_text()))
+    tokenizer = word_tokenizer(LLADA2_SPECIALS, max(LLADA2_SPECIALS.values()) + 1, bos=None)
+    tokenizer.add_special_tokens({"eos_token": "<|endoftext|>", "pad_token": "<|endoftext|>", "mask_token": "<|mask|>",
+                                  "additional_special_tokens": ["<role>", "</role>", "<|role_end|>"]})
+    tokenizer.save_pretrained(folder)
+    marker = _decoy_code(folder, ("configuration_lladamoe.py", "modeling_lladamoe.py"))
+    return Checkpoint(folder, "llada-moe", 156895, (156892, 156900), False, marker)

@@ -200,17 +200,6 @@ def test_bad_checkpoints_get_one_line_and_exit_2(tmp_path, case, change, drop, s
     assert says in lines[0] and "Traceback" not in proc.stderr
 
 
-def test_llada_moe_config_is_never_loaded_as_dense_llada(tmp_path):
-    """LLaDA-MoE-7B-A1B's released config says model_type llada; its expert fields tell it apart."""
-    folder = tmp_path / "llada-moe"
-    folder.mkdir()
-    (folder / "config.json").write_text(json.dumps({
-        "model_type": "llada", "hidden_size": 2048, "num_hidden_layers": 16, "num_attention_heads": 16,
-        "vocab_size": 157184, "num_experts": 64, "num_experts_per_tok": 8, "expert_intermediate_size": 1024}))
-    proc = _cli("generate", "hi", "--model", str(folder))
-    assert proc.returncode == 2 and "is LLaDA-MoE" in proc.stderr and "not loaded as one" in proc.stderr
-
-
 # --- the exact cache across finished blocks ----------------------------------------------------------------
 
 

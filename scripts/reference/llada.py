@@ -127,12 +127,14 @@ class Recorder:
         return self.model(x, attention_mask=attention_mask)
 
 
-def run_generate(generate, model, prompt: list[int], gen_length: int, block_length: int, steps: int) -> dict:
+def run_generate(generate, model, prompt: list[int], gen_length: int, block_length: int, steps: int,
+                 mask_id: int = MASK) -> dict:
+    """generate() at temperature 0, low-confidence remasking: its output, and how many tokens each step committed."""
     rec = Recorder(model)
     out = generate(rec, torch.tensor([prompt]), steps=steps, gen_length=gen_length, block_length=block_length,
-                   temperature=0.0, cfg_scale=0.0, remasking="low_confidence", mask_id=MASK)
+                   temperature=0.0, cfg_scale=0.0, remasking="low_confidence", mask_id=mask_id)
     history = rec.canvases + [out[0].tolist()]
-    per_step = [sum(a == MASK and b != MASK for a, b in zip(h0, h1)) for h0, h1 in zip(history, history[1:])]
+    per_step = [sum(a == mask_id and b != mask_id for a, b in zip(h0, h1)) for h0, h1 in zip(history, history[1:])]
     return {"gen_length": gen_length, "block_length": block_length, "steps": steps, "prompt": prompt,
             "output": out[0, len(prompt):].tolist(), "transfers_per_step": per_step, "forwards": len(rec.canvases)}
 

@@ -6,6 +6,7 @@ import importlib
 from dataclasses import dataclass
 
 import torch
+import transformers
 from transformers import AutoTokenizer
 
 
@@ -49,6 +50,13 @@ class Family:
         """Import the native model module so that transformers' Auto classes know the architecture."""
         if self.native_module is not None:
             importlib.import_module(self.native_module)
+
+    def model_loader(self):
+        """What loads a checkpoint of this family (`.from_pretrained`): the transformers Auto class named by
+        `auto_class`, after registering the native classes; families whose config's model_type is another
+        family's (LLaDA-MoE's says "llada") return their own class."""
+        self.register()
+        return getattr(transformers, self.auto_class)
 
     def load_tokenizer(self, source: str, trust_remote_code: bool = False):
         """The checkpoint's tokenizer (families whose hub tokenizer is remote code override this)."""

@@ -33,17 +33,35 @@ ROLE_END = "<|role_end|>"
 
 
 @dataclass(frozen=True)
-class LLaDA2Family(Family):
+class LingFamily(Family):
+    """What the inclusionAI MoE families (LLaDA2.x, LLaDA-MoE) share: Ling's tokenizer (<|mask|> 156895,
+    <|endoftext|> 156892, role tags ending a turn with <|role_end|>) and the routed experts' weight names
+    (`model.layers.N.mlp.experts.E.*`, counted by `num_experts` / `num_experts_per_tok`)."""
+
+    fallback_chat_template: str = CHAT_TEMPLATE  # when a checkpoint's tokenizer carries no template of its own
+
     def load_tokenizer(self, source: str, trust_remote_code: bool = False):
         tokenizer = super().load_tokenizer(source, trust_remote_code=trust_remote_code)
         if not getattr(tokenizer, "chat_template", None):
-            tokenizer.chat_template = CHAT_TEMPLATE
+            tokenizer.chat_template = self.fallback_chat_template
         return tokenizer
 
     def eos_ids(self, tokenizer) -> tuple[int, ...]:
         """<|endoftext|>, and <|role_end|> where the tokenizer has it (a turn's end ends a response too)."""
         role_end = tokenizer.convert_tokens_to_ids(ROLE_END) if ROLE_END in tokenizer.get_vocab() else None
         return self.eos_token_ids + ((role_end,) if role_end is not None else ())
+
+    def routed_experts(self, config: dict) -> tuple[int, int] | None:
+        if not config.get("num_experts"):
+            return None
+        return int(config.get("num_experts_per_tok", 8)), int(config["num_experts"])
+
+    def is_routed_expert(self, tensor_name: str) -> bool:
+        return ROUTED_EXPERT.search(tensor_name) is not None
+
+
+@dataclass(frozen=True)
+class LLaDA2Family(LingFamily):
 
     def config_tensors(self, config: dict) -> dict | None:
         """The architecture's weight table for this config, written out from the layout (instantiating 16B
@@ -86,14 +104,6 @@ class LLaDA2Family(Family):
                 mlp(f"{p}.mlp.shared_experts", width * int(cfg.num_shared_experts))
         return table
 
-    def routed_experts(self, config: dict) -> tuple[int, int] | None:
-        if not config.get("num_experts"):
-            return None
-        return int(config.get("num_experts_per_tok", 8)), int(config["num_experts"])
-
-    def is_routed_expert(self, tensor_name: str) -> bool:
-        return ROUTED_EXPERT.search(tensor_name) is not None
-
     def check_checkpoint(self, config: dict, source: str, tensors, name: str) -> None:
         """The config's router and sizes are ones the architecture implements, and every MoE layer's weights
         hold exactly the experts the config names."""
@@ -113,8 +123,10 @@ _EXPERT = re.compile(r"^model\.layers\.(\d+)\.mlp\.experts\.(\d+)\.(gate_proj|up
 EXPERT_PARTS = 3  # gate_proj, up_proj, down_proj
 
 
-def check_experts(cfg: LLaDA2MoeConfig, tensors: dict, name: str) -> None:
-    """One line when the weights disagree with the config's expert count, or some shard lacks experts."""
+def check_experts(cfg, tensors: dict, name: str) -> None:
+    """One line when the weights disagree with the config's expert count, or some shard lacks experts. `cfg` is
+    a config with num_experts, num_hidden_layers and is_moe_layer(i) (LLaDA2's or LLaDA-MoE's: both name the
+    router `model.layers.N.mlp.gate` and the experts `model.layers.N.mlp.experts.E.*`)."""
     parts: dict[tuple[int, int], set[str]] = {}
     for key in tensors:
         m = _EXPERT.match(key)

@@ -1,4 +1,4 @@
-"""Pieces LLaDA, LLaDA2 and Dream compute the same way (each checked against its authors' code)."""
+"""Pieces LLaDA, LLaDA2, LLaDA-MoE and Dream compute the same way (each checked against its authors' code)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,28 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
     """RoPE's rotation of the two halves of each head: (x1, x2) -> (-x2, x1)."""
     half = x.shape[-1] // 2
     return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+def rotary_cos_sin(position_ids: torch.Tensor, rotary_dim: int, theta: float,
+                   dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos, sin of shape (batch, 1, length, rotary_dim) as transformers' default RoPE computes them (LLaDA2,
+    LLaDA-MoE): inverse frequencies `1 / theta ** (arange(0, rot, 2) / rot)` in float32, angles of
+    `cat(freqs, freqs)` in float32, cast to `dtype`."""
+    inv_freq = 1.0 / (theta ** (torch.arange(0, rotary_dim, 2, dtype=torch.float32, device=position_ids.device)
+                                / rotary_dim))
+    angles = position_ids.float()[..., None] * inv_freq
+    emb = torch.cat((angles, angles), dim=-1)
+    return emb.cos().to(dtype)[:, None], emb.sin().to(dtype)[:, None]
+
+
+def rotate_partial(t: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """RoPE over the first cos.shape[-1] dimensions of each head (all of them when that is head_dim); the rest
+    pass through. Computed in t's dtype."""
+    rot = cos.shape[-1]
+    if rot == t.shape[-1]:
+        return t * cos + rotate_half(t) * sin
+    head, rest = t[..., :rot], t[..., rot:]
+    return torch.cat((head * cos + rotate_half(head) * sin, rest), dim=-1)
 
 
 class RMSNorm(nn.Module):

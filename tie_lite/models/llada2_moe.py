@@ -49,7 +49,8 @@ from transformers import (
 )
 
 from .cache import CanvasCache, CanvasLMOutput, head_rows, positions_and_kv
-from .layers import ACTIVATIONS, RMSNorm, rotate_half, sdpa_mask
+from .experts import SwiGLU, routed_expert_sum
+from .layers import ACTIVATIONS, RMSNorm, rotary_cos_sin, rotate_partial, sdpa_mask
 
 SCORE_FUNCTIONS = ("sigmoid",)  # what the authors' LLaDA2MoeGate computes; anything else is refused
 ROUTER_DTYPES = ("fp32", "float32")  # the gate runs in float32 whatever the checkpoint says
@@ -198,20 +199,6 @@ def _rope_type(rope_scaling) -> str:
     return str(rope_scaling.get("rope_type", rope_scaling.get("type")) or "default")
 
 
-class SwiGLU(nn.Module):
-    """gate_proj, up_proj, down_proj without biases: down(act(gate(x)) * up(x))."""
-
-    def __init__(self, hidden: int, width: int, act: str):
-        super().__init__()
-        self.gate_proj = nn.Linear(hidden, width, bias=False)
-        self.up_proj = nn.Linear(hidden, width, bias=False)
-        self.down_proj = nn.Linear(width, hidden, bias=False)
-        self.act = ACTIVATIONS[act]
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(self.act(self.gate_proj(x)) * self.up_proj(x))
-
-
 class Router(nn.Module):
     """`mlp.gate`: the weight (experts, hidden) and the `expert_bias` buffer that only steers the choice."""
 
@@ -255,17 +242,7 @@ class MixtureOfExperts(nn.Module):
         shape = x.shape
         flat = x.reshape(-1, shape[-1])
         chosen, weights = self.gate(flat)
-        # the routed experts may live elsewhere than the rest (in host memory, beside a GPU: llama.cpp's --cpu-moe):
-        # the layer's tokens go to them once and their weighted sum comes back once
-        where = self.experts[0].down_proj.weight.device
-        flat_there, chosen, weights = flat.to(where), chosen.to(where), weights.to(where)
-        out = torch.zeros(flat.shape[0], shape[-1], dtype=torch.float32, device=where)
-        # each expert runs once, on the tokens that picked it; the weighted sum is taken in float32
-        for expert in torch.unique(chosen).tolist():
-            token, slot = (chosen == expert).nonzero(as_tuple=True)
-            y = self.experts[expert](flat_there[token]).float() * weights[token, slot, None]
-            out.index_add_(0, token, y)
-        out = out.to(x.device).to(x.dtype).view(shape)
+        out = routed_expert_sum(self.experts, flat, chosen, weights, torch.float32).to(x.dtype).view(shape)
         return out + self.shared_experts(x) if self.shared_experts is not None else out
 
 
@@ -290,7 +267,7 @@ class LLaDA2Attention(nn.Module):
         q, k, v = (part.transpose(1, 2) for part in qkv.split([self.heads, self.kv_heads, self.kv_heads], dim=2))
         if self.query_layernorm is not None:
             q, k = self.query_layernorm(q), self.key_layernorm(k)
-        q, k = _rotate(q, cos, sin), _rotate(k, cos, sin)
+        q, k = rotate_partial(q, cos, sin), rotate_partial(k, cos, sin)
         k, v = kv(k, v)
         if self.kv_heads != self.heads:  # grouped-query attention: query head h reads key/value head h // group
             group = self.heads // self.kv_heads
@@ -298,13 +275,6 @@ class LLaDA2Attention(nn.Module):
             v = v.repeat_interleave(group, dim=1, output_size=self.heads)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.head_dim ** -0.5)
         return self.dense(out.transpose(1, 2).reshape(b, t, self.heads * self.head_dim))
-
-
-def _rotate(t: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Partial RoPE: the first cos.shape[-1] dimensions of each head rotate, the rest pass through."""
-    rot = cos.shape[-1]
-    head, rest = t[..., :rot], t[..., rot:]
-    return torch.cat((head * cos + rotate_half(head) * sin, rest), dim=-1)
 
 
 class LLaDA2Layer(nn.Module):
@@ -389,12 +359,7 @@ class LLaDA2MoeModelLM(PreTrainedModel):
 
     def rotary(self, position_ids: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         """cos, sin of shape (batch, 1, length, rotary_dim), computed in float32 and cast to `dtype`."""
-        rot = self.config.rotary_dim
-        inv_freq = 1.0 / (self.config.rope_theta ** (torch.arange(0, rot, 2, dtype=torch.float32,
-                                                                   device=position_ids.device) / rot))
-        angles = position_ids.float()[..., None] * inv_freq
-        emb = torch.cat((angles, angles), dim=-1)
-        return emb.cos().to(dtype)[:, None], emb.sin().to(dtype)[:, None]
+        return rotary_cos_sin(position_ids, self.config.rotary_dim, self.config.rope_theta, dtype)
 
     def forward(
         self,

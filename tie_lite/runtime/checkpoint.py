@@ -90,7 +90,7 @@ def model_dims(config: dict) -> dict:
         config = {**config, **config["text_config"], "model_type": config.get("model_type")}
     hidden = int(_cfg(config, "hidden_size", "d_model", "n_embd", default=0))
     ratio = _cfg(config, "mlp_ratio")
-    inter = _cfg(config, "intermediate_size", "mlp_hidden_size", "n_inner")
+    inter = _cfg(config, "intermediate_size", "mlp_hidden_size", "n_inner", "dense_intermediate_size")
     if inter is None:
         inter = int(ratio * hidden) if ratio else 4 * hidden
     vocab = max(int(_cfg(config, "vocab_size", default=0)), int(_cfg(config, "embedding_size", default=0)))
@@ -104,7 +104,7 @@ def model_dims(config: dict) -> dict:
         gated=config.get("model_type") != "tie-tiny",
         dtype=str(_cfg(config, "dtype", "torch_dtype", default="float32")),
         experts=int(_cfg(config, "num_experts", default=0)),  # routed experts per layer (mixture of experts)
-        expert_intermediate=int(_cfg(config, "moe_intermediate_size", default=0)),
+        expert_intermediate=int(_cfg(config, "moe_intermediate_size", "expert_intermediate_size", default=0)),
     )
 
 

@@ -245,10 +245,8 @@ def load_member(
         if qconfig is not None and backend == "bitsandbytes":  # offloaded layers stay unquantized (the plan warns)
             qconfig.llm_int8_enable_fp32_cpu_offload = True
         kwargs.update(offload)
-    auto = getattr(transformers, family.auto_class)
     try:
-        family.register()
-        model, info = auto.from_pretrained(source, output_loading_info=True, **kwargs)
+        model, info = family.model_loader().from_pretrained(source, output_loading_info=True, **kwargs)
         missing = list(info.get("missing_keys") or []) + [k[0] if isinstance(k, tuple) else k
                                                          for k in info.get("mismatched_keys") or []]
         if family.native_module is not None:  # our own classes know every weight a checkpoint of theirs holds

@@ -33,6 +33,8 @@ ENTRIES = {
         Entry("diffucoder-7b-instruct", "apple/DiffuCoder-7B-Instruct", False, "Dream family; native, verified against the authors' code"),
         Entry("llada2.0-mini", "inclusionAI/LLaDA2.0-mini", False, "LLaDA2 family (MoE, 16B total, 1.4B active); native, verified against the authors' code"),
         Entry("llada2.1-mini", "inclusionAI/LLaDA2.1-mini", False, "LLaDA2 family (MoE, 16B total, 1.4B active, token editing); native, verified against the authors' code"),
+        Entry("llada-moe-7b-a1b-instruct", "inclusionAI/LLaDA-MoE-7B-A1B-Instruct", False, "LLaDA-MoE family (MoE, 7.4B total, 1.7B active); native, verified against the authors' code"),
+        Entry("llada-moe-7b-a1b-base", "inclusionAI/LLaDA-MoE-7B-A1B-Base", False, "LLaDA-MoE family (MoE, 7.4B total, 1.7B active, base model); native, verified against the authors' code"),
         Entry("llada2.0-flash", "inclusionAI/LLaDA2.0-flash", False, "LLaDA2 family (MoE, 100B total); native, verified against the authors' code"),
     )
 }
