@@ -122,6 +122,8 @@ def test_bad_checkpoints_get_one_line(folders, tmp_path):
     done = cli("generate", "hi", "--model", str(no_generation), "--free")
     assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1
     assert "no generation_config.json" in done.stderr
+    done = cli("plan", "--model", str(no_generation))  # the plan still prints, and says the member cannot load
+    assert done.returncode == 0 and "cannot load" in done.stdout and "no generation_config.json" in done.stdout
 
     long_canvas = linked_copy(folders["a"], tmp_path / "long-canvas", ("config.json",))
     config = json.loads((folders["a"] / "config.json").read_text())
@@ -343,3 +345,47 @@ def test_the_canvas_view_tells_accepted_from_re_noised_positions(member_a):
         text = tok.decode([t], skip_special_tokens=True) or tok.convert_ids_to_tokens(t)
         assert f'>{text}</span>' in card
     assert 'class="tie-mask"' in masked_card and "struck-through" in view
+
+
+def test_the_server_answers_with_diffusion_gemma_beside_the_shipped_pair(folders):
+    """`tie-lite serve` on a DiffusionGemma member and the shipped pair: a chat completion from the three is
+    what `tie-lite generate` answers with them, and its trace has every member scored every round."""
+    openai = pytest.importorskip("openai")
+    from test_serve import KEY, generate_text, start_server
+
+    from tie_lite.runtime.session import LoadSettings
+
+    models = (str(folders["a"]), "tiny-sp", "tiny-bpe")
+    _, url, stop = start_server(load=LoadSettings(models=models))
+    try:
+        client = openai.OpenAI(base_url=url + "/v1", api_key=KEY, max_retries=0)
+        assert [m.id for m in client.models.list()][0] == "tie:dg-a+tiny-sp+tiny-bpe"
+        reply = client.chat.completions.create(model="tie:dg-a+tiny-sp+tiny-bpe", temperature=0, max_tokens=64,
+                                               messages=[{"role": "user", "content": MIXED_QUESTION}])
+    finally:
+        stop()
+    trace = reply.model_extra["tie"]
+    assert trace["members"] == ["dg-a", "tiny-sp", "tiny-bpe"] and trace["final_member"] in trace["members"]
+    assert all(set(r["scores"]) == set(trace["members"]) for r in trace["rounds"])
+    assert reply.choices[0].message.content == generate_text(*[a for m in models for a in ("--model", m)],
+                                                             prompt=MIXED_QUESTION)
+
+
+def test_the_chat_answers_with_diffusion_gemma_beside_the_shipped_pair(folders):
+    """The chat (gradio_client against build_app) on the same three members answers what `tie-lite generate`
+    answers with them."""
+    from gradio_client import Client
+    from test_serve import generate_text
+    from test_ui import launch
+
+    from tie_lite.faces.client_settings import Defaults
+    from tie_lite.runtime.session import LoadSettings
+
+    models = (str(folders["a"]), "tiny-sp", "tiny-bpe")
+    demo, url = launch(defaults=Defaults(load=LoadSettings(models=models)))
+    try:
+        text = Client(url, verbose=False).predict(MIXED_QUESTION, api_name="/chat",
+                                                  settings={"models": ["dg-a", "tiny-sp", "tiny-bpe"]})
+    finally:
+        demo.close()
+    assert text == generate_text(*[a for m in models for a in ("--model", m)], prompt=MIXED_QUESTION)
