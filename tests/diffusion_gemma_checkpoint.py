@@ -44,11 +44,13 @@ def tokenizer(vocab_size: int):
 def build_diffusion_gemma(root: Path, name: str = "tiny-diffusion-gemma", *, canvas_length: int = 16,
                           steps: int = 6, seed: int = 0, max_positions: int = 512,
                           generation_config: bool = True, sharp: float = 40.0,
-                          confidence_threshold: float | None = None, stability_threshold: int | None = None) -> Path:
+                          confidence_threshold: float | None = None, stability_threshold: int | None = None,
+                          hidden: int = 32) -> Path:
     """A tiny random DiffusionGemma folder. `sharp` scales the embeddings (tied to the output head) so that its
     predictions are peaked enough for the entropy-bound sampler to accept several positions a step and for
     an end-of-text to come early, as a trained model's do. `confidence_threshold` replaces the released one
-    (0.005), e.g. to let the adaptive stopping rule end canvases before the last step."""
+    (0.005), e.g. to let the adaptive stopping rule end canvases before the last step. `hidden`: the width (64 or
+    more for bitsandbytes' 4-bit CPU kernel, which packs rows in blocks of 64)."""
     from transformers import DiffusionGemmaConfig, DiffusionGemmaForBlockDiffusion
     from transformers.models.diffusion_gemma.generation_diffusion_gemma import (
         DiffusionGemmaGenerationConfig,
@@ -57,7 +59,7 @@ def build_diffusion_gemma(root: Path, name: str = "tiny-diffusion-gemma", *, can
 
     released = json.loads((FIXTURE / "config.json").read_text())
     text = dict(released["text_config"])
-    text.update(hidden_size=32, intermediate_size=32, moe_intermediate_size=16, num_experts=4, top_k_experts=2,
+    text.update(hidden_size=hidden, intermediate_size=hidden, moe_intermediate_size=hidden // 2, num_experts=4, top_k_experts=2,
                 num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1, num_global_key_value_heads=1,
                 head_dim=16, global_head_dim=32, sliding_window=8, max_position_embeddings=max_positions,
                 layer_types=["sliding_attention", "full_attention"])

@@ -122,6 +122,8 @@ def test_bad_checkpoints_get_one_line(folders, tmp_path):
     done = cli("generate", "hi", "--model", str(no_generation), "--free")
     assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1
     assert "no generation_config.json" in done.stderr
+    done = cli("plan", "--model", str(no_generation))  # the plan still prints, and says the member cannot load
+    assert done.returncode == 0 and "cannot load" in done.stdout and "no generation_config.json" in done.stdout
 
     long_canvas = linked_copy(folders["a"], tmp_path / "long-canvas", ("config.json",))
     config = json.loads((folders["a"] / "config.json").read_text())
@@ -211,3 +213,179 @@ def test_plan_of_the_released_configuration_counts_its_experts():
     assert done.returncode == 0, done.stderr[-2000:]
     member = json.loads(done.stdout)["members"][0]
     assert member["loads"] == "native" and 49e9 < member["weight_bytes"] < 54e9
+
+
+# --- memory: what 4/8-bit quantizes, and the released model under 16 and 24 GiB --------------------------------
+
+RELEASED = json.loads((ROOT / "tests" / "fixtures" / "diffusion_gemma" / "config.json").read_text())["text_config"]
+
+
+def test_the_estimate_quantizes_what_bitsandbytes_quantizes(folders):
+    """At 4 and 8 bits the load quantizes exactly the weights the estimate counts as quantized (the vision tower's
+    and the self-conditioning's linear layers: not the tied text layers, not the 3-D experts), and the estimate
+    comes to the measured footprint."""
+    import bitsandbytes as bnb
+
+    from tie_lite.runtime.checkpoint import checkpoint_tensors
+    from tie_lite.runtime.sizes import estimate_member
+
+    family = load_member(str(folders["a"])).family
+    predicted = {name for name, (_, shape) in checkpoint_tensors(str(folders["a"])).items()
+                 if family.quantized_weight(name, shape)}
+    for quant in ("4bit", "8bit"):
+        member = load_member(str(folders["a"]), quant=quant)
+        quantized = {f"{name}.weight" for name, module in member.model.named_modules()
+                     if isinstance(module, (bnb.nn.Linear4bit, bnb.nn.Linear8bitLt))}
+        assert quantized == predicted and any("self_conditioning" in n for n in quantized)
+        experts = member.model.model.decoder.layers[0].experts
+        assert type(experts.gate_up_proj) is torch.nn.Parameter and experts.gate_up_proj.dim() == 3
+        estimate = estimate_member(str(folders["a"]), quant=quant)
+        assert abs(estimate.weight_bytes - member.footprint_bytes) < 0.01 * member.footprint_bytes
+
+
+def test_the_config_alone_gives_the_checkpoint_s_sizes(folders, tmp_path):
+    """The weight table built from config.json alone (the released model's plan) holds what the checkpoint holds:
+    the same parameters, experts and bytes at every quantization (each weight the encoder and decoder share once)."""
+    from tie_lite.runtime.sizes import estimate_member
+
+    config_only = tmp_path / "config-only"
+    config_only.mkdir()
+    (config_only / "config.json").write_text((folders["a"] / "config.json").read_text())
+    for quant in ("none", "4bit"):
+        exact, from_config = (estimate_member(str(f), quant=quant) for f in (folders["a"], config_only))
+        assert exact.exact and not from_config.exact
+        for field in ("total_params", "active_params", "weight_bytes", "expert_bytes", "moe_layers"):
+            assert getattr(from_config, field) == getattr(exact, field), field
+        assert exact.moe_layers == 2 and exact.step_positions == 16
+
+
+@pytest.mark.parametrize("budget", ["16GiB", "24GiB"])
+def test_plan_of_the_released_model_at_4bit_keeps_its_experts_on_the_host(budget):
+    """`tie-lite plan` for a GPU of 16 or 24 GiB (none needed here): the routed experts, which bitsandbytes leaves
+    in bfloat16, stay in host memory; the rest fits on the device with the working memory; the activations that
+    cross per denoising step are each MoE layer's input and output over the 256-position canvas."""
+    done = cli("plan", "--model", str(ROOT / "tests" / "fixtures" / "diffusion_gemma"), "--quant", "4bit",
+               "--device", "cuda", "--max-memory", budget, "--gen-length", "256", "--json")
+    assert done.returncode == 0, done.stderr[-2000:]
+    plan = json.loads(done.stdout)
+    member = plan["members"][0]
+    assert member["placement"] == "experts-on-host" and plan["strategy"] == "resident"
+    layers, experts, hidden, width = (RELEASED[k] for k in ("num_hidden_layers", "num_experts", "hidden_size",
+                                                              "moe_intermediate_size"))
+    assert member["expert_bytes"] == layers * experts * 3 * width * hidden * 2  # gate, up and down in bfloat16
+    on_device = member["weight_bytes"] - member["expert_bytes"]
+    assert on_device + plan["working_bytes"] <= plan["budget_bytes"] < member["weight_bytes"]
+    assert member["host_step_bytes"] == 2 * layers * 256 * hidden * 2  # in and out, bfloat16, per MoE layer
+    assert round(member["active_params"] / 1e9, 2) == 4.25 and round(member["total_params"] / 1e9, 1) == 25.7
+
+
+def test_plan_of_the_released_model_is_resident_where_it_fits():
+    from tie_lite.runtime.plan import build_plan
+
+    plan, _ = build_plan([str(ROOT / "tests" / "fixtures" / "diffusion_gemma")], quant="4bit", device="cuda",
+                         max_memory="64GiB", gen_length=256)
+    assert plan.placement == ["resident"] and plan.host_step_bytes == 0
+
+
+def test_experts_on_the_host_decode_what_resident_members_decode(folders, monkeypatch):
+    """The experts-on-host placement on a tiny checkpoint: planned as beside a GPU under a budget that holds all
+    but its routed experts, loaded with them kept apart (their modules run where their weights are), it decodes
+    the same tokens as the member loaded whole."""
+    from tie_lite.runtime import session
+    from tie_lite.runtime.plan import needs_for
+    from tie_lite.runtime.scheduler import EXPERTS_ON_HOST, make_plan
+    from tie_lite.runtime.sizes import estimate_member
+
+    model = str(folders["a"])
+    settings = DecodeSettings(gen_length=32, answer_length=None, seed=3)
+    resident = session.Ensemble(session.LoadSettings(models=(model,))).run(QUESTION, settings, TieSettings())
+
+    estimate = estimate_member(model)
+    working = needs_for([estimate], session.PLAN_TOKENS, 1)[0].working_bytes
+    budget = working + estimate.weight_bytes - estimate.expert_bytes // 2  # all but half the experts fit
+    as_beside_a_gpu = lambda needs, budget, **kw: make_plan(needs, budget, **{**kw, "device": "cuda"})  # noqa: E731
+    monkeypatch.setattr(session, "make_plan", as_beside_a_gpu)
+    hosted = session.Ensemble(session.LoadSettings(models=(model,), max_memory=str(budget)))
+    assert hosted.plan.placement == [EXPERTS_ON_HOST]
+    layers = hosted.members[0].model.model.decoder.layers
+    assert all(layer.experts._forward_pre_hooks and not layer.mlp._forward_pre_hooks for layer in layers)
+    assert hosted.scheduler.sizes == [hosted.members[0].footprint_bytes - estimate.expert_bytes]  # on the device
+    result = hosted.run(QUESTION, settings, TieSettings())
+    assert result.token_ids == resident.token_ids and result.text == resident.text
+
+
+# --- the server and the chat: a DiffusionGemma member beside the shipped pair ----------------------------------
+
+MIXED_QUESTION = "What is (23+41)*7?"
+
+
+def test_the_canvas_view_tells_accepted_from_re_noised_positions(member_a):
+    """Mid-canvas, the chat's canvases view shows the positions a DiffusionGemma member has accepted on its colour
+    and the ones it has not (random tokens, re-noised each step) as their current tokens struck through, never
+    as masks; a masked member's card still shows its masks."""
+    from tie_lite.faces.chat.app import Progress, canvases_html
+
+    settings = DecodeSettings(gen_length=32, answer_length=None, seed=0)
+    traj = start_trajectory(member_a, QUESTION, settings, watch=True)
+    snapshots = []  # (pieces, accepted tokens, tokens not accepted) after each step of the first canvas
+
+    def on_step(t):
+        snapshots.append((t.pieces(), t.canvas[t.accepted].tolist(), t.canvas[~t.accepted].tolist()))
+
+    run(traj.advance(settings, 1, on_step))
+    pieces, accepted, waiting = next(s for s in snapshots if s[1] and s[2])  # part of the canvas accepted
+
+    masked = start_trajectory(load_member("tiny-sp"), QUESTION, settings, watch=True)
+    view = canvases_html(Progress(canvases={"dg-a": pieces, "tiny-sp": masked.pieces()}), ["dg-a", "tiny-sp"])
+    card, masked_card = view.split('data-member="tiny-sp"', 1)
+    tok = member_a.tokenizer
+    assert card.count('class="tie-noise"') == len(waiting) and 'class="tie-mask"' not in card
+    assert card.count('class="tie-token" data-member="dg-a"') == len(accepted)
+    for t in waiting:
+        text = tok.decode([t], skip_special_tokens=True) or tok.convert_ids_to_tokens(t)
+        assert f'>{text}</span>' in card
+    assert 'class="tie-mask"' in masked_card and "struck-through" in view
+
+
+def test_the_server_answers_with_diffusion_gemma_beside_the_shipped_pair(folders):
+    """`tie-lite serve` on a DiffusionGemma member and the shipped pair: a chat completion from the three is
+    what `tie-lite generate` answers with them, and its trace has every member scored every round."""
+    openai = pytest.importorskip("openai")
+    from test_serve import KEY, generate_text, start_server
+
+    from tie_lite.runtime.session import LoadSettings
+
+    models = (str(folders["a"]), "tiny-sp", "tiny-bpe")
+    _, url, stop = start_server(load=LoadSettings(models=models))
+    try:
+        client = openai.OpenAI(base_url=url + "/v1", api_key=KEY, max_retries=0)
+        assert [m.id for m in client.models.list()][0] == "tie:dg-a+tiny-sp+tiny-bpe"
+        reply = client.chat.completions.create(model="tie:dg-a+tiny-sp+tiny-bpe", temperature=0, max_tokens=64,
+                                               messages=[{"role": "user", "content": MIXED_QUESTION}])
+    finally:
+        stop()
+    trace = reply.model_extra["tie"]
+    assert trace["members"] == ["dg-a", "tiny-sp", "tiny-bpe"] and trace["final_member"] in trace["members"]
+    assert all(set(r["scores"]) == set(trace["members"]) for r in trace["rounds"])
+    assert reply.choices[0].message.content == generate_text(*[a for m in models for a in ("--model", m)],
+                                                             prompt=MIXED_QUESTION)
+
+
+def test_the_chat_answers_with_diffusion_gemma_beside_the_shipped_pair(folders):
+    """The chat (gradio_client against build_app) on the same three members answers what `tie-lite generate`
+    answers with them."""
+    from gradio_client import Client
+    from test_serve import generate_text
+    from test_ui import launch
+
+    from tie_lite.faces.client_settings import Defaults
+    from tie_lite.runtime.session import LoadSettings
+
+    models = (str(folders["a"]), "tiny-sp", "tiny-bpe")
+    demo, url = launch(defaults=Defaults(load=LoadSettings(models=models)))
+    try:
+        text = Client(url, verbose=False).predict(MIXED_QUESTION, api_name="/chat",
+                                                  settings={"models": ["dg-a", "tiny-sp", "tiny-bpe"]})
+    finally:
+        demo.close()
+    assert text == generate_text(*[a for m in models for a in ("--model", m)], prompt=MIXED_QUESTION)

@@ -23,8 +23,8 @@ PROMPT = "What is (23+41)*7?"
 KEY = "test-key"
 
 
-def start_server(max_batch=8, max_queue=32, api_key=KEY, **options):
-    """(app, base url, stop) for a server on the shipped pair, in this process."""
+def start_server(max_batch=8, max_queue=32, api_key=KEY, load=None, **options):
+    """(app, base url, stop) for a server on the shipped pair (or the members `load` names), in this process."""
     import httpx
     import uvicorn
 
@@ -32,7 +32,7 @@ def start_server(max_batch=8, max_queue=32, api_key=KEY, **options):
     from tie_lite.faces.serve import create_app
     from tie_lite.runtime.session import Ensemble, LoadSettings
 
-    defaults = Defaults(load=LoadSettings())
+    defaults = Defaults(load=load or LoadSettings())
     app = create_app(Ensemble(defaults.load), defaults, api_key=api_key, max_batch=max_batch, max_queue=max_queue,
                      **options)
     port = free_port()

@@ -239,14 +239,18 @@ class UniformTrajectory:
 
     def pieces(self) -> list[tuple[str, int | None]]:
         """(text, committing member) pieces: the finished tokens, then the canvas being denoised, its accepted
-        positions with their tokens and its re-noised ones as None (shown like a masked position)."""
+        positions with their tokens and this member, and its not yet accepted (random or re-noised) positions
+        as the token each holds now with None for the member (never empty text, which means a mask)."""
         tok = self.member.tokenizer
         out: list[tuple[str, int | None]] = []
         for t, owner in zip(self._written(self.generated), self.committed_by.tolist()):
             out.append((tok.decode([t], skip_special_tokens=True), int(owner)))
         if self.canvas is not None and not self.done:
             for t, ok in zip(self.canvas.tolist(), self.accepted.tolist()):
-                out.append((tok.decode([t], skip_special_tokens=True), self.index) if ok else ("", None))
+                if ok:
+                    out.append((tok.decode([t], skip_special_tokens=True), self.index))
+                else:  # a special token decodes to nothing: show its name
+                    out.append((tok.decode([t], skip_special_tokens=True) or str(tok.convert_ids_to_tokens(t)), None))
         return out
 
     def render(self, mask_symbol: str = "░") -> str:

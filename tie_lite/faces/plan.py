@@ -25,6 +25,7 @@ def cmd_plan(args) -> int:
     from tie_lite.runtime.loading import load_status, quantization_config, resolve_device  # deferred: torch
     from tie_lite.runtime.plan import build_plan, render  # deferred: loads torch
     from tie_lite.runtime.registry import DEFAULT_ENSEMBLE  # deferred: loads torch
+    import torch  # deferred: heavy, and `tie-lite --help` stays without it
 
     models = args.model or list(DEFAULT_ENSEMBLE)
     check_load_args(args)
@@ -39,7 +40,9 @@ def cmd_plan(args) -> int:
     check_lengths({"--gen-length": args.gen_length, "--prompt-length": args.prompt_length})
     device = member_devices(args)[0]
     if args.quant != "none" and device != "auto":  # the backend must be there, as at load time (same message)
-        quantization_config(args.quant, args.quant_backend, resolve_device(device), args.dtype)
+        # with --max-memory a plan may be for a GPU elsewhere: the device need not be visible here
+        target = torch.device(device) if args.max_memory is not None else resolve_device(device)
+        quantization_config(args.quant, args.quant_backend, target, args.dtype)
     threads, threads_from = thread_count(args)
     plan, estimates = build_plan(models, quant=args.quant, backend=args.quant_backend, device=device,
                                  max_memory=args.max_memory, gen_length=args.gen_length,

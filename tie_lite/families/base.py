@@ -82,6 +82,16 @@ class Family:
         """Whether a weight belongs to a routed expert (what an experts-on-host placement leaves in host memory)."""
         return False
 
+    def step_positions(self, config: dict) -> int | None:
+        """Positions every denoising forward computes whatever lengths are asked (a uniform-noise decoder's whole
+        canvas); None: the prompt and the generated positions."""
+        return None
+
+    def quantized_weight(self, tensor_name: str, shape: tuple[int, ...]) -> bool | None:
+        """Whether bitsandbytes quantizes this weight when the member loads at 4 or 8 bits; None: the general
+        rule (2-D weights of the numbered blocks), for families whose load follows it."""
+        return None
+
     def mask_id(self, config) -> int:
         return self.mask_token_id if self.mask_token_id is not None else int(config.mask_token_id)
 

@@ -296,16 +296,39 @@ def load_member_experts_on_host(spec: str, *, device: str, **kwargs) -> Member:
     """A mixture-of-experts member whose routed experts stay in host memory and compute there (llama.cpp's
     --cpu-moe), everything else on `device`: it loads on the CPU (quantized there when asked) and every leaf
     module that is not a routed expert moves to the device; the model sends each MoE layer's tokens to its
-    experts and takes their sum back."""
+    experts and takes their sum back (a module that holds routed experts as tensors of its own, as transformers'
+    fused experts do, gets its inputs moved to the host and its output moved back)."""
     member = load_member(spec, **{**kwargs, "device": "cpu"})
     if not member.family.routed_experts(read_config(member.source, member.name)):
         raise UserError(f"model '{member.name}' has no routed experts to keep on the host")
     dev = resolve_device(device)
     for name, module in member.model.named_modules():
-        if not list(module.children()) and not member.family.is_routed_expert(name + "."):
+        if member.family.is_routed_expert(name + "."):
+            if any(True for _ in module.parameters(recurse=False)):
+                compute_on_host(module)
+        elif not list(module.children()):
             module.to(dev)
     member.device = dev
     return member
+
+
+def compute_on_host(module: torch.nn.Module) -> None:
+    """Run `module` where its weights are (the host): its tensor inputs go there, and its output returns to the
+    device its first input came from."""
+    host = next(module.parameters()).device
+    caller: list[torch.device] = []
+
+    def to_host(_, args, kwargs):
+        first = next((a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)), None)
+        caller[:] = [first.device if first is not None else host]
+        move = lambda v: v.to(host) if isinstance(v, torch.Tensor) else v  # noqa: E731
+        return tuple(move(a) for a in args), {k: move(v) for k, v in kwargs.items()}
+
+    def back(_, args, kwargs, output):
+        return output.to(caller[0]) if isinstance(output, torch.Tensor) else output
+
+    module.register_forward_pre_hook(to_host, with_kwargs=True)
+    module.register_forward_hook(back, with_kwargs=True)
 
 
 def load_member_offloaded(

@@ -154,8 +154,9 @@ class Ensemble:
                     return load_member(spec, **kwargs)
             member = load()
             reload = (lambda load=load: load().model) if self.estimates[k].reload else None
-            on_device = sum(t.numel() * t.element_size() for _, t in _weight_tensors(member.model)
-                            if t.device.type == member.device.type)  # experts kept on the host do not count
+            hosted = member.family.is_routed_expert if plan.placement[k] == EXPERTS_ON_HOST else (lambda _: False)
+            on_device = sum(t.numel() * t.element_size() for name, t in _weight_tensors(member.model)
+                            if t.device.type == member.device.type and not hosted(name))  # host-kept ones do not count
             sched.add(member, WeightStore(member, self._spill, reload=reload), size=on_device)
         return sched
 

@@ -43,11 +43,14 @@ _LOADED_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 
 
 def tensor_device_bytes(name: str, dtype: str, shape: tuple[int, ...], quant: str, device: str,
-                        load_dtype: str = "auto") -> int:
+                        load_dtype: str = "auto", quantizable: bool | None = None) -> int:
     """Bytes one checkpoint tensor occupies on `device` once loaded at `quant`. Linear weights inside the numbered
-    blocks are what bitsandbytes quantizes; embeddings, norms and the output head keep their dtype."""
+    blocks are what bitsandbytes quantizes; embeddings, norms and the output head keep their dtype.
+    `quantizable`: the family's own answer where its load departs from that rule (Family.quantized_weight)."""
     numel = math.prod(shape) if shape else 1
-    quantized = quant != "none" and len(shape) == 2 and name.endswith(".weight") and _BLOCK.match(name) is not None
+    if quantizable is None:
+        quantizable = len(shape) == 2 and name.endswith(".weight") and _BLOCK.match(name) is not None
+    quantized = quant != "none" and quantizable
     if quantized and quant == "8bit":
         return numel + 4 * shape[0]  # int8 weights + one float32 scale per output row
     if quantized and quant == "4bit":
@@ -80,13 +83,16 @@ class SizeEstimate:
     active_params: int = 0  # per token: a mixture of experts computes only its routed share of the experts
     expert_bytes: int = 0  # the routed experts' weights on the device (what experts-on-host leaves on the host)
     moe_layers: int = 0
+    step_positions: int = 0  # positions every forward computes whatever the lengths (a uniform-noise canvas); 0: all
 
     def host_step_bytes(self, total_len: int, batch: int = 1) -> int:
         """Bytes that cross between device and host per forward when the routed experts stay on the host and
         compute there (llama.cpp's --cpu-moe): each MoE layer's input goes to the host and its output comes
-        back, for every position of the canvas (an upper bound: cached forwards send fewer)."""
+        back, for every position of the canvas (an upper bound: cached forwards send fewer). A uniform-noise
+        member's denoising forward computes its canvas alone (the prompt is encoded once, before it)."""
         act = 2 if self.device == "cuda" else 4
-        return 2 * self.moe_layers * batch * total_len * self.dims["hidden"] * act
+        positions = self.step_positions or total_len
+        return 2 * self.moe_layers * batch * positions * self.dims["hidden"] * act
 
     def working_bytes(self, total_len: int, batch: int = 1, read: int | None = None, cache: bool = False) -> int:
         """Transient memory of one forward over `batch` canvases of `total_len` positions, plus the sampler's
@@ -95,7 +101,7 @@ class SizeEstimate:
         (the block's and the round's first) count too."""
         d = self.dims
         act = 2 if self.device == "cuda" else (2 if d["dtype"] in ("bfloat16", "float16") and self.quant == "none" else 4)
-        b, n = batch, total_len
+        b, n = batch, max(total_len, self.step_positions)
         r = n if read is None else min(n, read)
         logits = b * r * d["vocab"] * (4 + (act if act != 4 else 0))
         kept = 2 * 2 * d["layers"] * d["kv_heads"] * (d["hidden"] // max(1, d["heads"])) * n * act if cache else 0
@@ -130,7 +136,8 @@ def estimate_member(spec: str, *, quant: str = "none", backend: str = "bitsandby
     if load_dtype != "auto":
         dims["dtype"] = load_dtype
     for tname, (dtype, shape) in tensors.items():
-        on_device = tensor_device_bytes(tname, dtype, shape, quant, device, load_dtype)
+        on_device = tensor_device_bytes(tname, dtype, shape, quant, device, load_dtype,
+                                        family.quantized_weight(tname, shape))
         weight += on_device
         numel = math.prod(shape) if shape else 1
         source_bytes += numel * DTYPE_BYTES.get(dtype, 4)
@@ -160,4 +167,5 @@ def estimate_member(spec: str, *, quant: str = "none", backend: str = "bitsandby
         active_params=active,
         expert_bytes=expert_bytes,
         moe_layers=len(moe_layers),
+        step_positions=family.step_positions(config) or 0,
     )

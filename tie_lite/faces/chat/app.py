@@ -376,7 +376,10 @@ def canvases_html(p: Progress | None, names: list[str]) -> str:
     for k, name in enumerate(names):
         spans = []
         for text, owner in p.canvases.get(name, []):
-            if owner is None:
+            if owner is None and text:  # uniform noise (DiffusionGemma): a position not accepted yet, its token now
+                spans.append(f'<span class="tie-noise" title="not accepted yet: re-noised each step">'
+                             f'{html.escape(text)}</span>')
+            elif owner is None:
                 spans.append(f'<span class="tie-mask">{MASK_SYMBOL}</span>')
             elif owner < 0 or owner >= len(names):
                 spans.append(html.escape(text))
@@ -396,6 +399,8 @@ def canvases_html(p: Progress | None, names: list[str]) -> str:
             f'<pre class="tie-canvas">{"".join(spans) or MASK_SYMBOL}</pre></div>')
     legend = ("each token on the colour of the member that committed it; ★ the leader of the latest round, "
               "whose trajectory every member continues from; ✓ the response chosen as the answer")
+    if any(owner is None and text for pieces in p.canvases.values() for text, owner in pieces):
+        legend += "; grey struck-through: a uniform-noise canvas's positions not accepted yet (random, re-noised)"
     return f'<div class="tie-canvases">{"".join(cards)}</div><div class="tie-legend">{legend}</div>'
 
 
@@ -451,6 +456,7 @@ CSS = """
 .tie-canvas { white-space: pre-wrap; word-break: break-all; font-family: var(--font-mono); margin: 4px 0 0 0;
               background: none; border: none; padding: 0; }
 .tie-mask { color: var(--body-text-color-subdued); }
+.tie-noise { color: var(--body-text-color-subdued); text-decoration: line-through; opacity: 0.7; }
 .tie-legend { font-size: 0.8em; color: var(--body-text-color-subdued); margin-top: 4px; }
 """
 
