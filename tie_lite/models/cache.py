@@ -15,6 +15,8 @@ from dataclasses import dataclass
 import torch
 from transformers.utils import ModelOutput
 
+from .layers import sdpa_mask
+
 
 @dataclass
 class CanvasCache:
@@ -93,3 +95,30 @@ def head_rows(x: torch.Tensor, logits_at: torch.Tensor | None) -> torch.Tensor:
         return x
     index = logits_at.to(x.device)[:, :, None].expand(-1, -1, x.shape[-1])
     return x.gather(1, index)
+
+
+def embedded(embed, input_ids: torch.Tensor | None, inputs_embeds: torch.Tensor | None) -> torch.Tensor:
+    """A forward's input vectors: `embed(input_ids)`, or `inputs_embeds` as given (exactly one of the two)."""
+    if (input_ids is None) == (inputs_embeds is None):
+        raise ValueError("pass exactly one of input_ids and inputs_embeds")
+    return embed(input_ids) if inputs_embeds is None else inputs_embeds
+
+
+def run_layers(layers, x: torch.Tensor, rotary, attention_mask, position_ids, canvas_cache: CanvasCache | None,
+               store_cache: bool, restrict=None) -> tuple[torch.Tensor, CanvasCache | None]:
+    """The native models' layer loop over a canvas: (hidden states, the kept CanvasCache or None). Each layer
+    is called as layer(x, cos, sin, mask, kv) with `rotary(position_ids)` -> (cos, sin); the padding mask spans
+    the whole cached canvas when there is one. `restrict(mask, position_ids, keys)`, when given, narrows the
+    on-device mask (LLaDA2's block-causal attention)."""
+    b, t = x.shape[:2]
+    position_ids, kv = positions_and_kv(x, position_ids, canvas_cache, store_cache, x.device)
+    keys = t if canvas_cache is None else canvas_cache.keys[0].shape[2]
+    mask = sdpa_mask(attention_mask, b, keys)
+    if mask is not None:
+        mask = mask.to(x.device)
+    if restrict is not None:
+        mask = restrict(mask, position_ids, keys)
+    cos, sin = rotary(position_ids)
+    for i, layer in enumerate(layers):
+        x = layer(x, cos, sin, mask, lambda k, v, i=i: kv(i, k, v))
+    return x, kv.kept

@@ -24,8 +24,8 @@ from torch import nn
 from transformers import AutoConfig, AutoModel, PretrainedConfig, PreTrainedModel
 from transformers.activations import ACT2FN
 
-from .cache import CanvasCache, CanvasLMOutput, head_rows, positions_and_kv
-from .layers import RMSNorm, rotate_half, sdpa_mask
+from .cache import CanvasCache, CanvasLMOutput, embedded, head_rows, run_layers
+from .layers import RMSNorm, rotate_half
 
 
 class DreamConfig(PretrainedConfig):
@@ -257,19 +257,11 @@ class DreamModel(PreTrainedModel):
         **kwargs,
     ) -> CanvasLMOutput:
         """Logits of a canvas (see models/cache.py for `canvas_cache`, `store_cache` and `logits_at`)."""
-        if (input_ids is None) == (inputs_embeds is None):
-            raise ValueError("pass exactly one of input_ids and inputs_embeds")
-        x = self.model.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
-        b, t = x.shape[:2]
-        position_ids, kv = positions_and_kv(x, position_ids, canvas_cache, store_cache, x.device)
-        cos, sin = self.rotary(position_ids, x.dtype)
-        mask = sdpa_mask(attention_mask, b, t if canvas_cache is None else canvas_cache.keys[0].shape[2])
-        if mask is not None:
-            mask = mask.to(x.device)
-        for i, layer in enumerate(self.model.layers):
-            x = layer(x, cos, sin, mask, lambda k, v, i=i: kv(i, k, v))
+        x = embedded(self.model.embed_tokens, input_ids, inputs_embeds)
+        x, kept = run_layers(self.model.layers, x, lambda p: self.rotary(p, x.dtype), attention_mask, position_ids,
+                             canvas_cache, store_cache)
         logits = self.lm_head(self.model.norm(head_rows(x, logits_at)))
-        return CanvasLMOutput(logits=logits, canvas_cache=kv.kept)
+        return CanvasLMOutput(logits=logits, canvas_cache=kept)
 
 
 AutoConfig.register(DreamConfig.model_type, DreamConfig, exist_ok=True)

@@ -67,3 +67,27 @@ def sdpa_mask(mask, batch: int, length: int) -> torch.Tensor | None:
     if mask.dim() == 4:
         return mask
     raise ValueError(f"attention_mask must be (batch, length) or 4-D, not {tuple(mask.shape)}")
+
+
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, heads: int, kv_heads: int,
+           scale: float | None = None) -> torch.Tensor:
+    """Bidirectional attention of q (batch, heads, length, head_dim) over k, v (batch, kv_heads, keys, head_dim),
+    as (batch, length, heads * head_dim) for the output projection. No causal mask: a masked diffusion model
+    reads the whole canvas (`mask` carries padding or block structure). `scale` None is SDPA's own 1/sqrt(head_dim)."""
+    if kv_heads != heads:  # grouped-query attention: query head h reads key/value head h // group
+        group = heads // kv_heads
+        k = k.repeat_interleave(group, dim=1, output_size=heads)
+        v = v.repeat_interleave(group, dim=1, output_size=heads)
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
+    b, _, t, head_dim = q.shape
+    return out.transpose(1, 2).reshape(b, t, heads * head_dim)
+
+
+def rope_type(rope_scaling) -> str:
+    """The RoPE variant a config's `rope_scaling` names ("default" when none); the configs keep this instead of
+    rope_scaling itself, which transformers 5 reinterprets."""
+    if not rope_scaling:
+        return "default"
+    if not isinstance(rope_scaling, dict):
+        return str(rope_scaling)[:40]
+    return str(rope_scaling.get("rope_type", rope_scaling.get("type")) or "default")

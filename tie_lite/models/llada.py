@@ -29,7 +29,6 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from transformers import (
     AutoConfig,
@@ -40,8 +39,8 @@ from transformers import (
     PreTrainedModel,
 )
 
-from .cache import CanvasCache, CanvasLMOutput, head_rows, positions_and_kv
-from .layers import ACTIVATIONS, RMSNorm, rotate_half, sdpa_mask
+from .cache import CanvasCache, CanvasLMOutput, embedded, head_rows, run_layers
+from .layers import ACTIVATIONS, RMSNorm, attend, rotate_half
 
 
 
@@ -278,13 +277,7 @@ class LLaDABlock(nn.Module):
         k = self._rotate(heads(self.k_proj(x), self.kv_heads), cos, sin)
         v = heads(self.v_proj(x), self.kv_heads)
         k, v = kv(k, v)
-        if self.kv_heads != self.heads:  # grouped-query attention: query head h reads key/value head h // group
-            group = self.heads // self.kv_heads
-            k = k.repeat_interleave(group, dim=1, output_size=self.heads)
-            v = v.repeat_interleave(group, dim=1, output_size=self.heads)
-        # bidirectional: no causal mask (a masked diffusion model reads the whole canvas)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-        return self.attn_out(out.transpose(1, 2).reshape(b, t, self.heads * self.head_dim))
+        return self.attn_out(attend(q, k, v, mask, self.heads, self.kv_heads))
 
     def forward(self, x: torch.Tensor, cos, sin, mask, kv) -> torch.Tensor:
         x = x + self.attention(self.attn_norm(x), cos, sin, mask, kv)
@@ -377,24 +370,15 @@ class LLaDAModelLM(PreTrainedModel):
         **kwargs,
     ) -> CanvasLMOutput:
         """Logits of a canvas (see models/cache.py for `canvas_cache`, `store_cache` and `logits_at`)."""
-        if (input_ids is None) == (inputs_embeds is None):
-            raise ValueError("pass exactly one of input_ids and inputs_embeds")
         tr = self.model.transformer
-        x = tr.wte(input_ids) if inputs_embeds is None else inputs_embeds
+        x = embedded(tr.wte, input_ids, inputs_embeds)
         if self.config.input_emb_norm:
             x = x * (self.config.d_model ** 0.5)
-        b, t = x.shape[:2]
-        position_ids, kv = positions_and_kv(x, position_ids, canvas_cache, store_cache, x.device)
-        cos, sin = self.rotary(position_ids)
-        mask = sdpa_mask(attention_mask, b, t if canvas_cache is None else canvas_cache.keys[0].shape[2])
-        if mask is not None:
-            mask = mask.to(x.device)
-        for i, block in enumerate(tr.blocks):
-            x = block(x, cos, sin, mask, lambda k, v, i=i: kv(i, k, v))
+        x, kept = run_layers(tr.blocks, x, self.rotary, attention_mask, position_ids, canvas_cache, store_cache)
         logits = tr.ff_out(tr.ln_f(head_rows(x, logits_at)))
         if self.config.scale_logits:
             logits = logits * (1 / math.sqrt(self.config.d_model))
-        return CanvasLMOutput(logits=logits, canvas_cache=kv.kept)
+        return CanvasLMOutput(logits=logits, canvas_cache=kept)
 
 
 AutoConfig.register(LLaDAConfig.model_type, LLaDAConfig, exist_ok=True)

@@ -48,9 +48,9 @@ from transformers import (
     PreTrainedModel,
 )
 
-from .cache import CanvasCache, CanvasLMOutput, head_rows, positions_and_kv
+from .cache import CanvasCache, CanvasLMOutput, embedded, head_rows, run_layers
 from .experts import SwiGLU, routed_expert_sum
-from .layers import ACTIVATIONS, RMSNorm, rotary_cos_sin, rotate_partial, sdpa_mask
+from .layers import ACTIVATIONS, RMSNorm, attend, rope_type, rotary_cos_sin, rotate_partial
 
 SCORE_FUNCTIONS = ("sigmoid",)  # what the authors' LLaDA2MoeGate computes; anything else is refused
 ROUTER_DTYPES = ("fp32", "float32")  # the gate runs in float32 whatever the checkpoint says
@@ -120,7 +120,7 @@ class LLaDA2MoeConfig(PretrainedConfig):
         self.norm_head = norm_head
         self.max_position_embeddings = max_position_embeddings
         self.rope_theta = rope_theta
-        self.rope_type = _rope_type(rope_scaling)  # not kept as rope_scaling: transformers 5 reinterprets that key
+        self.rope_type = rope_type(rope_scaling)  # not kept as rope_scaling: transformers 5 reinterprets that key
         self.partial_rotary_factor = partial_rotary_factor
         self.head_dim = head_dim or hidden_size // num_attention_heads
         self.num_experts = num_experts
@@ -189,14 +189,6 @@ class LLaDA2MoeConfig(PretrainedConfig):
 
     def is_moe_layer(self, index: int) -> bool:
         return self.num_experts is not None and index >= self.first_k_dense_replace
-
-
-def _rope_type(rope_scaling) -> str:
-    if not rope_scaling:
-        return "default"
-    if not isinstance(rope_scaling, dict):
-        return str(rope_scaling)[:40]
-    return str(rope_scaling.get("rope_type", rope_scaling.get("type")) or "default")
 
 
 class Router(nn.Module):
@@ -269,12 +261,7 @@ class LLaDA2Attention(nn.Module):
             q, k = self.query_layernorm(q), self.key_layernorm(k)
         q, k = rotate_partial(q, cos, sin), rotate_partial(k, cos, sin)
         k, v = kv(k, v)
-        if self.kv_heads != self.heads:  # grouped-query attention: query head h reads key/value head h // group
-            group = self.heads // self.kv_heads
-            k = k.repeat_interleave(group, dim=1, output_size=self.heads)
-            v = v.repeat_interleave(group, dim=1, output_size=self.heads)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.head_dim ** -0.5)
-        return self.dense(out.transpose(1, 2).reshape(b, t, self.heads * self.head_dim))
+        return self.dense(attend(q, k, v, mask, self.heads, self.kv_heads, scale=self.head_dim ** -0.5))
 
 
 class LLaDA2Layer(nn.Module):
@@ -376,24 +363,19 @@ class LLaDA2MoeModelLM(PreTrainedModel):
     ) -> CanvasLMOutput:
         """Logits of a canvas (see models/cache.py for `canvas_cache`, `store_cache` and `logits_at`). With
         `block_size`, attention is block-causal with block 0 starting at `block_start` (per row; default 0)."""
-        if (input_ids is None) == (inputs_embeds is None):
-            raise ValueError("pass exactly one of input_ids and inputs_embeds")
-        x = self.model.word_embeddings(input_ids) if inputs_embeds is None else inputs_embeds
-        b, t = x.shape[:2]
-        position_ids, kv = positions_and_kv(x, position_ids, canvas_cache, store_cache, x.device)
-        keys = t if canvas_cache is None else canvas_cache.keys[0].shape[2]
-        mask = sdpa_mask(attention_mask, b, keys)
+        x = embedded(self.model.word_embeddings, input_ids, inputs_embeds)
+        restrict = None
         if block_size is not None:
-            start = torch.as_tensor(0 if block_start is None else block_start).expand(b)
-            causal = block_causal_mask(position_ids, keys, int(block_size), start)
-            mask = causal if mask is None else (mask.to(torch.bool) & causal)
-        if mask is not None:
-            mask = mask.to(x.device)
-        cos, sin = self.rotary(position_ids, x.dtype)
-        for i, layer in enumerate(self.model.layers):
-            x = layer(x, cos, sin, mask, lambda k, v, i=i: kv(i, k, v))
+            start = torch.as_tensor(0 if block_start is None else block_start).expand(x.shape[0])
+
+            def restrict(mask, positions, keys):  # padding and block-causality: a key must pass both
+                causal = block_causal_mask(positions, keys, int(block_size), start)
+                return causal if mask is None else (mask.to(torch.bool) & causal)
+
+        x, kept = run_layers(self.model.layers, x, lambda p: self.rotary(p, x.dtype), attention_mask, position_ids,
+                             canvas_cache, store_cache, restrict)
         logits = self.lm_head(self.model.norm(head_rows(x, logits_at))).float()
-        return CanvasLMOutput(logits=logits, canvas_cache=kv.kept)
+        return CanvasLMOutput(logits=logits, canvas_cache=kept)
 
 
 AutoConfig.register(LLaDA2MoeConfig.model_type, LLaDA2MoeConfig, exist_ok=True)

@@ -40,9 +40,9 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import AutoConfig, AutoModel, AutoModelForMaskedLM, PretrainedConfig, PreTrainedModel
 
-from .cache import CanvasCache, CanvasLMOutput, head_rows, positions_and_kv
+from .cache import CanvasCache, CanvasLMOutput, embedded, head_rows, run_layers
 from .experts import SwiGLU, routed_expert_sum
-from .layers import ACTIVATIONS, RMSNorm, rotary_cos_sin, rotate_partial, sdpa_mask
+from .layers import ACTIVATIONS, RMSNorm, attend, rope_type, rotary_cos_sin, rotate_partial
 
 SCORE_FUNCTIONS = (None, "softmax")  # what the authors' LLaDAMoESparseMoeBlock computes; anything else is refused
 MODEL_TYPES = ("llada", "lladamoe")  # the released config's and the one the dllm library asks users to write
@@ -103,7 +103,7 @@ class LLaDAMoEConfig(PretrainedConfig):
         self.rms_norm_eps = rms_norm_eps
         self.rope_theta = rope_theta
         self.partial_rotary_factor = partial_rotary_factor
-        self.rope_type = _rope_type(rope_scaling)  # not kept as rope_scaling: transformers 5 reinterprets that key
+        self.rope_type = rope_type(rope_scaling)  # not kept as rope_scaling: transformers 5 reinterprets that key
         self.attention_bias = attention_bias
         self.clip_qkv = clip_qkv
         self.qk_layernorm = qk_layernorm
@@ -182,14 +182,6 @@ class LLaDAMoEConfig(PretrainedConfig):
         return self.moe_layer_freq[index] != 0
 
 
-def _rope_type(rope_scaling) -> str:
-    if not rope_scaling:
-        return "default"
-    if not isinstance(rope_scaling, dict):
-        return str(rope_scaling)[:40]
-    return str(rope_scaling.get("rope_type", rope_scaling.get("type")) or "default")
-
-
 class RouterGate(nn.Module):
     """`mlp.gate`: the router's (experts, hidden) weight. Not an nn.Linear, so that quantization (bitsandbytes
     replaces linear layers) leaves the routing in the checkpoint's precision, as LLaDA2's router is kept."""
@@ -260,13 +252,7 @@ class LLaDAMoEAttention(nn.Module):
         q, k, v = (z.transpose(1, 2) for z in (q, k, v))
         q, k = rotate_partial(q, cos, sin), rotate_partial(k, cos, sin)
         k, v = kv(k, v)
-        if self.kv_heads != self.heads:  # grouped-query attention: query head h reads key/value head h // group
-            group = self.heads // self.kv_heads
-            k = k.repeat_interleave(group, dim=1, output_size=self.heads)
-            v = v.repeat_interleave(group, dim=1, output_size=self.heads)
-        # bidirectional: no causal mask (a masked diffusion model reads the whole canvas)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.head_dim ** -0.5)
-        return self.o_proj(out.transpose(1, 2).reshape(b, t, self.heads * self.head_dim))
+        return self.o_proj(attend(q, k, v, mask, self.heads, self.kv_heads, scale=self.head_dim ** -0.5))
 
 
 class LLaDAMoELayer(nn.Module):
@@ -353,19 +339,12 @@ class LLaDAMoEModelLM(PreTrainedModel):
         **kwargs,
     ) -> CanvasLMOutput:
         """Logits of a canvas (see models/cache.py for `canvas_cache`, `store_cache` and `logits_at`)."""
-        if (input_ids is None) == (inputs_embeds is None):
-            raise ValueError("pass exactly one of input_ids and inputs_embeds")
-        x = self.model.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
-        b, t = x.shape[:2]
-        position_ids, kv = positions_and_kv(x, position_ids, canvas_cache, store_cache, x.device)
-        mask = sdpa_mask(attention_mask, b, t if canvas_cache is None else canvas_cache.keys[0].shape[2])
-        if mask is not None:
-            mask = mask.to(x.device)
-        cos, sin = rotary_cos_sin(position_ids, self.config.rotary_dim, self.config.rope_theta, x.dtype)
-        for i, layer in enumerate(self.model.layers):
-            x = layer(x, cos, sin, mask, lambda k, v, i=i: kv(i, k, v))
+        x = embedded(self.model.embed_tokens, input_ids, inputs_embeds)
+        x, kept = run_layers(self.model.layers, x, lambda p: rotary_cos_sin(p, self.config.rotary_dim,
+                                                                             self.config.rope_theta, x.dtype),
+                             attention_mask, position_ids, canvas_cache, store_cache)
         logits = self.lm_head(self.model.norm(head_rows(x, logits_at)))
-        return CanvasLMOutput(logits=logits, canvas_cache=kv.kept)
+        return CanvasLMOutput(logits=logits, canvas_cache=kept)
 
 
 AutoConfig.register(LLaDAMoEConfig.model_type, LLaDAMoEConfig, exist_ok=True)
