@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import ClassVar
 
 from tie_lite.errors import UserError
 from tie_lite.models.llada2_moe import LLaDA2MoeConfig
@@ -39,6 +40,7 @@ class LingFamily(Family):
     (`model.layers.N.mlp.experts.E.*`, counted by `num_experts` / `num_experts_per_tok`)."""
 
     fallback_chat_template: str = CHAT_TEMPLATE  # when a checkpoint's tokenizer carries no template of its own
+    embedding_weight: ClassVar[str] = "model.word_embeddings.weight"  # the input embedding's hub name
 
     def load_tokenizer(self, source: str, trust_remote_code: bool = False):
         tokenizer = super().load_tokenizer(source, trust_remote_code=trust_remote_code)
@@ -59,21 +61,24 @@ class LingFamily(Family):
     def is_routed_expert(self, tensor_name: str) -> bool:
         return ROUTED_EXPERT.search(tensor_name) is not None
 
+    def architecture_config(self, config: dict):
+        """The architecture's config for a checkpoint's config.json; ValueError or TypeError where it is none."""
+        raise NotImplementedError
 
-@dataclass(frozen=True)
-class LLaDA2Family(LingFamily):
+    def layer_tensors(self, cfg, n: int, prefix: str, dt: str, table: dict, mlp) -> None:
+        """Adds layer n's attention and MLP weights to `table`; `mlp(prefix, width)` adds a SwiGLU's three."""
+        raise NotImplementedError
 
     def config_tensors(self, config: dict) -> dict | None:
         """The architecture's weight table for this config, written out from the layout (instantiating 16B
         parameters even on the meta device takes half a minute); a test checks it against the model's own."""
         try:
-            cfg = LLaDA2MoeConfig(**{k: v for k, v in config.items() if k != "model_type"})
+            cfg = self.architecture_config(config)
         except (ValueError, TypeError):
             return None
         dt = {"float32": "F32", "float16": "F16"}.get(str(config.get("dtype", config.get("torch_dtype"))), "BF16")
-        h, v, hd = cfg.hidden_size, cfg.vocab_size, cfg.head_dim
-        heads, kv = cfg.num_attention_heads, cfg.num_key_value_heads
-        table = {"model.word_embeddings.weight": (dt, (v, h)), "model.norm.weight": (dt, (h,))}
+        h, v = cfg.hidden_size, cfg.vocab_size
+        table = {self.embedding_weight: (dt, (v, h)), "model.norm.weight": (dt, (h,))}
         if not cfg.tie_word_embeddings:
             table["lm_head.weight"] = (dt, (v, h))
 
@@ -84,38 +89,49 @@ class LLaDA2Family(LingFamily):
         for n in range(cfg.num_hidden_layers):
             p = f"model.layers.{n}"
             table[f"{p}.input_layernorm.weight"] = table[f"{p}.post_attention_layernorm.weight"] = (dt, (h,))
-            table[f"{p}.attention.query_key_value.weight"] = (dt, ((heads + 2 * kv) * hd, h))
-            if cfg.use_qkv_bias:
-                table[f"{p}.attention.query_key_value.bias"] = (dt, ((heads + 2 * kv) * hd,))
-            if cfg.use_qk_norm:
-                table[f"{p}.attention.query_layernorm.weight"] = table[f"{p}.attention.key_layernorm.weight"] = (dt, (hd,))
-            table[f"{p}.attention.dense.weight"] = (dt, (h, heads * hd))
-            if cfg.use_bias:
-                table[f"{p}.attention.dense.bias"] = (dt, (h,))
-            if not cfg.is_moe_layer(n):
-                mlp(f"{p}.mlp", int(cfg.intermediate_size))
-                continue
-            experts, width = int(cfg.num_experts), int(cfg.moe_intermediate_size)
-            table[f"{p}.mlp.gate.weight"] = (dt, (experts, h))
-            table[f"{p}.mlp.gate.expert_bias"] = ("F32", (experts,))
-            for e in range(experts):
-                mlp(f"{p}.mlp.experts.{e}", width)
-            if cfg.num_shared_experts:
-                mlp(f"{p}.mlp.shared_experts", width * int(cfg.num_shared_experts))
+            self.layer_tensors(cfg, n, p, dt, table, mlp)
         return table
 
     def check_checkpoint(self, config: dict, source: str, tensors, name: str) -> None:
         """The config's router and sizes are ones the architecture implements, and every MoE layer's weights
         hold exactly the experts the config names."""
         try:
-            cfg = LLaDA2MoeConfig(**{k: v for k, v in config.items() if k != "model_type"})
+            cfg = self.architecture_config(config)
         except (ValueError, TypeError) as exc:
             raise UserError(f"model '{name}': {str(exc).splitlines()[0]}") from None
-        if cfg.num_experts is None:
+        if cfg.num_experts is None:  # dense: no expert weights to count
             return
         table = tensors()
         if table is not None:
             check_experts(cfg, table, name)
+
+
+@dataclass(frozen=True)
+class LLaDA2Family(LingFamily):
+
+    def architecture_config(self, config: dict) -> LLaDA2MoeConfig:
+        return LLaDA2MoeConfig(**{k: v for k, v in config.items() if k != "model_type"})
+
+    def layer_tensors(self, cfg: LLaDA2MoeConfig, n: int, p: str, dt: str, table: dict, mlp) -> None:
+        h, hd, heads, kv = cfg.hidden_size, cfg.head_dim, cfg.num_attention_heads, cfg.num_key_value_heads
+        table[f"{p}.attention.query_key_value.weight"] = (dt, ((heads + 2 * kv) * hd, h))
+        if cfg.use_qkv_bias:
+            table[f"{p}.attention.query_key_value.bias"] = (dt, ((heads + 2 * kv) * hd,))
+        if cfg.use_qk_norm:
+            table[f"{p}.attention.query_layernorm.weight"] = table[f"{p}.attention.key_layernorm.weight"] = (dt, (hd,))
+        table[f"{p}.attention.dense.weight"] = (dt, (h, heads * hd))
+        if cfg.use_bias:
+            table[f"{p}.attention.dense.bias"] = (dt, (h,))
+        if not cfg.is_moe_layer(n):
+            mlp(f"{p}.mlp", int(cfg.intermediate_size))
+            return
+        experts, width = int(cfg.num_experts), int(cfg.moe_intermediate_size)
+        table[f"{p}.mlp.gate.weight"] = (dt, (experts, h))
+        table[f"{p}.mlp.gate.expert_bias"] = ("F32", (experts,))
+        for e in range(experts):
+            mlp(f"{p}.mlp.experts.{e}", width)
+        if cfg.num_shared_experts:
+            mlp(f"{p}.mlp.shared_experts", width * int(cfg.num_shared_experts))
 
 
 ROUTED_EXPERT = re.compile(r"\.mlp\.experts\.\d+\.")  # a routed expert's weight (never the shared experts)

@@ -13,11 +13,11 @@ from the tokenizer. Its sampler is LLaDA's generate(): low-confidence remasking 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
-from tie_lite.errors import UserError
 from tie_lite.models.llada_moe import LLaDAMoEConfig, LLaDAMoEModelLM
 
-from .llada2 import LingFamily, check_experts
+from .llada2 import LingFamily
 
 # Ling's role tags without LLaDA2's "detailed thinking off" system turn, for a tokenizer that carries no template
 CHAT_TEMPLATE = (
@@ -44,60 +44,34 @@ def model_config(config: dict) -> LLaDAMoEConfig:
 
 @dataclass(frozen=True)
 class LLaDAMoEFamily(LingFamily):
+    embedding_weight: ClassVar[str] = "model.embed_tokens.weight"
+
     def model_loader(self):
         """The class itself: the released config's model_type "llada" would make the Auto classes build dense LLaDA."""
         self.register()
         return LLaDAMoEModelLM
 
-    def config_tensors(self, config: dict) -> dict | None:
-        """The architecture's weight table for this config, written out from the layout; a test checks it
-        against the model's own."""
-        try:
-            cfg = model_config(config)
-        except (ValueError, TypeError):
-            return None
-        dt = {"float32": "F32", "float16": "F16"}.get(str(config.get("dtype", config.get("torch_dtype"))), "BF16")
-        h, v, hd = cfg.hidden_size, cfg.vocab_size, cfg.head_dim
-        heads, kv = cfg.num_attention_heads, cfg.num_key_value_heads
-        table = {"model.embed_tokens.weight": (dt, (v, h)), "model.norm.weight": (dt, (h,))}
-        if not cfg.tie_word_embeddings:
-            table["lm_head.weight"] = (dt, (v, h))
+    def architecture_config(self, config: dict) -> LLaDAMoEConfig:
+        return model_config(config)
 
-        def mlp(prefix: str, width: int) -> None:
-            table.update({f"{prefix}.gate_proj.weight": (dt, (width, h)), f"{prefix}.up_proj.weight": (dt, (width, h)),
-                          f"{prefix}.down_proj.weight": (dt, (h, width))})
-
-        for n in range(cfg.num_hidden_layers):
-            p = f"model.layers.{n}"
-            table[f"{p}.input_layernorm.weight"] = table[f"{p}.post_attention_layernorm.weight"] = (dt, (h,))
-            for proj, rows in (("q_proj", heads * hd), ("k_proj", kv * hd), ("v_proj", kv * hd), ("o_proj", h)):
-                table[f"{p}.self_attn.{proj}.weight"] = (dt, (rows, heads * hd if proj == "o_proj" else h))
-                if cfg.attention_bias:
-                    table[f"{p}.self_attn.{proj}.bias"] = (dt, (rows,))
-            if cfg.qk_layernorm:
-                table[f"{p}.self_attn.q_norm.weight"] = table[f"{p}.self_attn.k_norm.weight"] = (dt, (hd,))
-            if not cfg.is_moe_layer(n):
-                mlp(f"{p}.mlp", int(cfg.dense_intermediate_size))
-                continue
-            table[f"{p}.mlp.gate.weight"] = (dt, (cfg.num_experts, h))
-            if cfg.moe_router_enable_expert_bias:
-                table[f"{p}.mlp.expert_bias"] = ("F32", (cfg.num_experts,))
-            for e in range(cfg.num_experts):
-                mlp(f"{p}.mlp.experts.{e}", int(cfg.expert_intermediate_size))
-            if cfg.shared_expert_intermediate_size:
-                mlp(f"{p}.shared_expert", int(cfg.shared_expert_intermediate_size))
-        return table
-
-    def check_checkpoint(self, config: dict, source: str, tensors, name: str) -> None:
-        """The config's router and sizes are ones the architecture implements, and every MoE layer's weights
-        hold exactly the experts the config names."""
-        try:
-            cfg = model_config(config)
-        except (ValueError, TypeError) as exc:
-            raise UserError(f"model '{name}': {str(exc).splitlines()[0]}") from None
-        table = tensors()
-        if table is not None:
-            check_experts(cfg, table, name)
+    def layer_tensors(self, cfg: LLaDAMoEConfig, n: int, p: str, dt: str, table: dict, mlp) -> None:
+        h, hd, heads, kv = cfg.hidden_size, cfg.head_dim, cfg.num_attention_heads, cfg.num_key_value_heads
+        for proj, rows in (("q_proj", heads * hd), ("k_proj", kv * hd), ("v_proj", kv * hd), ("o_proj", h)):
+            table[f"{p}.self_attn.{proj}.weight"] = (dt, (rows, heads * hd if proj == "o_proj" else h))
+            if cfg.attention_bias:
+                table[f"{p}.self_attn.{proj}.bias"] = (dt, (rows,))
+        if cfg.qk_layernorm:
+            table[f"{p}.self_attn.q_norm.weight"] = table[f"{p}.self_attn.k_norm.weight"] = (dt, (hd,))
+        if not cfg.is_moe_layer(n):
+            mlp(f"{p}.mlp", int(cfg.dense_intermediate_size))
+            return
+        table[f"{p}.mlp.gate.weight"] = (dt, (cfg.num_experts, h))
+        if cfg.moe_router_enable_expert_bias:
+            table[f"{p}.mlp.expert_bias"] = ("F32", (cfg.num_experts,))
+        for e in range(cfg.num_experts):
+            mlp(f"{p}.mlp.experts.{e}", int(cfg.expert_intermediate_size))
+        if cfg.shared_expert_intermediate_size:
+            mlp(f"{p}.shared_expert", int(cfg.shared_expert_intermediate_size))
 
 
 LLADA_MOE = LLaDAMoEFamily(
