@@ -6,6 +6,9 @@ computes keys and values for those positions, writes them over the cached ones, 
 canvas (and keeps the rewritten canvas when it also stores: block-causal members extend their cache so). Which positions are recomputed is the caller's choice: everything after the committed prefix
 (Fast-dLLM's prefix cache) or only the current block and the watched positions (its dual cache). With
 `logits_at`, the output head runs only at those indices of the input, never over canvas x vocabulary.
+
+The rest of the forward plumbing those models share sits here too: the input embedding, the layer loop
+over a (cached) canvas, and transformers' embedding accessors.
 """
 
 from __future__ import annotations
@@ -122,3 +125,36 @@ def run_layers(layers, x: torch.Tensor, rotary, attention_mask, position_ids, ca
     for i, layer in enumerate(layers):
         x = layer(x, cos, sin, mask, lambda k, v, i=i: kv(i, k, v))
     return x, kv.kept
+
+
+class EmbeddingAccessors:
+    """transformers' get/set_input/output_embeddings for a model whose embeddings sit at the dotted attribute
+    paths `input_embeddings_at` and `output_embeddings_at` (its hub parameter names). Listed before
+    PreTrainedModel among the bases, so that these accessors are the ones used."""
+
+    input_embeddings_at: str = "model.embed_tokens"
+    output_embeddings_at: str = "lm_head"
+
+    def _module_at(self, path: str):
+        """(the module holding the attribute at `path`, the attribute's name)."""
+        parents, _, name = path.rpartition(".")
+        owner = self
+        for part in parents.split(".") if parents else ():
+            owner = getattr(owner, part)
+        return owner, name
+
+    def get_input_embeddings(self):
+        owner, name = self._module_at(self.input_embeddings_at)
+        return getattr(owner, name)
+
+    def set_input_embeddings(self, value):
+        owner, name = self._module_at(self.input_embeddings_at)
+        setattr(owner, name, value)
+
+    def get_output_embeddings(self):
+        owner, name = self._module_at(self.output_embeddings_at)
+        return getattr(owner, name)
+
+    def set_output_embeddings(self, value):
+        owner, name = self._module_at(self.output_embeddings_at)
+        setattr(owner, name, value)

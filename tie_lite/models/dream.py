@@ -24,7 +24,7 @@ from torch import nn
 from transformers import AutoConfig, AutoModel, PretrainedConfig, PreTrainedModel
 from transformers.activations import ACT2FN
 
-from .cache import CanvasCache, CanvasLMOutput, embedded, head_rows, run_layers
+from .cache import CanvasCache, CanvasLMOutput, EmbeddingAccessors, embedded, head_rows, run_layers
 from .layers import RMSNorm, rotate_half
 
 
@@ -190,7 +190,7 @@ def _padding_idx(config: DreamConfig) -> int | None:
     return pad if isinstance(pad, int) and 0 <= pad < config.vocab_size else None
 
 
-class DreamModel(PreTrainedModel):
+class DreamModel(EmbeddingAccessors, PreTrainedModel):
     """Dream with its hub parameter names: `model.embed_tokens`, `model.layers.N.{self_attn,mlp,...}`,
     `model.norm`, `lm_head`. forward returns `.logits` as the authors' model does (raw, shifted by one)."""
 
@@ -221,18 +221,6 @@ class DreamModel(PreTrainedModel):
                     module.weight[module.padding_idx].zero_()
         elif isinstance(module, RMSNorm):
             nn.init.ones_(module.weight)
-
-    def get_input_embeddings(self):
-        return self.model.embed_tokens
-
-    def set_input_embeddings(self, value):
-        self.model.embed_tokens = value
-
-    def get_output_embeddings(self):
-        return self.lm_head
-
-    def set_output_embeddings(self, value):
-        self.lm_head = value
 
     def rotary(self, position_ids: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         """cos, sin of shape (batch, 1, length, head_dim), computed in float32 and cast to `dtype`."""

@@ -39,7 +39,7 @@ from transformers import (
     PreTrainedModel,
 )
 
-from .cache import CanvasCache, CanvasLMOutput, embedded, head_rows, run_layers
+from .cache import CanvasCache, CanvasLMOutput, EmbeddingAccessors, embedded, head_rows, run_layers
 from .layers import ACTIVATIONS, RMSNorm, attend, rotate_half
 
 
@@ -302,7 +302,7 @@ class LLaDABackbone(nn.Module):
         self.transformer = nn.ModuleDict(parts)
 
 
-class LLaDAModelLM(PreTrainedModel):
+class LLaDAModelLM(EmbeddingAccessors, PreTrainedModel):
     """LLaDA with its hub parameter names. forward(input_ids) returns `.logits`, the prediction for position i
     at index i, over `embedding_size` rows."""
 
@@ -313,6 +313,7 @@ class LLaDAModelLM(PreTrainedModel):
     _tied_weights_keys = {"model.transformer.ff_out.weight": "model.transformer.wte.weight"}  # when weight_tying
     supports_gradient_checkpointing = False
     _supports_sdpa = True
+    input_embeddings_at, output_embeddings_at = "model.transformer.wte", "model.transformer.ff_out"
 
     def __init__(self, config: LLaDAConfig):
         super().__init__(config)
@@ -330,18 +331,6 @@ class LLaDAModelLM(PreTrainedModel):
             nn.init.ones_(module.weight)
             if module.bias is not None:
                 nn.init.zeros_(module.bias)
-
-    def get_input_embeddings(self):
-        return self.model.transformer.wte
-
-    def set_input_embeddings(self, value):
-        self.model.transformer.wte = value
-
-    def get_output_embeddings(self):
-        return self.model.transformer.ff_out
-
-    def set_output_embeddings(self, value):
-        self.model.transformer.ff_out = value
 
     def rotary(self, position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """cos, sin of shape (batch, 1, length, head_dim) in float32. The table is computed on the CPU and moved,

@@ -48,7 +48,7 @@ from transformers import (
     PreTrainedModel,
 )
 
-from .cache import CanvasCache, CanvasLMOutput, embedded, head_rows, run_layers
+from .cache import CanvasCache, CanvasLMOutput, EmbeddingAccessors, embedded, head_rows, run_layers
 from .experts import SwiGLU, routed_expert_sum
 from .layers import ACTIVATIONS, RMSNorm, attend, rope_type, rotary_cos_sin, rotate_partial
 
@@ -301,7 +301,7 @@ def block_causal_mask(query_positions: torch.Tensor, key_length: int, block_size
     return (k_block[:, None, :] <= q_block[:, :, None])[:, None]
 
 
-class LLaDA2MoeModelLM(PreTrainedModel):
+class LLaDA2MoeModelLM(EmbeddingAccessors, PreTrainedModel):
     """LLaDA2.x with its hub parameter names. forward(input_ids) returns `.logits` (float32), the prediction
     for position i at index i; `block_size` and `block_start` make attention block-causal."""
 
@@ -312,6 +312,7 @@ class LLaDA2MoeModelLM(PreTrainedModel):
     _tied_weights_keys = {"lm_head.weight": "model.word_embeddings.weight"}  # when tie_word_embeddings
     supports_gradient_checkpointing = False
     _supports_sdpa = True
+    input_embeddings_at = "model.word_embeddings"
     block_causal = True  # tie-lite's sampler may reuse finished blocks' keys and values (models/cache.py)
 
     def __init__(self, config: LLaDA2MoeConfig):
@@ -331,18 +332,6 @@ class LLaDA2MoeModelLM(PreTrainedModel):
         elif isinstance(module, Router):
             nn.init.normal_(module.weight, std=std)
             module.expert_bias.zero_()
-
-    def get_input_embeddings(self):
-        return self.model.word_embeddings
-
-    def set_input_embeddings(self, value):
-        self.model.word_embeddings = value
-
-    def get_output_embeddings(self):
-        return self.lm_head
-
-    def set_output_embeddings(self, value):
-        self.lm_head = value
 
     def rotary(self, position_ids: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         """cos, sin of shape (batch, 1, length, rotary_dim), computed in float32 and cast to `dtype`."""

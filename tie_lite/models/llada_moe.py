@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import AutoConfig, AutoModel, AutoModelForMaskedLM, PretrainedConfig, PreTrainedModel
 
-from .cache import CanvasCache, CanvasLMOutput, embedded, head_rows, run_layers
+from .cache import CanvasCache, CanvasLMOutput, EmbeddingAccessors, embedded, head_rows, run_layers
 from .experts import SwiGLU, routed_expert_sum
 from .layers import ACTIVATIONS, RMSNorm, attend, rope_type, rotary_cos_sin, rotate_partial
 
@@ -286,7 +286,7 @@ class LLaDAMoEBackbone(nn.Module):
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 
 
-class LLaDAMoEModelLM(PreTrainedModel):
+class LLaDAMoEModelLM(EmbeddingAccessors, PreTrainedModel):
     """LLaDA-MoE with its hub parameter names. forward(input_ids) returns `.logits` (model dtype), the prediction
     for position i at index i."""
 
@@ -314,18 +314,6 @@ class LLaDAMoEModelLM(PreTrainedModel):
             nn.init.ones_(module.weight)
         elif isinstance(module, SoftmaxRouter) and module.expert_bias is not None:
             module.expert_bias.zero_()
-
-    def get_input_embeddings(self):
-        return self.model.embed_tokens
-
-    def set_input_embeddings(self, value):
-        self.model.embed_tokens = value
-
-    def get_output_embeddings(self):
-        return self.lm_head
-
-    def set_output_embeddings(self, value):
-        self.lm_head = value
 
     def forward(
         self,
