@@ -353,16 +353,15 @@ class LLaDA2MoeModelLM(EmbeddingAccessors, PreTrainedModel):
         """Logits of a canvas (see models/cache.py for `canvas_cache`, `store_cache` and `logits_at`). With
         `block_size`, attention is block-causal with block 0 starting at `block_start` (per row; default 0)."""
         x = embedded(self.model.word_embeddings, input_ids, inputs_embeds)
-        restrict = None
-        if block_size is not None:
-            start = torch.as_tensor(0 if block_start is None else block_start).expand(x.shape[0])
+        batch = x.shape[0]
 
-            def restrict(mask, positions, keys):  # padding and block-causality: a key must pass both
-                causal = block_causal_mask(positions, keys, int(block_size), start)
-                return causal if mask is None else (mask.to(torch.bool) & causal)
+        def block_causal(mask, positions, keys):  # padding and block-causality: a key must pass both
+            start = torch.as_tensor(0 if block_start is None else block_start).expand(batch)
+            causal = block_causal_mask(positions, keys, int(block_size), start)
+            return causal if mask is None else (mask.to(torch.bool) & causal)
 
         x, kept = run_layers(self.model.layers, x, lambda p: self.rotary(p, x.dtype), attention_mask, position_ids,
-                             canvas_cache, store_cache, restrict)
+                             canvas_cache, store_cache, block_causal if block_size is not None else None)
         logits = self.lm_head(self.model.norm(head_rows(x, logits_at))).float()
         return CanvasLMOutput(logits=logits, canvas_cache=kept)
 
