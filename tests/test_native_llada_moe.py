@@ -60,6 +60,16 @@ def test_the_released_config_is_llada_moe_never_dense_llada():
     assert family_for("llada", config=dense) is LLADA
 
 
+def test_loads_in_a_process_that_knows_dense_llada(checkpoint):
+    """With dense LLaDA's classes registered (an ensemble with LLaDA-8B, or any earlier LLaDA load), the released
+    model_type "llada" must not reach transformers' Auto classes, which would build dense LLaDA's config."""
+    code = ("import sys, tie_lite.models.llada; from tie_lite.runtime.loading import load_member; "
+            "m = load_member(sys.argv[1]); print(type(m.model).__name__)")
+    done = subprocess.run([sys.executable, "-c", code, str(checkpoint.path)], capture_output=True, text=True,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0 and done.stdout.strip() == "LLaDAMoEModelLM", done.stderr[-500:]
+
+
 @pytest.mark.parametrize("model_type", ["llada", "lladamoe"])
 def test_loads_natively_by_the_hub_parameter_names(checkpoint, member, tmp_path, model_type):
     if model_type != "llada":  # the name the dllm library asks users to write into config.json

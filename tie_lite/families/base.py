@@ -60,8 +60,13 @@ class Family:
 
     def load_tokenizer(self, source: str, trust_remote_code: bool = False):
         """The checkpoint's tokenizer (families whose hub tokenizer is remote code override this)."""
+        return AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code,
+                                             **self.tokenizer_options(source))
 
-        return AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
+    def tokenizer_options(self, source: str) -> dict:
+        """More keyword arguments for AutoTokenizer (a family whose config's model_type is another family's
+        gives its own config, so that the Auto classes do not build the other family's)."""
+        return {}
 
     def check_checkpoint(self, config: dict, source: str, tensors, name: str) -> None:
         """Raise a UserError when a checkpoint's files (config.json, its weights, other files in `source`) cannot be

@@ -51,6 +51,11 @@ class LLaDAMoEFamily(LingFamily):
         self.register()
         return LLaDAMoEModelLM
 
+    def tokenizer_options(self, source: str) -> dict:
+        """Its own config: AutoTokenizer would otherwise read config.json through AutoConfig, which builds dense
+        LLaDA's config from the released model_type "llada" once that family is registered (and fails)."""
+        return {"config": LLaDAMoEConfig.from_pretrained(source)}
+
     def architecture_config(self, config: dict) -> LLaDAMoEConfig:
         return model_config(config)
 
