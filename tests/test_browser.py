@@ -137,8 +137,9 @@ def ask(tab, question: str, turn: int) -> str:
     tab.locator("#tie-send").click()
     reply = tab.wait_for_function(
         f"() => {{ const bots = document.querySelectorAll('#tie-chat .bot'); "
+        f"const last = bots.length ? bots[bots.length - 1].innerText : ''; "  # gradio's placeholder while it renders
         f"return bots.length === {turn} && {STATUS}.includes('answered') && !{CHAT}.includes('{MASK}') "
-        f"? bots[bots.length - 1].innerText : null; }}", timeout=300_000)
+        f"&& !last.includes('Loading content') ? last : null; }}", timeout=300_000)
     return reply.json_value()
 
 
