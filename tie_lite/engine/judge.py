@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from tie_lite.engine.process import Forward, PositionLogits, Row
+from tie_lite.engine.process import Forward, Row
 
 
 def member_view(judge, trajs: list, kind: str):
@@ -38,8 +38,7 @@ def member_view(judge, trajs: list, kind: str):
              for j in range(len(distinct))]
     stashed = _round_logits(judge, distinct, needs) if kind == "verify" else None
     if stashed is not None:
-        rows = [Row(stashed)]
-        return _scores(judge, targets, which, rows, kind)
+        return _scores(judge, targets, which, [Row(stashed)], kind)
     if kind == "verify" and len(distinct) == 1 and judge.round_cache is not None and torch.equal(distinct[0], judge.round_cache_ids):
         request = Forward(judge.member, distinct[0][None], need=needs, caches=[judge.round_cache], query=[needs[0][:0]],
                           blocks=[judge.layout.block_origin])
@@ -50,17 +49,17 @@ def member_view(judge, trajs: list, kind: str):
     return _scores(judge, targets, which, rows, kind)
 
 
-def _round_logits(judge, distinct: list, needs: list) -> PositionLogits | None:
+def _round_logits(judge, distinct: list, needs: list):
     """The judge's first-step logits of this round, when the one canvas to verify is the one the round started
     from and that step read every position to score (a round within one block): the verify forward would
     compute them again."""
     stash = getattr(judge, "round_logits", None)
     if stash is None or len(distinct) != 1 or not torch.equal(distinct[0], judge.round_start):
         return None
-    positions, values = stash
+    positions, logits = stash
     if not bool(torch.isin(needs[0], positions).all()):
         return None
-    return PositionLogits(positions, values)
+    return logits
 
 
 def _scores(judge, targets: list, which: list, rows: list, kind: str) -> list[float]:

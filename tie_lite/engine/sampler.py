@@ -167,9 +167,10 @@ class Trajectory:
     cache_block: int = -1
     round_cache: object = None  # the first refresh of this round, on the canvas the round started from
     round_cache_ids: torch.Tensor | None = None
-    # the logits of the round's first step, computed on the canvas the round started from (positions, rows):
-    # verify reads a trajectory's round commitments there, so a judge whose member took that step needs no forward
-    round_logits: tuple[torch.Tensor, torch.Tensor] | None = None
+    # the round's first step's logits (the positions it read, the step's own logits object, kept by reference), on
+    # the canvas the round started from: verify reads a trajectory's round commitments there, so a judge whose
+    # member took that step needs no forward
+    round_logits: tuple[torch.Tensor, object] | None = None
     index: int = 0  # the member's place in the ensemble: what `committed_by` records
     committed_by: torch.Tensor | None = None  # per position, the member that committed its token (-1: none)
     # per position, the log-probability its token had when it was committed (0 where nothing was: prompt, marker,
@@ -446,7 +447,7 @@ class Trajectory:
         if row.cache is not None:
             self._keep_cache(row.cache, plan)
         if self.round_logits is None and self.round_start is not None and torch.equal(self.ids, self.round_start):
-            self.round_logits = (request.need[0], row.logits[request.need[0]])
+            self.round_logits = (request.need[0], row.logits)
         self.step(settings, row.logits, plan)
         if on_step is not None:
             on_step(self)

@@ -41,12 +41,12 @@ REFUSED = {
     "suffix": "a suffix is not available", "previous_response_id": "stored responses are not kept",
     "reasoning": "reasoning settings are not available", "text": "only plain text output is available",
 }
+TRACE_FIELDS = {"member_token_ids"}  # what the `tie` trace of a reply carries, on every endpoint
 ENDPOINT_FIELDS = {
     "chat": {"model", "messages", "max_tokens", "max_completion_tokens", "stream", "stream_options", "n", "stop",
-             "logprobs", "top_logprobs", "member_token_ids"},
-    "completions": {"model", "prompt", "max_tokens", "stream", "stream_options", "n", "stop", "logprobs",
-                    "member_token_ids"},
-    "responses": {"model", "input", "instructions", "max_output_tokens", "stream", "top_logprobs", "member_token_ids"},
+             "logprobs", "top_logprobs"} | TRACE_FIELDS,
+    "completions": {"model", "prompt", "max_tokens", "stream", "stream_options", "n", "stop", "logprobs"} | TRACE_FIELDS,
+    "responses": {"model", "input", "instructions", "max_output_tokens", "stream", "top_logprobs"} | TRACE_FIELDS,
 }
 CAP_FIELDS = {"chat": ("max_completion_tokens", "max_tokens"), "completions": ("max_tokens",),
               "responses": ("max_output_tokens",)}
