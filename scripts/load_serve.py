@@ -4,7 +4,7 @@
     python scripts/load_serve.py [--clients 1,4,8,16] [--requests 4] [--json FILE] [--threads 1]
 
 Starts `tie-lite serve` on the shipped pair on a free local port, then for each client count runs that
-many clients at once, each sending --requests chat completions (temperature 0, same-shaped arithmetic
+many clients at once, each on one kept-alive connection (as the openai client holds one) sending --requests chat completions (temperature 0, same-shaped arithmetic
 prompts). Prints per count: requests/s, completion tokens/s, throughput relative to one client, p50/p95
 latency, requests lost, whether every answer equals the one-client answer for its prompt, and the
 server's health after. The server batches step by step (--max-batch 16).
@@ -42,10 +42,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def ask(url: str, prompt: str) -> tuple[float, str, int]:
+def ask(client: httpx.Client, url: str, prompt: str) -> tuple[float, str, int]:
     start = time.perf_counter()
-    r = httpx.post(f"{url}/v1/chat/completions", timeout=600,
-                   json={"model": MODEL, "messages": [{"role": "user", "content": prompt}], "temperature": 0})
+    r = client.post(f"{url}/v1/chat/completions", timeout=600,
+                    json={"model": MODEL, "messages": [{"role": "user", "content": prompt}], "temperature": 0})
     r.raise_for_status()
     body = r.json()
     return time.perf_counter() - start, body["choices"][0]["message"]["content"], body["usage"]["completion_tokens"]
@@ -56,10 +56,11 @@ def run_level(url: str, clients: int, requests: int) -> dict:
     lock = threading.Lock()
 
     def client(k: int) -> None:
+        session = httpx.Client()  # one kept-alive connection per client, as the openai client holds one
         for j in range(requests):
             prompt = PROMPTS[(k * requests + j) % len(PROMPTS)]
             try:
-                seconds, text, tokens = ask(url, prompt)
+                seconds, text, tokens = ask(session, url, prompt)
                 with lock:
                     results.append((prompt, seconds, text, tokens))
             except Exception as exc:  # counted, not raised: the figure is how many were lost
@@ -136,7 +137,7 @@ def main() -> int:
                     break
             except httpx.HTTPError:
                 time.sleep(0.1)
-        ask(url, PROMPTS[0])  # warm-up
+        ask(httpx.Client(), url, PROMPTS[0])  # warm-up
         levels = [run_level(url, int(c), args.requests) for c in args.clients.split(",")]
         base = levels[0]
         reference = dict(base["answers"])

@@ -167,6 +167,35 @@ def test_a_taken_port_is_one_line_before_anything_loads():
     assert code == 2 and len(err.strip().splitlines()) == 1 and "--port" in err and "loading" not in err
 
 
+def test_the_listening_socket_sends_replies_without_waiting_for_acks():
+    """`serve` binds its socket itself (before loading, for the taken-port line). asyncio turns Nagle's algorithm
+    off only on sockets that say they are TCP; without it a kept-alive connection's reply (headers, then body)
+    waited about 40 ms for the client's delayed ACK: every request of the openai client paid it."""
+    import asyncio
+
+    from tie_lite.faces.serve import bind
+
+    async def accepted_nodelay() -> int:
+        loop = asyncio.get_running_loop()
+        got = loop.create_future()
+
+        class Accept(asyncio.Protocol):
+            def connection_made(self, transport):
+                got.set_result(transport.get_extra_info("socket").getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+                transport.close()
+
+        server = await loop.create_server(Accept, sock=bind("127.0.0.1", 0))
+        port = server.sockets[0].getsockname()[1]
+        _, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            return await asyncio.wait_for(got, 10)
+        finally:
+            writer.close()
+            server.close()
+
+    assert asyncio.run(accepted_nodelay()) != 0
+
+
 def test_serving_the_network_needs_a_key_or_an_explicit_open_flag():
     code, err = run_cli("serve", "--host", "0.0.0.0")
     assert code == 2 and "--api-key" in err and "--open-to-network" in err and len(err.strip().splitlines()) == 1

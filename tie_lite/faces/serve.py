@@ -589,7 +589,9 @@ class StreamForm:
 def bind(host: str, port: int) -> socket.socket:
     """The listening socket, bound before any model loads: a port in use is one line at once, not after loading."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # proto TCP, said outright: asyncio turns Nagle's algorithm off only on sockets that say so, and with it on a
+    # kept-alive connection's reply waited ~40 ms for the client's delayed ACK
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))
