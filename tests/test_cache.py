@@ -155,3 +155,71 @@ def test_cached_verify_scores_equal_whole_canvas_verify(tmp_path):
         scores[mode] = recording(round_scores(trajs, "verify", [0, 1]), log)
         assert (mode == "dual") == all(r.caches is not None for r in log)
     assert scores["none"] == pytest.approx(scores["dual"], abs=1e-5)
+
+
+MIXED = ["hi", "What is (3+4)*5?", "What is (123+45)*6? Show the work."]  # three prompt lengths
+
+
+@pytest.fixture(scope="module")
+def llada2(tmp_path_factory):
+    from real_checkpoints import build_llada2
+
+    return load_member(str(build_llada2(tmp_path_factory.mktemp("cache-llada2")).path))
+
+
+@pytest.mark.parametrize("store", [False, True], ids=["cached", "cached-and-stored"])
+@pytest.mark.parametrize("name", ["tiny-sp", "tiny-bpe", "llada", "dream", "llada2"])
+def test_cached_canvases_of_different_lengths_stack_into_one_forward_that_equals_each_alone(natives, llada2, name,
+                                                                                             store):
+    """The server and eval stack requests of one member into one forward: canvases of different prompt lengths,
+    each with its own block cache, right-padded to the longest. Each row's logits (and the cache it keeps) are
+    those of its own forward."""
+    member = llada2 if name == "llada2" else natives[name]
+    settings = DecodeSettings(gen_length=32, block_size=8, cache="dual")
+    requests = []
+    for prompt in MIXED:
+        process = Trajectory.start(member, [{"role": "user", "content": prompt}], settings).advance(settings, 2)
+        request = next(process)
+        while request.caches is None:  # up to the first forward that reads a block cache
+            request = process.send(member.forward(request))
+        requests.append(Forward(request.member, request.ids, request.need, store, request.caches, request.query,
+                                blocks=request.blocks))
+    assert len({r.ids.shape[1] for r in requests}) == len(MIXED)
+    stacked = member.forward(Forward.stack(requests))
+    for request, row in zip(requests, stacked):
+        alone = member.forward(request)[0]
+        need = request.need[0]
+        torch.testing.assert_close(row.logits[need], alone.logits[need], rtol=1e-5, atol=1e-5)
+        if store:
+            assert row.cache.length == request.ids.shape[1]
+            for mine, its in zip(row.cache.keys + row.cache.values, alone.cache.keys + alone.cache.values):
+                torch.testing.assert_close(mine, its, rtol=1e-5, atol=1e-5)
+
+
+def test_requests_with_prompts_of_different_lengths_share_forwards_and_keep_their_tokens(shipped, monkeypatch):
+    """Many requests driven together (the server's batching, eval) with the block cache: prompts of different
+    lengths stack, and every request's tokens are those it gets alone."""
+    from tie_lite.runtime import drive
+
+    scheduler = Scheduler([shipped["tiny-sp"], shipped["tiny-bpe"]])
+    settings = DecodeSettings(cache="dual")
+    prompts = ["What is (3+4)*5?", "What is (23+41)*7?", "What is (12+5)*3?", "Compute (15+62)*3."]
+
+    def processes(ps):
+        return [tie_process(scheduler, [{"role": "user", "content": p}], settings, TieSettings()) for p in ps]
+
+    alone = [drive.run_many(processes([p]), scheduler)[0] for p in prompts]
+    stacks = []  # per forward: the canvas lengths it stacked
+    real = drive.forward_batch
+
+    def counted(pending, *args, **kwargs):
+        out = real(pending, *args, **kwargs)
+        stacks.append([pending[k].ids.shape[1] for k in out])
+        return out
+
+    monkeypatch.setattr(drive, "forward_batch", counted)
+    together = drive.run_many(processes(prompts), scheduler)
+    assert [r.token_ids for r in together] == [r.token_ids for r in alone]
+    assert [r.text for r in together] == [r.text for r in alone]
+    assert any(len(set(lengths)) > 1 for lengths in stacks)  # canvases of different lengths did stack
+    assert len(stacks) < sum(r.steps for r in alone) / 2

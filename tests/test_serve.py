@@ -145,9 +145,9 @@ def test_errors_are_documented_status_codes_with_one_line(served, client):
 
 
 def test_concurrent_requests_share_forwards_and_keep_their_answers(served, client):
-    # same-shaped prompts give canvases of one length, which stack (different lengths run side by side)
-    prompts = [PROMPT, "What is (15+62)*3?", "What is (31+27)*4?", "What is (40+19)*6?", "What is (12+56)*8?",
-               "What is (25+33)*2?"]
+    # prompts of different lengths: their canvases (and block caches) stack, right-padded
+    prompts = [PROMPT, "What is (15+62)*3?", "What is (3+4)*5?", "What is (40+19)*6?", "Compute (12+56)*8.",
+               "What is (25+3)*2?"]
     alone = {p: ask(client, prompt=p).choices[0].message.content for p in prompts}
     engine = served[0].state.engine
     forwards, served_before = engine.forwards, engine.batched

@@ -32,12 +32,23 @@ class CanvasCache:
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in self.keys + self.values)
 
+    @property
+    def length(self) -> int:
+        return self.keys[0].shape[2] if self.keys else 0
+
     @staticmethod
-    def stack(caches: list[CanvasCache]) -> CanvasCache:
-        if len(caches) == 1:
+    def stack(caches: list[CanvasCache], width: int | None = None) -> CanvasCache:
+        """One cache for canvases stacked into a batch; shorter ones right-padded with zeros to `width` (default:
+        the longest), keys the forward's attention mask hides."""
+        width = max(c.length for c in caches) if width is None else width
+        if len(caches) == 1 and caches[0].length == width:
             return caches[0]
-        return CanvasCache([torch.cat(ks) for ks in zip(*(c.keys for c in caches))],
-                           [torch.cat(vs) for vs in zip(*(c.values for c in caches))])
+
+        def joined(tensors):
+            return torch.cat([torch.nn.functional.pad(t, (0, 0, 0, width - t.shape[2])) for t in tensors])
+
+        return CanvasCache([joined(ks) for ks in zip(*(c.keys for c in caches))],
+                           [joined(vs) for vs in zip(*(c.values for c in caches))])
 
     def rows(self, lengths: list[int] | None = None) -> list[CanvasCache]:
         """One cache per canvas of the batch (views, no copies), each cut to its canvas's length."""

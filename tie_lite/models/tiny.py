@@ -16,8 +16,7 @@ from transformers import (
     PreTrainedModel,
 )
 
-from .cache import CanvasLMOutput, head_rows, positions_and_kv
-from .layers import sdpa_mask
+from .cache import CanvasLMOutput, head_rows, run_layers
 
 
 class TieTinyConfig(PretrainedConfig):
@@ -77,7 +76,7 @@ class _Block(nn.Module):
         self.up_proj = nn.Linear(d, config.intermediate_size)
         self.down_proj = nn.Linear(config.intermediate_size, d)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, kv, mask=None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask, kv) -> torch.Tensor:
         b, t, d = x.shape
         h = self.norm1(x)
 
@@ -125,14 +124,15 @@ class TieTinyForMaskedLM(PreTrainedModel):
                 logits_at=None, attention_mask=None, **_) -> CanvasLMOutput:
         """Logits of a canvas (see models/cache.py for `canvas_cache`, `store_cache` and `logits_at`)."""
         x = self.embed_tokens(input_ids)
-        position_ids, kv = positions_and_kv(input_ids, position_ids, canvas_cache, store_cache, x.device)
-        cos, sin = rotary(position_ids, self.config.hidden_size // self.config.num_attention_heads)
-        cos, sin = cos.to(x.dtype), sin.to(x.dtype)
-        mask = sdpa_mask(attention_mask, *input_ids.shape[:2])
-        for i, layer in enumerate(self.layers):
-            x = layer(x, cos, sin, lambda k, v, i=i: kv(i, k, v), mask)
+        head_dim = self.config.hidden_size // self.config.num_attention_heads
+
+        def angles(positions):
+            cos, sin = rotary(positions, head_dim)
+            return cos.to(x.dtype), sin.to(x.dtype)
+
+        x, kept = run_layers(self.layers, x, angles, attention_mask, position_ids, canvas_cache, store_cache)
         logits = self.lm_head(self.norm(head_rows(x, logits_at)))
-        return CanvasLMOutput(logits=logits, canvas_cache=kv.kept)
+        return CanvasLMOutput(logits=logits, canvas_cache=kept)
 
 
 AutoConfig.register(TieTinyConfig.model_type, TieTinyConfig, exist_ok=True)

@@ -9,11 +9,11 @@ from tie_lite.engine.process import Forward
 
 
 def forward_batch(pending: dict, scheduler=None, max_batch: int = 64) -> dict:
-    """One stacked forward for some of `pending` ({key: Forward}): the requests for one member and canvas
-    length, the resident member's first, the largest group otherwise. Returns {key: logits} for those."""
+    """One stacked forward for some of `pending` ({key: Forward}): the requests of one kind for one member,
+    the resident member's first, the largest group otherwise. Returns {key: logits} for those."""
     groups = defaultdict(list)
-    for k, req in pending.items():  # canvases of different lengths stack (padded), cached ones only alike
-        groups[(id(req.member), req.kind, req.ids.shape[1] if req.caches is not None else None)].append(k)
+    for k, req in pending.items():  # canvases (and their caches) of different lengths stack, right-padded
+        groups[(id(req.member), req.kind)].append(k)
     current = scheduler.members[scheduler.current] if scheduler is not None and scheduler.current is not None else None
     key = max(groups, key=lambda g: (current is not None and g[0] == id(current), len(groups[g])))
     ks = groups[key][:max_batch]
@@ -29,8 +29,8 @@ def forward_batch(pending: dict, scheduler=None, max_batch: int = 64) -> dict:
 
 
 def run_many(processes, scheduler=None, on_done=None, max_batch: int = 64) -> list:
-    """Drive many independent processes together. Requests for the same member and canvas length are
-    stacked into one forward (the resident member first), so eval pays per batch, not per problem."""
+    """Drive many independent processes together. Requests of one kind for the same member are stacked into
+    one forward (the resident member first), so eval pays per batch, not per problem."""
     results = [None] * len(processes)
     pending: dict[int, Forward] = {}
 

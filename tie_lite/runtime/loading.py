@@ -94,21 +94,21 @@ class Member:
             full = self.logits(ids)
             return [Row(PositionLogits(n, full[r, n])) for r, n in enumerate(request.need)]
         reads = [self.read_positions(n) for n in request.need]
-        kwargs = {}
+        kwargs = dict(store_cache=request.store)
+        if padded:  # rows of different lengths: the padding (of canvases and caches) is never attended
+            keep = torch.arange(ids.shape[1])[None] < torch.tensor(lengths)[:, None]
+            kwargs["attention_mask"] = keep.to(self.device)
         if request.caches is not None:  # recompute the query positions (and those the logits read) only
             queries = [torch.unique(torch.cat([q, rd])) for q, rd in zip(request.query, reads)]
             query = _padded(queries)
             at = _padded([torch.searchsorted(q, rd) for q, rd in zip(queries, reads)])
-            inputs = ids.gather(1, query)
-            kwargs = dict(position_ids=query.to(self.device), canvas_cache=CanvasCache.stack(request.caches),
-                          store_cache=request.store)
+            inputs = ids.gather(1, query)  # a row's queries lie within its canvas: never the padding id
+            kwargs.update(position_ids=query.to(self.device),
+                          canvas_cache=CanvasCache.stack(request.caches, width=ids.shape[1]))
         else:
             inputs, at = ids, _padded(reads)
-            kwargs = dict(store_cache=request.store)
-            if padded:  # rows of different lengths: the padding is never attended, and never a token id
-                keep = torch.arange(ids.shape[1])[None] < torch.tensor(lengths)[:, None]
+            if padded:  # and the padding is never a token id
                 inputs = inputs.masked_fill(~keep, self.mask_id)
-                kwargs["attention_mask"] = keep.to(self.device)
         out = self.model(input_ids=inputs.to(self.device), logits_at=at.to(self.device), **kwargs, **block_kwargs)
         logits = out.logits.float()
         caches = out.canvas_cache.rows(lengths) if request.store else [None] * len(reads)
