@@ -1,18 +1,20 @@
 #!/usr/bin/env python
 """Load test for `tie-lite serve` (localhost only, bounded): 1, 4, 8, 16 concurrent clients.
 
-    python scripts/load_serve.py [--clients 1,4,8,16] [--requests 4] [--json FILE] [--threads 1]
+    python scripts/load_serve.py [--clients 1,4,8,16] [--requests 6] [--json FILE] [--threads 1]
 
 Starts `tie-lite serve` on the shipped pair on a free local port, then for each client count runs that
-many clients at once, each on one kept-alive connection (as the openai client holds one) sending --requests chat completions (temperature 0, same-shaped arithmetic
-prompts). Prints per count: requests/s, completion tokens/s, throughput relative to one client, p50/p95
-latency, requests lost, whether every answer equals the one-client answer for its prompt, and the
-server's health after. The server batches step by step (--max-batch 16).
+many clients at once, each on one kept-alive connection (as the openai client holds one) sending
+--requests chat completions (temperature 0, arithmetic prompts of three token lengths). Prints per count:
+requests/s, completion tokens/s, throughput relative to one client, p50/p95 latency, requests lost,
+whether every answer equals the one-client answer for its prompt, and the server's health after. The
+server batches step by step (--max-batch 16).
 
 Beside each served figure it prints the engine's own ceiling, measured in the same run and on the same
-number of torch threads, with no HTTP and no server: N requests' TIE processes driven together, their
-canvases stacked through each forward (runtime/drive.py, what the server's batching does), against the
-same N driven one after another. `served/ceiling` is how much of what the engine can do the server delivers.
+number of torch threads, with no HTTP and no server: the same requests' TIE processes driven N at a time,
+their canvases stacked through each forward (runtime/drive.py, what the server's batching does), against
+the same requests driven one after another. `served/ceiling` is how much of what the engine can do the
+server delivers.
 """
 
 from __future__ import annotations
@@ -31,8 +33,9 @@ from pathlib import Path
 import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
-PROMPTS = [f"What is ({a}+{b})*{c}?" for a, b, c in [(23, 41, 7), (15, 62, 3), (31, 27, 4), (40, 19, 6), (12, 56, 8),
-                                                      (25, 33, 2), (44, 18, 5), (36, 29, 9)]]
+# one task, prompts of several token lengths (1- and 2-digit operands), as a server's traffic has them
+PROMPTS = [f"What is ({a}+{b})*{c}?" for a, b, c in [(23, 41, 7), (5, 62, 3), (31, 7, 4), (4, 19, 6), (12, 56, 8),
+                                                      (2, 3, 2), (44, 18, 5), (6, 29, 9)]]
 MODEL = "tie:tiny-sp+tiny-bpe"
 
 
@@ -82,9 +85,11 @@ def run_level(url: str, clients: int, requests: int) -> dict:
             "answers": {r[0]: r[2] for r in results}}
 
 
-def engine_ceiling(counts: list[int], threads: int) -> dict[int, dict]:
-    """Requests/s of the engine alone at N requests: stacked (one forward for the pending canvases of a member)
-    and one at a time, with the server's default settings on the shipped pair."""
+def engine_ceiling(counts: list[int], requests: int, threads: int) -> dict[int, dict]:
+    """Requests/s of the engine alone at N requests: the N clients' prompts in `requests` waves of N, each wave
+    stacked (one forward for the pending canvases of a member), against the same requests one at a time, with
+    the server's default settings on the shipped pair. As many requests as the served level, so both figures
+    average over the same work."""
     import torch
 
     from tie_lite.engine.tie import tie_process
@@ -98,22 +103,25 @@ def engine_ceiling(counts: list[int], threads: int) -> dict[int, dict]:
     ensemble = Ensemble(defaults.load)
     members = list(range(len(defaults.member_names)))
 
-    def processes(n: int) -> list:
+    def processes(prompts: list[str]) -> list:
         view = SchedulerView(ensemble.scheduler, members)
-        return [tie_process(view, [{"role": "user", "content": PROMPTS[k % len(PROMPTS)]}], defaults.decode,
-                            defaults.tie) for k in range(n)]
+        return [tie_process(view, [{"role": "user", "content": p}], defaults.decode, defaults.tie) for p in prompts]
 
-    run_many(processes(2), ensemble.scheduler)  # warm-up
+    run_many(processes(PROMPTS[:2]), ensemble.scheduler)  # warm-up
     out = {}
     for n in counts:
+        waves = [[PROMPTS[(k * requests + j) % len(PROMPTS)] for k in range(n)] for j in range(requests)]
         start = time.perf_counter()
-        run_many(processes(n), ensemble.scheduler, max_batch=n)
+        for wave in waves:
+            run_many(processes(wave), ensemble.scheduler, max_batch=n)
         stacked = time.perf_counter() - start
         start = time.perf_counter()
-        for process in processes(n):
-            run_many([process], ensemble.scheduler)
+        for wave in waves:
+            for process in processes(wave):
+                run_many([process], ensemble.scheduler)
         single = time.perf_counter() - start
-        out[n] = {"stacked_per_s": round(n / stacked, 3), "single_per_s": round(n / single, 3),
+        total = n * requests
+        out[n] = {"stacked_per_s": round(total / stacked, 3), "single_per_s": round(total / single, 3),
                   "stacking_gain": round(single / stacked, 2)}
     return out
 
@@ -121,7 +129,7 @@ def engine_ceiling(counts: list[int], threads: int) -> dict[int, dict]:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--clients", default="1,4,8,16")
-    ap.add_argument("--requests", type=int, default=4, help="requests per client")
+    ap.add_argument("--requests", type=int, default=6, help="requests per client")
     ap.add_argument("--threads", type=int, default=1, help="torch threads of the server")
     ap.add_argument("--json", help="write the figures here")
     args = ap.parse_args()
@@ -150,7 +158,7 @@ def main() -> int:
         server.terminate()
         server.wait(30)
     # the engine alone, after the server has stopped, so the two never share the cores
-    ceiling = engine_ceiling([lv["clients"] for lv in levels], args.threads)
+    ceiling = engine_ceiling([lv["clients"] for lv in levels], args.requests, args.threads)
     for lv in levels:
         lv["engine"] = ceiling[lv["clients"]]
         lv["of_ceiling"] = round(lv["requests_per_s"] / lv["engine"]["stacked_per_s"], 2)

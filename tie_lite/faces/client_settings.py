@@ -10,16 +10,17 @@ from __future__ import annotations
 import ipaddress
 import math
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 from tie_lite.checks import check_text, shown
 from tie_lite.engine.sampler import DecodeSettings
 from tie_lite.engine.scoring import SCORES
-from tie_lite.engine.tie import SELECTIONS, TieSettings
+from tie_lite.engine.tie import SELECTIONS, TieSettings, unique_names
 from tie_lite.errors import UserError
 from tie_lite.runtime.checkpoint import read_config
-from tie_lite.runtime.registry import member_names, resolve
+from tie_lite.runtime.registry import resolve
 from tie_lite.runtime.session import LoadSettings
 from tie_lite.tasks.phrasing import find_expression
 
@@ -55,9 +56,18 @@ class Defaults:
     decode: DecodeSettings = field(default_factory=lambda: DecodeSettings(cache="dual"))  # the CLI's default
     tie: TieSettings = field(default_factory=lambda: TieSettings(score="verify"))  # best on the validation seed
 
+    @cached_property
+    def _display_names(self) -> dict[str, str]:
+        """Each launched spec's display name, resolved once: resolving touches the disk, and a server asks per request."""
+        return {spec: resolve(spec)[0] for spec in self.load.models}
+
+    def names_of(self, specs) -> list[str]:
+        """The names the launched members `specs` (a request's choice among them) have once loaded."""
+        return unique_names([self._display_names[spec] for spec in specs])
+
     @property
     def member_names(self) -> list[str]:
-        return member_names(self.load.models)
+        return self.names_of(self.load.models)
 
     def values(self) -> dict:
         d, t = self.decode, self.tie
@@ -157,7 +167,7 @@ def parse_settings(values: dict, defaults: Defaults | None = None) -> tuple[Load
     )
     if tie.score == "oracle" or tie.select == "oracle":
         raise UserError("oracle scoring needs the gold solution of an eval task; it is not available in the chat")
-    tie.validate(member_names(load.models))
+    tie.validate(defaults.names_of(load.models))
     return load, decode, tie
 
 

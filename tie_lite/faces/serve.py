@@ -315,8 +315,9 @@ def create_app(ensemble, defaults: Defaults, *, api_key: str | None = None, max_
         return APIError(400, api_words(job.error))
 
     async def handle(request: Request, endpoint: str):
-        ask = await read(request, endpoint)
-        choices, events = submit(ask)
+        with engine.arriving():  # the engine holds a step briefly for a request it knows is on its way
+            ask = await read(request, endpoint)
+            choices, events = submit(ask)
         rid = {"chat": "chatcmpl-", "completions": "cmpl-", "responses": "resp_"}[endpoint] + uuid.uuid4().hex[:24]
         if ask.stream:
             stream = _stream(ask, choices, events, request, rid)

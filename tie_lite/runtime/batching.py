@@ -9,8 +9,10 @@ wait in a queue of at most `max_queue`; past that `submit` refuses at once (the 
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import threading
+import time
 from collections import deque
 
 from tie_lite.engine.events import Cancelled
@@ -19,6 +21,12 @@ from tie_lite.errors import UserError
 from tie_lite.runtime.drive import forward_batch
 from tie_lite.runtime.scheduler import SchedulerView
 from tie_lite.runtime.session import peak_bytes
+
+
+# Longest a step that starts new requests waits for others still being read or tokenized (seconds). Clients
+# in step send their next requests together, a millisecond or two apart; one that misses the step the others
+# start at decodes out of step with them for its whole run, in forwards of its own.
+ADMIT_WAIT = 0.01
 
 
 def job_members(ensemble, job: Job) -> list:
@@ -80,6 +88,8 @@ class BatchEngine:
         self._active: dict[Job, object] = {}  # job -> its process
         self._pending: dict[Job, object] = {}  # job -> the Forward it waits for
         self._starting = 0  # admitted by the worker, being started
+        self._arriving = 0  # requests the server is reading or tokenizing, not yet submitted
+        self._answered = 0  # requests answered since new ones last started: their clients may send the next
         self._cond = threading.Condition()
         self.closed = False
         self.forwards = 0  # stacked forwards computed (for the load benchmark)
@@ -104,6 +114,19 @@ class BatchEngine:
             self._waiting.append(job)
             self._cond.notify()
         return job
+
+    @contextlib.contextmanager
+    def arriving(self):
+        """Around reading and submitting a request: while it lasts, a step that starts new requests may wait
+        (at most ADMIT_WAIT) for this one to start with them."""
+        with self._cond:
+            self._arriving += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._arriving -= 1
+                self._cond.notify()
 
     def close(self) -> None:
         """Take no more requests and cancel every one waiting or running: each ends at the next step with
@@ -139,6 +162,7 @@ class BatchEngine:
             self._pending[job] = next(process) if logits is None else process.send(logits)
         except StopIteration as stop:
             self._retire(job)
+            self._answered += 1
             result = stop.value
             ensemble = self.ensemble
             # requests overlap, so the peak is this process's (or device's) since the engine started
@@ -172,6 +196,12 @@ class BatchEngine:
         with self._cond:
             while not self._waiting and not self._active:
                 self._cond.wait()
+            if self._waiting and not self.closed:  # new requests start: those on their way join them
+                deadline = time.monotonic() + ADMIT_WAIT
+                while (self._arriving or len(self._waiting) < self._answered) and not self.closed \
+                        and (left := deadline - time.monotonic()) > 0:
+                    self._cond.wait(left)
+                self._answered = 0
             admitted = []
             while self._waiting and len(self._active) + len(admitted) < self.max_batch:
                 admitted.append(self._waiting.popleft())
