@@ -12,9 +12,9 @@ server batches step by step (--max-batch 16).
 
 Beside each served figure it prints the engine's own ceiling, measured in the same run and on the same
 number of torch threads, with no HTTP and no server: the same requests' TIE processes driven N at a time,
-their canvases stacked through each forward (runtime/drive.py, what the server's batching does), against
-the same requests driven one after another. `served/ceiling` is how much of what the engine can do the
-server delivers.
+their canvases stacked through each forward (runtime/drive.py, what the server's batching does), just
+before and just after the served level (averaged), and the same requests driven one after another.
+`served/ceiling` is how much of what the engine can do the server delivers.
 """
 
 from __future__ import annotations
@@ -85,45 +85,46 @@ def run_level(url: str, clients: int, requests: int) -> dict:
             "answers": {r[0]: r[2] for r in results}}
 
 
-def engine_ceiling(counts: list[int], requests: int, threads: int) -> dict[int, dict]:
-    """Requests/s of the engine alone at N requests: the N clients' prompts in `requests` waves of N, each wave
-    stacked (one forward for the pending canvases of a member), against the same requests one at a time, with
-    the server's default settings on the shipped pair. As many requests as the served level, so both figures
-    average over the same work."""
-    import torch
+class EngineAlone:
+    """The engine with no HTTP and no server, in this process, with the server's default settings on the shipped
+    pair: N clients' requests (their prompts, in `requests` waves of N) driven a wave at a time with their
+    canvases stacked through each forward (the ceiling), or one request at a time. As many requests as a served
+    level, so both figures average over the same work."""
 
-    from tie_lite.engine.tie import tie_process
-    from tie_lite.faces.client_settings import Defaults
-    from tie_lite.runtime.drive import run_many
-    from tie_lite.runtime.scheduler import SchedulerView
-    from tie_lite.runtime.session import Ensemble
+    def __init__(self, requests: int, threads: int):
+        import torch
 
-    torch.set_num_threads(threads)
-    defaults = Defaults()
-    ensemble = Ensemble(defaults.load)
-    members = list(range(len(defaults.member_names)))
+        from tie_lite.faces.client_settings import Defaults
+        from tie_lite.runtime.session import Ensemble
 
-    def processes(prompts: list[str]) -> list:
-        view = SchedulerView(ensemble.scheduler, members)
-        return [tie_process(view, [{"role": "user", "content": p}], defaults.decode, defaults.tie) for p in prompts]
+        torch.set_num_threads(threads)
+        self.requests, self.defaults = requests, Defaults()
+        self.ensemble = Ensemble(self.defaults.load)
+        self.run([PROMPTS[:2]], 2)  # warm-up
 
-    run_many(processes(PROMPTS[:2]), ensemble.scheduler)  # warm-up
-    out = {}
-    for n in counts:
-        waves = [[PROMPTS[(k * requests + j) % len(PROMPTS)] for k in range(n)] for j in range(requests)]
+    def run(self, waves: list[list[str]], stack: int) -> float:
+        """Seconds to drive `waves`, each wave's requests `stack` at a time."""
+        from tie_lite.engine.tie import tie_process
+        from tie_lite.runtime.drive import run_many
+        from tie_lite.runtime.scheduler import SchedulerView
+
+        members = list(range(len(self.defaults.member_names)))
         start = time.perf_counter()
         for wave in waves:
-            run_many(processes(wave), ensemble.scheduler, max_batch=n)
-        stacked = time.perf_counter() - start
-        start = time.perf_counter()
-        for wave in waves:
-            for process in processes(wave):
-                run_many([process], ensemble.scheduler)
-        single = time.perf_counter() - start
-        total = n * requests
-        out[n] = {"stacked_per_s": round(total / stacked, 3), "single_per_s": round(total / single, 3),
-                  "stacking_gain": round(single / stacked, 2)}
-    return out
+            for at in range(0, len(wave), stack):
+                view = SchedulerView(self.ensemble.scheduler, members)
+                run_many([tie_process(view, [{"role": "user", "content": p}], self.defaults.decode, self.defaults.tie)
+                          for p in wave[at : at + stack]], self.ensemble.scheduler, max_batch=stack)
+        return time.perf_counter() - start
+
+    def waves(self, n: int) -> list[list[str]]:
+        return [[PROMPTS[(k * self.requests + j) % len(PROMPTS)] for k in range(n)] for j in range(self.requests)]
+
+    def stacked_per_s(self, n: int) -> float:
+        return n * self.requests / self.run(self.waves(n), n)
+
+    def single_per_s(self, n: int) -> float:
+        return n * self.requests / self.run(self.waves(n), 1)
 
 
 def main() -> int:
@@ -133,6 +134,10 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=1, help="torch threads of the server")
     ap.add_argument("--json", help="write the figures here")
     args = ap.parse_args()
+    # the engine alone runs in this process while the server idles (an idle server takes no CPU): its ceiling
+    # is measured just before and just after each served level, and the two averaged, so a machine whose speed
+    # drifts (shared cores) shifts both figures alike
+    engine = EngineAlone(args.requests, args.threads)
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
@@ -146,7 +151,14 @@ def main() -> int:
             except httpx.HTTPError:
                 time.sleep(0.1)
         ask(httpx.Client(), url, PROMPTS[0])  # warm-up
-        levels = [run_level(url, int(c), args.requests) for c in args.clients.split(",")]
+        levels = []
+        for clients in (int(c) for c in args.clients.split(",")):
+            before = engine.stacked_per_s(clients)
+            level = run_level(url, clients, args.requests)
+            after = engine.stacked_per_s(clients)
+            level["engine"] = {"stacked_per_s": round(2 / (1 / before + 1 / after), 3),
+                               "stacked_before_after": [round(before, 3), round(after, 3)]}
+            levels.append(level)
         base = levels[0]
         reference = dict(base["answers"])
         for level in levels:
@@ -157,11 +169,11 @@ def main() -> int:
     finally:
         server.terminate()
         server.wait(30)
-    # the engine alone, after the server has stopped, so the two never share the cores
-    ceiling = engine_ceiling([lv["clients"] for lv in levels], args.requests, args.threads)
-    for lv in levels:
-        lv["engine"] = ceiling[lv["clients"]]
-        lv["of_ceiling"] = round(lv["requests_per_s"] / lv["engine"]["stacked_per_s"], 2)
+    for lv in levels:  # one at a time, for the stacking gain; the server has stopped
+        e = lv["engine"]
+        e["single_per_s"] = round(engine.single_per_s(lv["clients"]), 3)
+        e["stacking_gain"] = round(e["stacked_per_s"] / e["single_per_s"], 2)
+        lv["of_ceiling"] = round(lv["requests_per_s"] / e["stacked_per_s"], 2)
     print(f"{'clients':>7} {'req/s':>7} {'tok/s':>7} {'x1':>5} {'p50 s':>6} {'p95 s':>6} {'lost':>4} {'identical':>9} "
           f"{'ceiling':>8} {'served/ceiling':>14} {'alone':>7} {'stacking':>8}")
     for lv in levels:
