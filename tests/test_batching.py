@@ -18,7 +18,7 @@ LATE = 0.3  # seconds the second request comes after the first: several steps of
 
 
 @pytest.fixture(scope="module")
-def engine(shipped):
+def engine():
     defaults = Defaults()
     return BatchEngine(Ensemble(defaults.load), max_batch=4), defaults
 
