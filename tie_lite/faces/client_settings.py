@@ -58,7 +58,8 @@ class Defaults:
 
     @cached_property
     def _display_names(self) -> dict[str, str]:
-        """Each launched spec's display name, resolved once: resolving touches the disk, and a server asks per request."""
+        """Each launched spec's display name, resolved once: resolving touches the disk, and a server asks for
+        names on every request."""
         return {spec: resolve(spec)[0] for spec in self.load.models}
 
     def names_of(self, specs) -> list[str]:
