@@ -146,7 +146,8 @@ def test_a_killed_evaluation_takes_the_program_with_it(active, tmp_path):
               f"spec = importlib.util.spec_from_file_location('sandbox', {sandbox.__file__!r})\n"
               "module = importlib.util.module_from_spec(spec)\nspec.loader.exec_module(module)\n"
               f"module.run_tests({PROMPT!r}, sys.argv[1], {TEST!r}, 'add', time_limit=60)\n")
-    evaluation = subprocess.Popen([sys.executable, "-c", script, body])
+    # its scratch folder, which a killed evaluation cannot remove, in tmp_path
+    evaluation = subprocess.Popen([sys.executable, "-c", script, body], env={**os.environ, "TMPDIR": str(tmp_path)})
     try:
         end = time.monotonic() + 10
         while len(marked(marker)) < 5 and time.monotonic() < end:  # this, the supervisor, init, program, grandchild
