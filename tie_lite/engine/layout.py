@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from tie_lite.engine.answer import PAPER_ANSWER_MARKER
+from tie_lite.checks import MAX_LENGTH
 from tie_lite.errors import UserError
 
 
@@ -261,6 +262,22 @@ class Layout:
                 logp[pos] = sum(chars[at : at + width])
                 at += width
         return logp
+
+
+# No tokenizer spends fewer than one token on this many characters (a long run of one character merges into long
+# tokens, but not this long): a prompt with more characters than its context times this cannot fit, and is refused
+# before it is tokenized, so its length never costs memory or time.
+CHARS_PER_TOKEN = 32
+
+
+def check_prompt_chars(messages: list[dict], max_length: int | None, name: str = "the model") -> None:
+    """Refuse, untokenized, a conversation too long for a context of `max_length` tokens at any tokenization
+    (no declared context: the longest any model has, MAX_LENGTH)."""
+    chars = sum(len(m.get("content") or "") for m in messages)
+    context = max_length or MAX_LENGTH
+    if chars > context * CHARS_PER_TOKEN:
+        raise UserError(f"the prompt has {chars:,} characters, more than {name}'s context of {context:,} tokens can "
+                        f"hold ({context * CHARS_PER_TOKEN:,} characters at most); shorten it")
 
 
 def check_context(prompt_len: int, gen_length: int, max_length: int | None, total_len: int | None = None) -> None:

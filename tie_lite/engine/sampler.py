@@ -45,6 +45,9 @@ from tie_lite.errors import UserError
 
 UNMASK_POLICIES = ("low_confidence", "threshold", "topk", "margin", "entropy", "random", "maskgit_plus", "topk_margin",
                    "llada2")
+# Passes over one full block while LLaDA2.1's editing changes it: 16 times the authors' 16. A pass that edits
+# nothing ends the block; past this, tokens that flip back and forth are not converging.
+MAX_EDIT_STEPS = 256
 DREAM_ALGS = ("maskgit_plus", "topk_margin", "entropy")  # diffusion_generate's `alg` names
 SCHEDULES = ("blocks", "dream")
 CACHES = ("none", "prefix", "dual")
@@ -108,8 +111,12 @@ class DecodeSettings:
             raise UserError("--threshold must be a finite number")
         if self.edit_threshold is not None and not (math.isfinite(self.edit_threshold) and 0 <= self.edit_threshold < 1):
             raise UserError("--edit-threshold must be in [0, 1)")
-        if self.edit_steps < 0:
-            raise UserError("--edit-steps must be at least 0")
+        if not 0 <= self.edit_steps <= MAX_EDIT_STEPS:
+            raise UserError(f"--edit-steps must be in 0..{MAX_EDIT_STEPS} (passes over one full block; the LLaDA2.1 "
+                            f"authors use 16)")
+        if self.steps is not None and self.steps > self.gen_length:
+            raise UserError(f"--steps {self.steps} is more than the {self.gen_length} positions of --gen-length; every "
+                            f"step commits at least one, so use at most --steps {self.gen_length}")
         if self.dream:
             self._validate_dream()
             return
@@ -128,8 +135,8 @@ class DecodeSettings:
             raise UserError("--temperature must be >= 0")
         if not 0 < self.threshold <= 1:
             raise UserError("--threshold must be in (0, 1]")
-        if self.topk < 1:
-            raise UserError("--topk must be at least 1")
+        if self.topk < 1 or (self.unmask == "topk" and self.topk > self.block_size):
+            raise UserError(f"--topk must be in 1..{self.block_size} (the positions of one block, --block-size)")
 
     def _validate_dream(self) -> None:
         if self.unmask in ("threshold", "topk"):

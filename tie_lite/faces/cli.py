@@ -214,7 +214,6 @@ def cmd_generate(args) -> int:
 def generate_many(args) -> int:
     """--prompts: every prompt checked before anything loads, then decoded in batches (the eval's driver: the
     canvases for one member stack into one forward), one JSON line out per prompt, in the file's order."""
-    from tie_lite.engine.layout import check_context  # deferred: the engine loads torch (see options.py)
     from tie_lite.engine.tie import tie_process  # deferred: the engine loads torch
     from tie_lite.runtime.drive import run_many  # deferred: the runtime loads torch
     from tie_lite.runtime.session import Ensemble  # deferred: loads torch
@@ -227,9 +226,8 @@ def generate_many(args) -> int:
     messages = [[{"role": "user", "content": item["prompt"]}] for item in prompts]
     for item, conversation in zip(prompts, messages):  # every line checked before any decodes
         try:
+            ensemble.check_prompt(conversation, decode)
             refuse_off_task(load, item["prompt"])
-            for member in ensemble.members:
-                check_context(len(member.prompt_ids(conversation)), decode.gen_length, member.max_length)
         except UserError as exc:
             raise UserError(f"--prompts {where} line {item['line']}: {exc}") from None
     longest = max(messages, key=lambda m: len(m[0]["content"]))

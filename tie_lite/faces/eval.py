@@ -305,6 +305,12 @@ def cmd_eval(args) -> int:
         prompts = [p.prompt for p in task.generate(args.n, args.problem_seed, phrasing=args.phrasing)]
         done = read_done(args.out, run_id, methods, args.n, prompts)
     ensemble = Ensemble(load, plan_tokens=tokens)
+    if args.data:  # every question within every member's context before any decodes (a generated task's are short)
+        for item in task.items[: args.n]:
+            try:
+                ensemble.check_prompt([{"role": "user", "content": item.prompt}], decode)
+            except UserError as exc:
+                raise UserError(f"{shown_path(args.data)} {item.where}: {exc}") from None
     progress = Progress(args.n * len(methods), "eval", "problem")
     progress.skip(len(done))
     out = open(args.out, "a" if args.resume else "w") if args.out else None

@@ -14,6 +14,7 @@ import re
 from dataclasses import dataclass, replace
 
 from tie_lite.checks import SEED_LIMIT, check_text, shown
+from tie_lite.engine.layout import CHARS_PER_TOKEN
 from tie_lite.errors import UserError
 from tie_lite.faces.client_settings import (
     SETTING_KEYS,
@@ -25,7 +26,6 @@ from tie_lite.faces.client_settings import (
 
 MAX_CHOICES = 8  # choices one request may ask for (n, times the prompts of a completion), within the batch
 MAX_STOP = 16  # stop sequences (OpenAI allows 4; lm-eval's completions send a task's list plus the EOS text)
-CHARS_PER_TOKEN = 32  # a prompt longer than this many characters per context token cannot fit: refused untokenized
 
 # Fields clients send that change nothing in a masked diffusion decode when left at their defaults.
 NEUTRAL = {"user": None, "store": None, "metadata": None, "service_tier": None, "safety_identifier": None,
@@ -50,6 +50,8 @@ ENDPOINT_FIELDS = {
 }
 CAP_FIELDS = {"chat": ("max_completion_tokens", "max_tokens"), "completions": ("max_tokens",),
               "responses": ("max_output_tokens",)}
+NUMBER_SETTINGS = {"gen_length", "block_size", "steps", "threshold", "topk", "answer_length", "interval", "temperature",
+                   "seed", "eps", "edit_threshold", "edit_steps"}
 PROMPT_FIELD = {"chat": "messages", "completions": "prompt", "responses": "input"}
 
 
@@ -250,6 +252,11 @@ def read_ask(endpoint: str, body, defaults: Defaults, detokenize=None) -> Ask:
             raise APIError(400, "top_logprobs: only each chosen token's own probability is recorded, not "
                                 "alternatives; send 0 or leave it out", param="top_logprobs")
     values = {k: body[k] for k in SETTING_KEYS if body.get(k) is not None and k not in ("models", "quant", "backend")}
+    for key in NUMBER_SETTINGS & set(values):  # JSON numbers: "0.9" is text (a chat box may hold text, JSON not)
+        value = values[key]
+        if isinstance(value, str) or (isinstance(value, bool) and not (key == "edit_threshold" and value is False)):
+            kind = "text" if isinstance(value, str) else "true/false"
+            raise APIError(400, f"{key} must be a JSON number, not {kind} ({shown(value)})", param=key)
     values["models"] = ids[model]
     try:
         load, decode, tie = parse_settings(values, defaults)

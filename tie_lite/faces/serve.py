@@ -30,8 +30,9 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException
 
-from tie_lite.checks import parse_size
+from tie_lite.checks import MAX_LENGTH, parse_size
 from tie_lite.engine.events import Relay, StepFrame
+from tie_lite.engine.layout import CHARS_PER_TOKEN
 from tie_lite.errors import UserError
 from tie_lite.faces.client_settings import Defaults, check_binding, member_indices
 from tie_lite.faces.openai_api import (
@@ -225,9 +226,17 @@ def create_app(ensemble, defaults: Defaults, *, api_key: str | None = None, max_
     tokenizer = ensemble.scheduler.loaded[0].tokenizer
     context = ensemble.scheduler.loaded[0].max_length
 
+    # what a prompt can be: no text longer than the context holds at any tokenization, no more ids than it holds
+    # (refused before tokenizing: three 900 KB /tokenize requests grew the server by a gigabyte)
+    most_tokens = context or MAX_LENGTH
+    most_chars = most_tokens * CHARS_PER_TOKEN
+
     def detokenize(ids) -> str:
         if not isinstance(ids, list) or not all(isinstance(t, int) and 0 <= t < len(tokenizer) for t in ids):
             raise APIError(400, f"tokens must be a list of token ids, 0..{len(tokenizer) - 1}", param="tokens")
+        if len(ids) > most_tokens:
+            raise APIError(400, f"tokens: {len(ids):,} ids are more than the context of {most_tokens:,}; send at most "
+                                f"{most_tokens:,}", param="tokens", code="context_length_exceeded")
         return tokenizer.decode(ids, skip_special_tokens=True)
 
     async def json_body(request: Request):
@@ -248,8 +257,11 @@ def create_app(ensemble, defaults: Defaults, *, api_key: str | None = None, max_
     async def tokenize(request: Request):
         body = await json_body(request)
         text = body.get("prompt") if isinstance(body, dict) else None
-        if not isinstance(text, str) or len(text) > max_body:
+        if not isinstance(text, str):
             raise APIError(400, "prompt must be a string", param="prompt")
+        if len(text) > most_chars:
+            raise APIError(400, f"prompt: {len(text):,} characters cannot fit the context of {most_tokens:,} tokens; "
+                                f"send at most {most_chars:,}", param="prompt", code="context_length_exceeded")
         special = isinstance(body.get("add_special_tokens"), bool) and body["add_special_tokens"]
         ids = await asyncio.to_thread(tokenizer.encode, text, add_special_tokens=special)
         return {"tokens": ids, "count": len(ids), "max_model_len": context}

@@ -87,6 +87,7 @@ class BatchEngine:
         self._waiting: deque[Job] = deque()
         self._active: dict[Job, object] = {}  # job -> its process
         self._pending: dict[Job, object] = {}  # job -> the Forward it waits for
+        self._waited: dict[Job, int] = {}  # job -> forwards computed for others since its own was asked for
         self._starting = 0  # admitted by the worker, being started
         self._arriving = 0  # requests the server is reading or tokenizing, not yet submitted
         self._answered = 0  # requests answered since new ones last started: their clients may send the next
@@ -182,6 +183,7 @@ class BatchEngine:
     def _retire(self, job: Job) -> None:
         self._active.pop(job, None)
         self._pending.pop(job, None)
+        self._waited.pop(job, None)
 
     def _loop(self) -> None:
         while True:
@@ -224,8 +226,10 @@ class BatchEngine:
             return
         # no more requests in one forward than the tightest of them may stack under the memory budget
         limit = min(job.limit for job in self._pending)
-        out = forward_batch(self._pending, self.ensemble.scheduler, limit)
+        out = forward_batch(self._pending, self.ensemble.scheduler, limit, self._waited)
         self.forwards += 1
         self.batched += len(out)
+        for job in self._pending:
+            self._waited[job] = 0 if job in out else self._waited.get(job, 0) + 1
         for job, logits in out.items():
             self._advance(job, logits)

@@ -12,6 +12,7 @@ import torch
 import transformers
 
 from tie_lite.checks import BACKENDS, DTYPES, QUANTS, check_choice, check_device
+from tie_lite.engine.layout import check_prompt_chars
 from tie_lite.engine.process import PositionLogits, Row
 from tie_lite.engine.uniform import Denoise, DenoisingSettings
 from tie_lite.errors import UserError
@@ -115,6 +116,7 @@ class Member:
         return [Row(PositionLogits(n, logits[r, : n.numel()]), caches[r]) for r, n in enumerate(request.need)]
 
     def prompt_ids(self, messages: list[dict]) -> list[int]:
+        check_prompt_chars(messages, self.max_length, self.name)  # before tokenizing: a huge prompt costs nothing
         return self.family.prompt_ids(self.tokenizer, messages)
 
     def token_counts(self, messages: list[dict], text: str) -> tuple[int, int]:

@@ -243,12 +243,17 @@ class Ensemble:
             sched.set_capacity(capacity, strategy="swap")
         return working
 
+    def check_prompt(self, messages, decode: DecodeSettings) -> None:
+        """The conversation and the canvas within every member's context (a prompt far too long is refused by its
+        characters, before it is tokenized)."""
+        for m in self.members:
+            check_context(len(m.prompt_ids(messages)), decode.gen_length, m.max_length)
+
     def _check_host_memory(self, messages, decode: DecodeSettings, tie: TieSettings) -> None:
         """No budget given (all members resident on the CPU): refuse a request whose forward alone would not fit
         in the memory the host has free, instead of swapping the machine to a standstill."""
 
-        for m in self.members:  # a canvas past the context fails in the layout anyway: say that first
-            check_context(len(m.prompt_ids(messages)), decode.gen_length, m.max_length)
+        self.check_prompt(messages, decode)  # a canvas past the context fails in the layout anyway: say that first
         working = self._working(messages, decode, tie)
         free = int(psutil.virtual_memory().available)
         if working > 0.9 * free:

@@ -32,7 +32,7 @@ from matplotlib.figure import Figure  # no pyplot: figures are built in worker t
 
 from tie_lite.checks import check_text
 from tie_lite.engine.events import Cancelled, Final, Relay, RoundScores, StepFrame, Swap
-from tie_lite.engine.sampler import CACHES, SCHEDULES, UNMASK_POLICIES, DecodeSettings
+from tie_lite.engine.sampler import CACHES, MAX_EDIT_STEPS, SCHEDULES, UNMASK_POLICIES, DecodeSettings
 from tie_lite.engine.tie import Result, TieSettings
 from tie_lite.errors import UserError
 from tie_lite.faces.client_settings import (
@@ -635,7 +635,7 @@ def build_app(ensemble: Ensemble | None = None, defaults: Defaults | None = None
                                            info="replace a committed token whose top-1 differs above this; empty = "
                                                 "no editing (LLaDA2.1: 0.9)")
                 edit_steps = gr.Number(start["edit_steps"], label="edit steps", precision=0,
-                                       info="more passes over a full block while it edits, at most")
+                                       info=f"passes over a full block while it edits, at most (0-{MAX_EDIT_STEPS})")
             with gr.Row():
                 interval = gr.Number(start["interval"], label="interval", info="steps per round", precision=0)
                 score = gr.Dropdown(list(PUBLIC_SCORES), value=start["score"], label="score",
