@@ -184,6 +184,8 @@ def test_a_follow_up_is_answered_for_itself(client):
     ({"temperature": "hot"}, "temperature 'hot' is not a number"),
     ({"select": "best-model", "select_model": "nobody"}, "best-model needs a member name"),
     ({"beam_width": 4}, "unknown setting 'beam_width'"),
+    ({"edit_threshold": 0.9, "edit_steps": 10**9}, "edit-steps must be in 0..256"),
+    ({"steps": 1000}, "more than the 64 positions"),
 ])
 def test_bad_settings_return_a_readable_error(client, settings, says):
     from gradio_client.exceptions import AppError
@@ -211,6 +213,18 @@ def test_off_task_reply_only_for_the_tiny_arithmetic_members(tmp_path):
     assert off_task_reply(LoadSettings(), "hi there") is not None
     assert off_task_reply(LoadSettings(), "What is 8 + 5?") is None
     assert off_task_reply(LoadSettings(models=("GSAI-ML/LLaDA-8B-Instruct",)), "hi there") is None
+
+
+def test_a_message_no_context_holds_is_refused_by_its_length(client, served):
+    from gradio_client.exceptions import AppError
+
+    engine = served[0].tie_cache.engine()
+    forwards = engine.forwards
+    with pytest.raises(AppError) as info:
+        client.predict("What is 37+85? " + "9" * 300_000, api_name="/chat")
+    readable(str(info.value))
+    assert "300,015 characters" in str(info.value) and "shorten it" in str(info.value)
+    assert engine.forwards == forwards
 
 
 def test_an_empty_message_is_refused(client):
@@ -342,7 +356,8 @@ def test_the_settings_panel_sets_token_editing_and_says_what_is_wrong_in_its_own
     assert line().startswith("✓") and "editing" not in line()
     assert "token editing above 0.9, at most 4 more passes a block" in line(edit_threshold=0.9, edit_steps=4)
     assert line(edit_threshold=1.5) == "⚠ edit threshold must be in [0, 1)"
-    assert line(edit_threshold=0.9, edit_steps=-1) == "⚠ edit steps must be at least 0"
+    assert line(edit_threshold=0.9, edit_steps=-1).startswith("⚠ edit steps must be in 0..256")
+    assert line(edit_threshold=0.9, edit_steps=10**9).startswith("⚠ edit steps must be in 0..256")
 
 
 def test_history_formats_and_stopped_turns():
