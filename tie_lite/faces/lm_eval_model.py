@@ -21,6 +21,7 @@ Monte-Carlo estimate the LLaDA authors use scores one model, not the ensemble.
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import sys
@@ -31,10 +32,12 @@ from lm_eval.api.model import LM
 from lm_eval.api.registry import register_model
 from tqdm import tqdm
 
+from tie_lite.checks import shown
 from tie_lite.engine.tie import tie_process
 from tie_lite.errors import UserError
 from tie_lite.faces import options  # the CLI's flags, defaults and checks: model arguments are checked as flags
 from tie_lite.runtime.drive import run_many
+from tie_lite.runtime.loading import loadable
 from tie_lite.runtime.session import Ensemble
 
 log = logging.getLogger("tie_lite.lm_eval")
@@ -53,7 +56,8 @@ SETTINGS = {"score": "score", "select": "select", "interval": "interval", "gen_l
 
 
 def model_arguments(members, given: dict):
-    """The CLI's settings namespace from lm-eval model arguments (`members=A+B`, then `key=value`s)."""
+    """The CLI's settings namespace from lm-eval model arguments (`members=A+B`, then `key=value`s), each value
+    read as its CLI flag reads it (a whole number, a number, true/false) or refused in one line naming it."""
     parser = options.Parser(prog="tie-lite lm-eval")
     options.add_model_args(parser)
     options.add_decode_args(parser)
@@ -61,15 +65,57 @@ def model_arguments(members, given: dict):
     args = parser.parse_args([])
     unknown = sorted(set(given) - set(SETTINGS))
     if unknown:
-        raise UserError(f"unknown tie-lite model argument(s) {', '.join(unknown)}; use members=A+B and any of "
-                        f"{', '.join(SETTINGS)}")
+        raise UserError(f"unknown tie-lite model argument(s) {', '.join(shown(k) for k in unknown)}; use "
+                        f"members=A+B and any of {', '.join(SETTINGS)}")
     if members:
         args.model = members if isinstance(members, (list, tuple)) else [m for m in str(members).split("+") if m]
+    actions = {action.dest: action for action in parser._actions}
     for key, value in given.items():
-        value = [value] if key == "select" else value
-        setattr(args, SETTINGS[key], value)
+        value = setting_value(key, value, actions[SETTINGS[key]])
+        setattr(args, SETTINGS[key], [value] if key == "select" else value)
     args.free = "answer_length" not in given  # lm-eval's tasks read their answers from the text themselves
     return args
+
+
+def setting_value(key: str, value, action):
+    """A model argument's value (lm-eval has already turned `16` into 16 and `true` into True) as its CLI flag
+    takes it."""
+    if action.nargs == 0:  # a switch: --trust-remote-code, --allow-pickle
+        if isinstance(value, bool) or str(value).lower() in ("true", "false", "1", "0"):
+            return value if isinstance(value, bool) else str(value).lower() in ("true", "1")
+        raise UserError(f"tie-lite model argument {key}={shown(value)} is not true or false; write {key}=true")
+    if action.type is None:
+        return str(value)
+    try:
+        return action.type(str(value))
+    except argparse.ArgumentTypeError as exc:
+        raise UserError(f"tie-lite model argument {key}={shown(value)}: {exc}") from None
+
+
+def model_settings(members, device, settings: dict, quiet: bool = False):
+    """(args, decode, tie, load settings, the requested gen_length or None) from lm-eval's model arguments and its
+    --device: every value checked as the CLI checks its flags, nothing loaded."""
+    settings = {k: v for k, v in settings.items() if v is not None}
+    args = model_arguments(members, settings)
+    args.device = [lm_eval_device(device, quiet=quiet)]
+    gen_length = args.gen_length if "gen_length" in settings else None  # None: each request's max_gen_toks
+    decode, tie = options.decode_settings(args), options.tie_settings(args)
+    if "answer_marker" in settings:
+        decode = replace(decode, answer_marker=str(settings["answer_marker"]))
+    return args, decode, tie, options.load_settings(args), gen_length
+
+
+def check_model_arguments(model_args: dict) -> None:
+    """lm-eval's --model_args (and --device) for `tie-lite`, checked before lm-eval indexes its tasks: the
+    values, and that every member's checkpoint is there and may load (its config.json and weight files only;
+    nothing loads)."""
+    settings = dict(model_args)
+    members, device = settings.pop("members", None), settings.pop("device", None)
+    for taken in ("batch_size", "max_batch_size"):  # TieLiteLM's own parameters, as lm-eval passes them
+        settings.pop(taken, None)
+    *_, load, _ = model_settings(members, device, settings, quiet=True)
+    for spec in load.models:
+        loadable(spec, trust_remote_code=load.trust_remote_code, allow_pickle=load.allow_pickle)
 
 
 @register_model("tie-lite")
@@ -79,16 +125,9 @@ class TieLiteLM(LM):
     def __init__(self, members=None, batch_size=None, max_batch_size=None, device=None, **settings):
         super().__init__()
         options.quiet_libraries()
-        settings = {k: v for k, v in settings.items() if v is not None}
-        self.gen_length = settings.get("gen_length")  # None: each request's max_gen_toks
-        self.args = args = model_arguments(members, settings)
-        args.device = [lm_eval_device(device)]
-        args.gen_length = self.gen_length or args.gen_length
-        self.decode, self.tie = options.decode_settings(args), options.tie_settings(args)
-        if "answer_marker" in settings:
-            self.decode = replace(self.decode, answer_marker=str(settings["answer_marker"]))
+        self.args, self.decode, self.tie, load, self.gen_length = model_settings(members, device, settings)
         self.max_batch = int(batch_size) if str(batch_size or "").isdigit() else 64
-        self.ensemble = Ensemble(options.load_settings(args), plan_tokens=options.plan_tokens(args))
+        self.ensemble = Ensemble(load, plan_tokens=options.plan_tokens(self.args))
         self.names = [m.name for m in self.ensemble.members]
         self._warned: set[tuple[int, int]] = set()
 
@@ -164,13 +203,14 @@ class TieLiteLM(LM):
         return replace(d, gen_length=length, steps=steps, temperature=temperature)
 
 
-def lm_eval_device(device: str | None) -> str:
+def lm_eval_device(device: str | None, quiet: bool = False) -> str:
     """lm-eval's --device for every member. Its command line says cuda:0 when no --device is given, so on a
     machine without CUDA that means "wherever possible" (as its own hf model takes it), not an error."""
     if not device:
         return "auto"
     if str(device).startswith("cuda") and not torch.cuda.is_available():
-        log.warning("tie-lite: no CUDA GPU is visible; the members run on the CPU")
+        if not quiet:
+            log.warning("tie-lite: no CUDA GPU is visible; the members run on the CPU")
         return "cpu"
     return str(device)
 

@@ -3,11 +3,90 @@
 from __future__ import annotations
 
 import importlib
+import json
+from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import transformers
 from transformers import AutoTokenizer
+
+from tie_lite.checks import one_line, shown_path
+from tie_lite.errors import UserError
+
+# A checkpoint folder's tokenizer: tokenizer.json (fast tokenizers), or vocab.json + merges.txt (byte-level BPE,
+# as Dream ships it), with tokenizer_config.json (specials, chat template) and the other JSON files beside them.
+TOKENIZER_JSON_FILES = ("tokenizer_config.json", "special_tokens_map.json", "added_tokens.json", "tokenizer.json",
+                        "vocab.json")
+COPY_TOKENIZER = "copy the tokenizer files from the original checkpoint (or download it again)"
+
+
+def tokenizer_file_problem(source: str) -> str | None:
+    """One line naming the tokenizer file of a checkpoint folder that is missing or damaged, and what to do; None
+    when its files look whole (or `source` is a hub id: the hub's files are the library's to report)."""
+    folder = Path(source)
+    if not folder.is_dir():
+        return None
+    for name in TOKENIZER_JSON_FILES:
+        path = folder / name
+        if not path.is_file():
+            continue
+        where = f"the tokenizer file {shown_path(path)}"
+        try:
+            text = path.read_bytes().decode("utf-8")
+            value = json.loads(text)
+        except OSError as exc:
+            return f"{where} cannot be read ({exc.strerror}); {COPY_TOKENIZER}"
+        except UnicodeDecodeError:
+            return f"{where} is not UTF-8 text (damaged); {COPY_TOKENIZER}"
+        except json.JSONDecodeError as exc:
+            return f"{where} is not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno}); {COPY_TOKENIZER}"
+        if not isinstance(value, dict):
+            return f"{where} holds a JSON {type(value).__name__}, not an object; {COPY_TOKENIZER}"
+        if name == "tokenizer.json":
+            from tokenizers import Tokenizer  # deferred: only a tokenizer that failed to load is read again
+
+            try:
+                Tokenizer.from_str(text)
+            except Exception as exc:  # the tokenizers library's own words for what is wrong in it
+                first = one_line(exc)[:160] or type(exc).__name__
+                return f"{where} is not a valid tokenizer ({first}); {COPY_TOKENIZER}"
+    for name in ("merges.txt", "chat_template.jinja"):
+        path = folder / name
+        if not path.is_file():
+            continue
+        try:
+            lines = path.read_bytes().decode("utf-8").splitlines()
+        except (OSError, UnicodeDecodeError):
+            return f"the tokenizer file {shown_path(path)} is not UTF-8 text (damaged); {COPY_TOKENIZER}"
+        if name == "merges.txt":
+            for number, line in enumerate(lines, 1):
+                if line.strip() and not line.startswith("#version") and len(line.split()) != 2:
+                    return (f"the tokenizer file {shown_path(path)} line {number} is not a merge (two symbols); "
+                            f"{COPY_TOKENIZER}")
+    has = {name for name in ("tokenizer.json", "vocab.json", "merges.txt", "vocab.txt") if (folder / name).is_file()}
+    if any(folder.glob("*.model")) or "tokenizer.json" in has or "vocab.txt" in has:  # sentencepiece, WordPiece
+        return None
+    if has == {"vocab.json", "merges.txt"}:
+        return None
+    missing = "merges.txt" if has == {"vocab.json"} else "vocab.json" if has == {"merges.txt"} else "tokenizer.json"
+    return f"the tokenizer file {shown_path(folder / missing)} is missing; {COPY_TOKENIZER}"
+
+
+@contextmanager
+def tokenizer_errors(source: str):
+    """A tokenizer that fails to load from a checkpoint folder: one line naming the missing or damaged file
+    (the libraries' errors name neither the file nor the folder)."""
+    try:
+        yield
+    except UserError:
+        raise
+    except Exception:
+        problem = tokenizer_file_problem(source)
+        if problem is None:
+            raise
+        raise UserError(problem) from None
 
 
 def chat_prompt_ids(tokenizer, messages: list[dict]) -> list[int]:
@@ -59,9 +138,11 @@ class Family:
         return getattr(transformers, self.auto_class)
 
     def load_tokenizer(self, source: str, trust_remote_code: bool = False):
-        """The checkpoint's tokenizer (families whose hub tokenizer is remote code override this)."""
-        return AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code,
-                                             **self.tokenizer_options(source))
+        """The checkpoint's tokenizer (families whose hub tokenizer is remote code override this); a missing or
+        damaged tokenizer file is a UserError naming it."""
+        with tokenizer_errors(source):
+            return AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code,
+                                                 **self.tokenizer_options(source))
 
     def tokenizer_options(self, source: str) -> dict:
         """More keyword arguments for AutoTokenizer (a family whose config's model_type is another family's

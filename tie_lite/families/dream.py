@@ -15,7 +15,7 @@ from transformers import PreTrainedTokenizerFast, Qwen2Tokenizer
 from transformers.models.auto.tokenization_auto import get_tokenizer_config
 from transformers.utils import cached_file
 
-from .base import Family
+from .base import Family, tokenizer_errors
 
 DREAM_TOKENIZER_CLASSES = ("DreamTokenizer", "DreamTokenizerFast")
 
@@ -41,10 +41,11 @@ class DreamFamily(Family):
         config = _tokenizer_config(source)
         if config.get("tokenizer_class") not in DREAM_TOKENIZER_CLASSES:
             return super().load_tokenizer(source, trust_remote_code=trust_remote_code)
-        if _has_file(source, "tokenizer.json"):
-            tokenizer = PreTrainedTokenizerFast.from_pretrained(source)
-        else:
-            tokenizer = Qwen2Tokenizer.from_pretrained(source)
+        with tokenizer_errors(source):  # a missing or damaged vocab.json, merges.txt, ...: one line naming it
+            if _has_file(source, "tokenizer.json"):
+                tokenizer = PreTrainedTokenizerFast.from_pretrained(source)
+            else:
+                tokenizer = Qwen2Tokenizer.from_pretrained(source)
         _check_added_ids(tokenizer, config)
         return tokenizer
 

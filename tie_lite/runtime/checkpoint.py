@@ -19,6 +19,7 @@ from huggingface_hub import (
     try_to_load_from_cache,
 )
 
+from tie_lite.checks import MAX_LENGTH, shown
 from tie_lite.errors import UserError
 from tie_lite.families import Family, family_for
 
@@ -123,17 +124,39 @@ def checked_family(config: dict, name: str) -> Family:
         if dims[field] > limit:
             raise UserError(f"model '{name}': config.json gives {field} {dims[field]}, beyond any known model "
                             f"(at most {limit}); re-download or re-save the checkpoint")
-    sizes = config["text_config"] if isinstance(config.get("text_config"), dict) else config
-    context = sizes.get("max_position_embeddings", sizes.get("max_sequence_length"))
-    if context is not None and (isinstance(context, bool) or not isinstance(context, int) or context <= 0):
-        raise UserError(f"model '{name}': config.json gives a context length of {str(context)[:40]!r}, not a "
-                        f"positive whole number; re-download or re-save the checkpoint")
+    check_context_fields(config, name)
     if family.mask_token_id is None and not family.uniform_noise:  # read from the checkpoint (tiny, remote code)
         mask = config.get("mask_token_id")
         if isinstance(mask, bool) or not isinstance(mask, int) or not 0 <= mask < dims["vocab"]:
             raise UserError(f"model '{name}': config.json has no usable mask_token_id (got {mask!r}); a masked "
                             f"diffusion checkpoint names the token it denoises from")
     return family
+
+
+# The context lengths tie-lite reads (loading.py: the member's context; LLaDA: its rotary table's length), and
+# length fields other architectures size tables by: a value past MAX_LENGTH would allow prompts of terabytes, or
+# build a table that hangs the load before anything fails.
+CONTEXT_FIELDS = ("max_position_embeddings", "max_sequence_length")
+OTHER_LENGTH_FIELDS = ("n_positions", "seq_length", "max_seq_len", "max_seq_length", "n_ctx")
+
+
+def check_context_fields(config: dict, name: str) -> None:
+    """The context length fields of config.json (of its text_config, for composite configs): the ones tie-lite
+    reads must be positive whole numbers; none may be past MAX_LENGTH. One line naming the field otherwise."""
+    composite = isinstance(config.get("text_config"), dict)
+    sizes, prefix = (config["text_config"], "text_config.") if composite else (config, "")
+    for field in CONTEXT_FIELDS + OTHER_LENGTH_FIELDS:
+        value = sizes.get(field)
+        if value is None:
+            continue
+        whole = isinstance(value, int) and not isinstance(value, bool)
+        if field in CONTEXT_FIELDS and (not whole or value <= 0):
+            raise UserError(f"model '{name}': config.json gives {prefix}{field} {shown(json.dumps(value))}, not a "
+                            f"positive whole number of positions; re-download or re-save the checkpoint")
+        if whole and value > MAX_LENGTH:
+            raise UserError(f"model '{name}': config.json gives {prefix}{field} {value}, far beyond any known "
+                            f"model's context (LLaDA has 4096 positions, Dream 32768; at most {MAX_LENGTH}); "
+                            f"re-download or re-save the checkpoint")
 
 
 def weight_files(source: str) -> list[str]:

@@ -11,10 +11,13 @@ import csv
 import gzip
 import json
 import tempfile
+import warnings
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tie_lite.checks import one_line
 from tie_lite.errors import UserError
 
 from .arithmetic import Check
@@ -74,8 +77,24 @@ def data_format(path: Path, given: str | None = None) -> str:
     return fmt
 
 
-def _open_text(path: Path):
-    return gzip.open(path, "rt", encoding="utf-8") if path.suffix.lower() == ".gz" else open(path, encoding="utf-8")
+def _text_lines(path: Path):
+    """(line number, text) of each line of a text data file (gunzipped when its name ends in .gz). A line that
+    is not UTF-8, a .gz file that is not gzip (or is damaged), or a file that cannot be read is one line naming
+    the file (and the line)."""
+    gz = path.suffix.lower() == ".gz"
+    try:
+        with (gzip.open(path, "rb") if gz else open(path, "rb")) as f:
+            for number, raw in enumerate(f, start=1):  # lines end at b"\n", as the readers of datasets count them
+                try:
+                    yield number, raw.decode("utf-8")
+                except UnicodeDecodeError:
+                    raise UserError(f"{path} line {number} is not valid UTF-8 text; save the file as UTF-8") from None
+    except (gzip.BadGzipFile, EOFError, zlib.error) as exc:
+        raise UserError(f"{path}: cannot be decompressed as gzip ({one_line(exc)[:120]}); re-download it, or drop "
+                        f"the .gz from its name if it is not compressed") from None
+    except OSError as exc:
+        raise UserError(f"{path}: cannot be read ({exc.strerror or type(exc).__name__}); check the file and its "
+                        f"permissions") from None
 
 
 def _kind(value) -> str:
@@ -94,25 +113,24 @@ def _jsonl_lines(path: Path) -> list[tuple[int, frozenset[str]]]:
     `datasets` reads each field as one column of one type, and would otherwise turn "007" into 7 or fail."""
     numbers = []
     first_kind: dict[str, tuple[str, int]] = {}
-    with _open_text(path) as f:
-        for number, line in enumerate(f, start=1):
-            if not line.strip():
+    for number, line in _text_lines(path):
+        if not line.strip():
+            continue
+        try:
+            value = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise UserError(f"{path} line {number}: not valid JSON ({exc.msg} at column {exc.colno})") from None
+        if not isinstance(value, dict):
+            raise UserError(f"{path} line {number}: a record must be a JSON object with named fields, not "
+                            f"{_kind(value)}")
+        for name, field_value in value.items():
+            if field_value is None:
                 continue
-            try:
-                value = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise UserError(f"{path} line {number}: not valid JSON ({exc.msg} at column {exc.colno})") from None
-            if not isinstance(value, dict):
-                raise UserError(f"{path} line {number}: a record must be a JSON object with named fields, not "
-                                f"{_kind(value)}")
-            for name, field_value in value.items():
-                if field_value is None:
-                    continue
-                kind, (seen, at) = _kind(field_value), first_kind.setdefault(name, (_kind(field_value), number))
-                if kind != seen and {kind, seen} != {"a number"}:
-                    raise UserError(f"{path} line {number}: field '{name}' is {kind} here but {seen} on line {at}; "
-                                    f"write it the same way in every record (e.g. every gold answer as text)")
-            numbers.append((number, frozenset(value)))
+            kind, (seen, at) = _kind(field_value), first_kind.setdefault(name, (_kind(field_value), number))
+            if kind != seen and {kind, seen} != {"a number"}:
+                raise UserError(f"{path} line {number}: field '{name}' is {kind} here but {seen} on line {at}; "
+                                f"write it the same way in every record (e.g. every gold answer as text)")
+        numbers.append((number, frozenset(value)))
     return numbers
 
 
@@ -120,8 +138,13 @@ def _csv_features(path: Path):
     """Every CSV column read as text: a gold answer `007` or `1` stays what the file says (not 7 or 1.0)."""
     import datasets  # deferred: importing datasets costs over a second, and only data files need it
 
-    with _open_text(path) as f:
-        header = next(csv.reader(f), None)
+    lines = _text_lines(path)
+    try:
+        header = next(csv.reader(line for _, line in lines), None)
+    except csv.Error as exc:
+        raise UserError(f"{path} line 1: the header cannot be read as CSV ({one_line(exc)[:120]})") from None
+    for _ in lines:  # the rest is read by datasets: first every line is checked to be UTF-8, naming the line
+        pass
     if not header:
         raise UserError(f"{path}: empty file (no header line, no records)")
     return datasets.Features({name: datasets.Value("string") for name in header})
@@ -142,15 +165,26 @@ def read_records(path: str, fmt: str | None = None) -> list[Record]:
     lines = _jsonl_lines(file) if fmt == "jsonl" else None
     if lines == []:
         raise UserError(f"{path}: empty file (no records)")
+    if fmt == "json":
+        for _ in _text_lines(file):  # UTF-8 throughout, or one line naming the line that is not
+            pass
     options = {"features": _csv_features(file), "keep_default_na": False} if fmt == "csv" else {}
-    with tempfile.TemporaryDirectory(prefix="tie-lite-data-") as cache:  # nothing left behind in ~/.cache
+    # The readers log their failures as errors ("Failed to read schema from ...") and pandas warns: the one line
+    # is ours, made from the exception that follows.
+    verbosity = datasets.logging.get_verbosity()
+    datasets.logging.set_verbosity(datasets.logging.CRITICAL)
+    with tempfile.TemporaryDirectory(prefix="tie-lite-data-") as cache, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
         try:
             table = datasets.load_dataset(FORMATS[fmt], data_files=str(file.resolve()), split="train",
                                           cache_dir=cache, keep_in_memory=True, **options)
+            rows = table.to_list()
         except Exception as exc:  # datasets wraps the reader's error: report the reader's own words
             cause = exc.__cause__ or exc
-            raise UserError(f"{path}: cannot read it as {fmt} ({type(cause).__name__}: {cause})") from None
-        rows = table.to_list()
+            raise UserError(f"{path}: cannot read it as {fmt} ({type(cause).__name__}: "
+                            f"{one_line(cause)[:300]})") from None
+        finally:
+            datasets.logging.set_verbosity(verbosity)
     if not rows:
         raise UserError(f"{path}: empty file (no records)")
     if lines is not None:
