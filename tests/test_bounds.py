@@ -166,3 +166,13 @@ def test_the_api_refuses_settings_past_their_bounds_or_written_as_text(server, f
         client.completions.create(model="tie:tiny-sp+tiny-bpe", prompt="What is 37+85?", extra_body=fields)
     assert caught.value.body["param"] == param, caught.value.body
     assert "\n" not in caught.value.body["message"]
+
+
+def test_a_data_file_record_no_context_holds_is_refused_before_it_is_parsed(tmp_path):
+    from tie_lite.tasks.data import LONGEST_RECORD
+
+    data = tmp_path / "huge.jsonl"
+    with open(data, "w") as f:
+        f.write(json.dumps({"question": "What is 37+85?", "answer": "122"}) + "\n")
+        f.write('{"question": "' + "9" * LONGEST_RECORD + '", "answer": "122"}\n')
+    refused(tie_lite("eval", "--data", str(data), "--checker", "number"), "huge.jsonl line 2", "characters")

@@ -19,6 +19,10 @@ DEVICES = ("cpu", "cuda", "cuda:N", "auto")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 SEED_LIMIT = 2**64  # torch generators take seeds in [0, 2**64)
 MAX_LENGTH = 1 << 20  # positions: far past any context, small enough that arithmetic on sizes stays finite
+# No tokenizer spends fewer than one token on this many characters (a long run of one character merges into long
+# tokens, but not this long): a prompt with more characters than its context times this cannot fit, and is refused
+# before it is tokenized, so its length never costs memory or time.
+CHARS_PER_TOKEN = 32
 
 
 def one_line(text: str) -> str:

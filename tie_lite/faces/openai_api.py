@@ -13,8 +13,7 @@ import math
 import re
 from dataclasses import dataclass, replace
 
-from tie_lite.checks import SEED_LIMIT, check_text, shown
-from tie_lite.engine.layout import CHARS_PER_TOKEN
+from tie_lite.checks import CHARS_PER_TOKEN, SEED_LIMIT, check_text, shown
 from tie_lite.errors import UserError
 from tie_lite.faces.client_settings import (
     SETTING_KEYS,

@@ -30,9 +30,8 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException
 
-from tie_lite.checks import MAX_LENGTH, parse_size
+from tie_lite.checks import CHARS_PER_TOKEN, MAX_LENGTH, parse_size
 from tie_lite.engine.events import Relay, StepFrame
-from tie_lite.engine.layout import CHARS_PER_TOKEN
 from tie_lite.errors import UserError
 from tie_lite.faces.client_settings import Defaults, check_binding, member_indices
 from tie_lite.faces.openai_api import (

@@ -17,13 +17,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tie_lite.checks import one_line
+from tie_lite.checks import CHARS_PER_TOKEN, MAX_LENGTH, one_line
 from tie_lite.errors import UserError
 
 from .arithmetic import Check
 from .checkers import CHECKERS, CodeTests, check_answer
 
 FORMATS = {"jsonl": "json", "json": "json", "csv": "csv", "parquet": "parquet"}  # ours -> datasets' builder
+LONGEST_RECORD = MAX_LENGTH * CHARS_PER_TOKEN  # characters: the longest context at the fewest tokens a character
 SUFFIXES = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
 
 
@@ -116,6 +117,9 @@ def _jsonl_lines(path: Path) -> list[tuple[int, frozenset[str]]]:
     for number, line in _text_lines(path):
         if not line.strip():
             continue
+        if len(line) > LONGEST_RECORD:  # before json and datasets copy it: no context holds it anyway
+            raise UserError(f"{path} line {number}: {len(line):,} characters, more than any model's context holds "
+                            f"({LONGEST_RECORD:,}); shorten the record")
         try:
             value = json.loads(line)
         except json.JSONDecodeError as exc:
