@@ -29,7 +29,24 @@ first dense), 16 experts of width 64 in 4 groups keeping 2, 4 experts a token.
 What it writes under --out (default tests/fixtures/reference/llada2/): config.json (as the authors'
 save_pretrained wrote it), tensors.json (name, shape, dtype: tests/real_checkpoints.py rebuilds the identical
 weights), figures.json (float32 logits at fixed positions of fixed canvases, bidirectional and block-causal;
-the ids the 2.0 and 2.1 generate() return at temperature 0 on three prompts, with every forward's canvas).
+the ids the 2.0 and 2.1 generate() return at temperature 0, with every forward's canvas: under "generate_20" /
+"generate_21" on three prompts of 16 tokens, a multiple of every block size used, and under
+"generate_20_unaligned" / "generate_21_unaligned", with the same settings, on prompts of 13 and 21 tokens, which
+are not).
+
+Block placement (both generate()): blocks are numbered from position 0 of the sequence, not from the end of the
+prompt. With P prompt tokens, G = gen_length and B = block_length, num_blocks = (P + G + B - 1) // B and the
+canvas x holds num_blocks * B positions, the prompt then masks; decoding starts at block P // B, so blocks start
+at multiples of B and the first generated block is partial when P % B != 0: it holds the last P % B prompt
+tokens (which attend to, and are attended by, that block's masks) and B - P % B masks. Each forward sees the
+window x[:, :(block + 1) * B] under the block-causal mask. In 2.0 that partial block still runs the schedule of
+a whole block (num_transfer_tokens of B over `steps`), committing k = min(num_to_transfer, masks left) when too
+few pass the threshold, and stops early once no mask is left; in 2.1 its prompt tokens are never edited. The
+last block may reach past P + G: those positions are decoded like the others (they compete for the block's
+commits, and in 2.1 may be edited) and then cut, the output being x[:, P:P + G] cut after the first end-of-text.
+With the unaligned prompts the outputs differ from those of blocks numbered from the end of the prompt: the
+script replays both layouts with the authors' model and sampler and checks that (replay(), below; it also
+checks that the replay of the authors' layout is token-identical to their generate()).
 """
 
 from __future__ import annotations
@@ -107,6 +124,12 @@ PROMPTS = [
     [156891, 120, 4599, 1345, 25, 7, 30, 19, 10, 46, 30, 156893, 120, 23, 44, 991],
     [156891, 88, 5, 1290, 77, 3030, 12, 9, 8, 150000, 4, 156893, 120, 23, 44, 991],
     [156891, 120, 7000, 7001, 7002, 31, 32, 33, 34, 35, 36, 37, 38, 156893, 2, 991],
+]
+# prompts of 13 and 21 tokens, a multiple of no block size used (8, 16): 13 % 8 = 5, 13 % 16 = 13, 21 % 8 = 5,
+# 21 % 16 = 5, so the first generated block is partial (see the docstring on block placement)
+UNALIGNED_PROMPTS = [
+    [156891, 120, 4599, 1345, 25, 7, 30, 19, 156893, 120, 23, 44, 991],
+    [156891, 88, 5, 1290, 77, 3030, 12, 9, 8, 150000, 4, 61, 62, 63, 64, 65, 156893, 120, 23, 44, 991],
 ]
 CANVASES = [PROMPTS[0] + [MASK] * 16, PROMPTS[1] + [17, MASK, 900, MASK, MASK, 13, MASK, EOS] + [MASK] * 8]
 POSITIONS = [[0, 15, 16, 20, 27, 31], [3, 16, 17, 21, 24, 31]]
@@ -193,6 +216,126 @@ def edits_in(canvases: list[list[int]]) -> int:
     return count
 
 
+def runs_20(model, prompts: list[list[int]]) -> list[dict]:
+    """LLaDA2.0's generate() on each prompt under every GENERATE_20 setting."""
+    runs = []
+    for prompt in prompts:
+        for gen, block, steps, threshold in GENERATE_20:
+            r = recorded_generate(model, inputs=torch.tensor([prompt]), temperature=0.0, block_length=block,
+                                  steps=steps, gen_length=gen, threshold=threshold, eos_id=EOS, mask_id=MASK)
+            runs.append({"prompt": prompt, "gen_length": gen, "block_length": block, "steps": steps,
+                         "threshold": threshold, **r})
+    return runs
+
+
+def runs_21(model21, prompts: list[list[int]]) -> list[dict]:
+    """LLaDA2.1's generate() on each prompt under every GENERATE_21 setting."""
+    runs = []
+    for prompt in prompts:
+        for gen, block, threshold, edit, post in GENERATE_21:
+            r = recorded_generate(model21, inputs=torch.tensor([prompt]), temperature=0.0, block_length=block,
+                                  steps=block, gen_length=gen, threshold=threshold, editing_threshold=edit,
+                                  max_post_steps=post, eos_id=EOS, mask_id=MASK)
+            runs.append({"prompt": prompt, "gen_length": gen, "block_length": block, "threshold": threshold,
+                         "editing_threshold": edit, "max_post_steps": post, "edits": edits_in(r["canvases"]), **r})
+    return runs
+
+
+def replay(model, run: dict, from_prompt_end: bool) -> dict:
+    """The authors' decoding loop (2.0's when the run has `steps`, else 2.1's) with their model and sampler, on
+    either block layout: theirs (block(p) = p // B, decoding from block P // B) or blocks numbered from the end
+    of the prompt (block(p) = floor((p - P) / B), the same rule shifted to start at P: ceil(G / B) whole blocks
+    of masks, the prompt in blocks counted back from P). The two coincide when B divides P. A check only: on
+    their layout it must give exactly what their generate() gave; nothing of it is written."""
+    prompt, gen, block = run["prompt"], run["gen_length"], run["block_length"]
+    v21 = "steps" not in run
+    n = len(prompt)
+    start = n if from_prompt_end else 0  # where block numbering starts
+    first = start + (n - start) // block * block  # start of the first block holding a mask
+    num = (n + gen - first + block - 1) // block  # blocks decoded
+    ids = [(i - start) // block for i in range(first + num * block)]
+    bid = torch.tensor(ids)
+    mask = torch.zeros(len(ids), len(ids)).masked_fill(bid[None, :] > bid[:, None], float("-inf"))[None, None]
+    x = torch.full((len(ids),), MASK, dtype=torch.long)
+    x[:n] = torch.tensor(prompt)
+    forwards = 0
+
+    def forward(end: int):
+        nonlocal forwards
+        forwards += 1
+        with torch.no_grad():
+            logits = model(x[None, :end], attention_mask=mask[:, :, :end, :end],
+                           position_ids=torch.arange(end)[None]).logits
+        x0, p = model._sample_with_temperature_topk_topp(logits[:, -block:], temperature=0.0)
+        return x0[0], p[0]
+
+    for k in range(num):
+        end = first + (k + 1) * block
+        cur = x[end - block:end]  # a view: writes land in x
+        in_prompt = torch.arange(end - block, end) < n
+        if not v21:
+            schedule = model._get_num_transfer_tokens(block, min(run["steps"], gen))
+            for step in range(len(schedule)):
+                active = cur == MASK
+                if not active.any():
+                    break
+                x0, p = forward(end)
+                conf = torch.where(active, p, -torch.inf)
+                high = conf > run["threshold"]
+                want = int(schedule[step])
+                take = torch.zeros_like(active)
+                if int(high.sum()) >= want:
+                    take = high
+                else:
+                    take[torch.topk(conf, k=min(want, int(active.sum()))).indices] = True
+                cur[take] = x0[take]
+            if (x[n:end] == EOS).any():
+                break
+        else:
+            post = 0
+            while True:
+                old = cur.clone()
+                active = cur == MASK
+                if not active.any():
+                    post += 1
+                if post > run["max_post_steps"]:
+                    break
+                x0, p = forward(end)
+                take = torch.zeros_like(active)
+                if active.any():
+                    conf = torch.where(active, p, -torch.inf)
+                    high = (conf > run["threshold"]) & active
+                    if int(high.sum()) >= 1:
+                        take = high
+                    else:
+                        take[torch.topk(conf, k=1).indices] = True
+                edit = (~active) & (~in_prompt) & (p > run["editing_threshold"]) & (x0 != old)
+                take = take | edit
+                cur[take] = x0[take]
+                if not active.any() and not edit.any():
+                    break
+    out = x[n:n + gen].tolist()
+    if EOS in out:
+        out = out[:out.index(EOS) + 1]
+    return {"output": out, "forwards": forwards}
+
+
+def check_layouts(model, runs: list[dict]) -> int:
+    """replay() on the authors' layout reproduces their generate(); returns how many runs give another output
+    when blocks are numbered from the end of the prompt."""
+    differ = 0
+    for r in runs:
+        theirs = replay(model, r, from_prompt_end=False)
+        assert theirs == {"output": r["output"], "forwards": r["forwards"]}, (r["prompt"], theirs, r["output"])
+        other = replay(model, r, from_prompt_end=True)
+        differ += other["output"] != r["output"]
+        print("  P=%d G=%d B=%d: %s from the prompt end (%d forwards, authors %d)"
+              % (len(r["prompt"]), r["gen_length"], r["block_length"],
+                 "same output" if other["output"] == r["output"] else "other output", other["forwards"],
+                 r["forwards"]))
+    return differ
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--dllm-repo", default=DLLM_REPO, help="git clone of ZHZisZZ/dllm")
@@ -209,6 +352,9 @@ def main() -> None:
                     auto_map={"AutoConfig": "configuration_llada21_moe.LLaDA2MoeConfig",
                               "AutoModelForCausalLM": "modeling_llada21_moe.LLaDA2MoeModelLM"})
     torch.manual_seed(0)
+    # one thread: float32 sums then run in one order on every machine (with 2 threads the logits figures moved
+    # in their last bits, ~1.4e-6; with 1 they are bit-identical to those committed before)
+    torch.set_num_threads(1)
     work = Path(tempfile.mkdtemp(prefix="tie-lite-llada2-ref-"))
     try:
         model, saved, table, sources = build(work, FILES_20, args.dllm_repo, commit, config, "llada2")
@@ -218,23 +364,19 @@ def main() -> None:
             x = torch.tensor([CANVASES[1]])
             assert torch.equal(model(x).logits, model21(x).logits)
         figures_main = canvas_figures(model)
-        runs20 = []
-        for prompt in PROMPTS:
-            for gen, block, steps, threshold in GENERATE_20:
-                r = recorded_generate(model, inputs=torch.tensor([prompt]), temperature=0.0, block_length=block,
-                                      steps=steps, gen_length=gen, threshold=threshold, eos_id=EOS, mask_id=MASK)
-                runs20.append({"prompt": prompt, "gen_length": gen, "block_length": block, "steps": steps,
-                               "threshold": threshold, **r})
-        runs21 = []
-        for prompt in PROMPTS:
-            for gen, block, threshold, edit, post in GENERATE_21:
-                r = recorded_generate(model21, inputs=torch.tensor([prompt]), temperature=0.0, block_length=block,
-                                      steps=block, gen_length=gen, threshold=threshold, editing_threshold=edit,
-                                      max_post_steps=post, eos_id=EOS, mask_id=MASK)
-                runs21.append({"prompt": prompt, "gen_length": gen, "block_length": block, "threshold": threshold,
-                               "editing_threshold": edit, "max_post_steps": post, "edits": edits_in(r["canvases"]),
-                               **r})
+        runs20, runs21 = runs_20(model, PROMPTS), runs_21(model21, PROMPTS)
         assert any(r["edits"] for r in runs21), "no editing run edited anything: lower its editing_threshold"
+        unaligned20, unaligned21 = runs_20(model, UNALIGNED_PROMPTS), runs_21(model21, UNALIGNED_PROMPTS)
+        assert all(len(r["prompt"]) % r["block_length"] for r in unaligned20 + unaligned21)
+        assert any(r["edits"] for r in unaligned21), "no unaligned editing run edited anything"
+        print("replay, aligned 2.0 / 2.1 (the layouts coincide):")
+        assert check_layouts(model, runs20) == 0 and check_layouts(model21, runs21) == 0
+        print("replay, unaligned 2.0:")
+        differ20 = check_layouts(model, unaligned20)
+        print("replay, unaligned 2.1:")
+        differ21 = check_layouts(model21, unaligned21)
+        assert differ20 == len(unaligned20) and differ21 == len(unaligned21), \
+            "some unaligned run gives the same output with blocks numbered from the end of the prompt"
         files = {name: {"repo": DLLM_URL, "commit": commit, "path": path, "sha256": sha256(sources[name])}
                  for name, path in FILES_20.items()}
         files.update({name: {"repo": DLLM_URL, "commit": commit, "path": path, "sha256": sha256(sources21[name])}
@@ -253,9 +395,29 @@ def main() -> None:
             "canvases": figures_main,
             "generate_20": runs20,
             "generate_21": runs21,
+            "generate_20_unaligned": unaligned20,
+            "generate_21_unaligned": unaligned21,
             "notes": [
-                "generate() (2.0): blocks are numbered from canvas position 0 (the prompts here are 16 tokens, a "
-                "multiple of every block size); each step commits the masked positions of the block whose "
+                "Block placement (both generate()): blocks are numbered from position 0 of the sequence, not from "
+                "the end of the prompt. With P prompt tokens, G = gen_length and B = block_length: num_blocks = "
+                "(P + G + B - 1) // B, the canvas x holds num_blocks * B positions (prompt, then masks), blocks "
+                "start at multiples of B from position 0 and decoding starts at block P // B, each forward seeing "
+                "x[:, :(block + 1) * B] under the block-causal mask (a position sees the positions of its block and "
+                "of earlier blocks, prompt positions included). When P % B != 0 the first generated block is "
+                "partial: its first P % B positions are the prompt's last tokens (attending to that block's masks "
+                "and attended by them) and it holds B - P % B masks; its steps use the schedule of a whole block "
+                "(2.0: num_transfer_tokens of B over `steps`), committing k = min(num_to_transfer, masks left) "
+                "when fewer pass the threshold, and it ends once no mask is left. The last block may reach past "
+                "P + G: those positions are decoded like the others (they compete for the block's commits, and in "
+                "2.1 may be edited) and cut: the output is x[:, P:P + G] cut after the first end-of-text.",
+                "generate_20 and generate_21: three prompts of 16 tokens, a multiple of every block size used "
+                "(8, 16), where blocks numbered from position 0 and from the end of the prompt coincide. "
+                "generate_20_unaligned and generate_21_unaligned: the same settings on prompts of 13 tokens "
+                "(13 % 8 = 5, 13 % 16 = 13: first generated blocks of 3 masks) and 21 tokens (21 % 8 = 5, "
+                "21 % 16 = 5: first generated blocks of 3 and 11 masks); with them every output differs from "
+                "the one blocks numbered from the end of the prompt (block(p) = floor((p - P) / B)) give, which "
+                "the script checks by replaying both layouts with the authors' model and sampler.",
+                "generate() (2.0): each step commits the masked positions of the block whose "
                 "probability exceeds `threshold` (strictly) if there are at least num_transfer_tokens[step] of "
                 "them (an even split of block_length over `steps`), else the num_transfer_tokens[step] most "
                 "probable; x0 = argmax of softmax(logits).",
@@ -265,8 +427,9 @@ def main() -> None:
                 "runs again while edits happen, at most max_post_steps more forwards.",
                 "generate() builds its mask in bfloat16; the harness casts it to float32 for the float32 model "
                 "(its values, 0 and -inf, are exact in both).",
-                "Both stop decoding further blocks once an end-of-text id stands in the generated part and cut "
-                "the output after the first end-of-text.",
+                "2.0 stops decoding further blocks once an end-of-text id stands in x[:, P:window end]; 2.1 does "
+                "so only with eos_early_stop (default False, as run here), so it decodes every block. Both cut "
+                "the output at P + G, then after the first end-of-text.",
             ],
         }
         out = Path(args.out)
@@ -275,11 +438,13 @@ def main() -> None:
         (out / "tensors.json").write_text(json.dumps(table, indent=1) + "\n")
         (out / "figures.json").write_text(compact_json(figures) + "\n")
         print(f"wrote {out}: dllm {commit[:12]}")
-        for r in runs20:
-            print("2.0", r["gen_length"], r["block_length"], r["steps"], r["threshold"], r["forwards"], r["output"])
-        for r in runs21:
-            print("2.1", r["gen_length"], r["block_length"], r["threshold"], r["editing_threshold"], r["forwards"],
-                  "edits", r["edits"], r["output"])
+        for r in runs20 + unaligned20:
+            print("2.0 P=%d" % len(r["prompt"]), r["gen_length"], r["block_length"], r["steps"], r["threshold"],
+                  r["forwards"], "distinct", len(set(r["output"])), r["output"])
+        for r in runs21 + unaligned21:
+            print("2.1 P=%d" % len(r["prompt"]), r["gen_length"], r["block_length"], r["threshold"],
+                  r["editing_threshold"], r["forwards"], "edits", r["edits"], "distinct", len(set(r["output"])),
+                  r["output"])
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

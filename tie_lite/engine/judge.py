@@ -90,7 +90,7 @@ def watched_positions(judge, ids: torch.Tensor) -> torch.Tensor:
     gen = masked[lay.prompt_len :]
     if not gen.any():
         return torch.zeros(0, dtype=torch.long)
-    blk = int(gen.nonzero()[0]) // lay.block_size
+    blk = lay.block_at(int(gen.nonzero()[0]))
     return lay.watched_positions(masked, lay.block(blk))
 
 

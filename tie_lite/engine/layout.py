@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from tie_lite.engine.answer import PAPER_ANSWER_MARKER
-from tie_lite.checks import MAX_LENGTH
+from tie_lite.checks import CHARS_PER_TOKEN, MAX_LENGTH
 from tie_lite.errors import UserError
 
 
@@ -49,6 +49,9 @@ class Layout:
     mask_id: int
     eos_ids: tuple[int, ...]
     marker_text: str = ""  # the marker as text (empty in the free layout)
+    # Blocks numbered from position 0 of the sequence (block diffusion, as LLaDA2 trains and decodes): the first
+    # block of the response is short by this many positions, which the prompt's tail fills (prompt_len % block)
+    block_offset: int = 0
 
     @property
     def total_len(self) -> int:
@@ -77,16 +80,26 @@ class Layout:
 
     @property
     def num_blocks(self) -> int:
-        return self.gen_length // self.block_size
+        return (self.gen_length + self.block_offset) // self.block_size
 
     @property
     def block_origin(self) -> tuple[int, int]:
-        """(where block 0 starts, block size): what a block-causal member's attention follows."""
-        return self.prompt_len, self.block_size
+        """(where a block starts at or before the response, block size): what a block-causal member's attention
+        follows (blocks before it, over the prompt, are counted backwards from it)."""
+        return self.prompt_len - self.block_offset, self.block_size
 
     def block(self, index: int) -> slice:
-        start = self.prompt_len + index * self.block_size
-        return slice(start, start + self.block_size)
+        """The response positions of block `index` (the first one is short by `block_offset`)."""
+        start = self.prompt_len - self.block_offset + index * self.block_size
+        return slice(max(start, self.prompt_len), start + self.block_size)
+
+    def block_at(self, offset: int) -> int:
+        """The block holding response position `offset` (0: the first position after the prompt)."""
+        return (offset + self.block_offset) // self.block_size
+
+    def block_start(self, block: slice) -> int:
+        """Where `block` (a `block()` slice) starts in the sequence: the first one within the prompt's tail."""
+        return block.start - self.block_offset if block.start == self.prompt_len else block.start
 
     def watched_positions(self, masked: torch.Tensor, block: slice) -> torch.Tensor:
         """Positions whose predictions are watched: masked answer positions, or (free layout) the next
@@ -264,12 +277,6 @@ class Layout:
         return logp
 
 
-# No tokenizer spends fewer than one token on this many characters (a long run of one character merges into long
-# tokens, but not this long): a prompt with more characters than its context times this cannot fit, and is refused
-# before it is tokenized, so its length never costs memory or time.
-CHARS_PER_TOKEN = 32
-
-
 def check_prompt_chars(messages: list[dict], max_length: int | None, name: str = "the model") -> None:
     """Refuse, untokenized, a conversation too long for a context of `max_length` tokens at any tokenization
     (no declared context: the longest any model has, MAX_LENGTH)."""
@@ -299,9 +306,13 @@ def make_layout(
     answer_length: int | None,
     marker: str = PAPER_ANSWER_MARKER,
     max_length: int | None = None,
+    blocks_from_start: bool = False,
 ) -> tuple[Layout, torch.Tensor]:
     """Build the layout and the all-masked starting canvas. `answer_length=None` selects the free layout;
-    otherwise `marker` (text) separates the reasoning from the answer."""
+    otherwise `marker` (text) separates the reasoning from the answer. `blocks_from_start`: blocks are numbered
+    from position 0 of the sequence, as a block-diffusion model's authors decode it (LLaDA2's generate() and
+    training mask): the first response block is what the prompt leaves of its block, and the canvas runs to the
+    end of a whole block, as theirs does (up to block_size - 1 positions past gen_length, given to the reasoning)."""
     if gen_length <= 0 or block_size <= 0:
         raise UserError("--gen-length and --block-size must be positive")
     if gen_length % block_size:
@@ -309,6 +320,8 @@ def make_layout(
             f"--gen-length {gen_length} is not a multiple of --block-size {block_size}; "
             f"use e.g. --gen-length {(gen_length // block_size + 1) * block_size}"
         )
+    offset = len(prompt_ids) % block_size if blocks_from_start else 0
+    gen_length += (block_size - offset) % block_size
     if answer_length is None:
         marker, marker_ids = "", ()
         reasoning_len = gen_length
@@ -320,7 +333,8 @@ def make_layout(
                 f"--gen-length {gen_length} leaves no room for reasoning before a {answer_length}-token answer; "
                 f"raise --gen-length or lower --answer-length"
             )
-    layout = Layout(len(prompt_ids), gen_length, reasoning_len, marker_ids, block_size, mask_id, tuple(eos_ids), marker)
+    layout = Layout(len(prompt_ids), gen_length, reasoning_len, marker_ids, block_size, mask_id, tuple(eos_ids), marker,
+                    offset)
     check_context(layout.prompt_len, gen_length, max_length, layout.total_len)
     return layout, layout.write_state(tokenizer, prompt_ids, TextState())
 

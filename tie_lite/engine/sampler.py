@@ -201,6 +201,7 @@ class Trajectory:
             answer_length=settings.answer_length,
             marker=settings.answer_marker,
             max_length=member.max_length,
+            blocks_from_start=getattr(getattr(member, "family", None), "block_causal", False) and not settings.dream,
         )
         gen = torch.Generator().manual_seed(settings.seed)
         traj = cls(member, layout, prompt, ids, gen, committed_by=torch.full_like(ids, -1),
@@ -222,7 +223,7 @@ class Trajectory:
         gen = self.masked[self.layout.prompt_len :]
         if not gen.any():
             return None
-        return int(gen.nonzero()[0]) // self.layout.block_size
+        return self.layout.block_at(int(gen.nonzero()[0]))
 
     def state(self) -> TextState:
         return self.layout.read_state(self.member.tokenizer, self.ids)
@@ -293,7 +294,7 @@ class Trajectory:
         gen = masked[lay.prompt_len :]
         if not gen.any():
             return None
-        block = lay.block(int(gen.nonzero()[0]) // lay.block_size)
+        block = lay.block(lay.block_at(int(gen.nonzero()[0])))
         candidates = torch.zeros_like(masked)
         candidates[block] = masked[block]
         if lay.has_answer and masked[lay.reasoning].any():
@@ -468,20 +469,21 @@ class Trajectory:
         blocks = [self.layout.block_origin]
         if settings.cache == "none" or not self.member.caches:
             return Forward(self.member, self.ids[None], need=need, blocks=blocks)
-        if self.cache is not None and self.cache_block < plan.block.start and self.member.block_causal:
+        start = self.layout.block_start(plan.block)  # the prompt's tail shares the first block: it changes with it
+        if self.cache is not None and self.cache_block < start and self.member.block_causal:
             # block diffusion: the blocks before the last cached one never saw what came after them, so their
             # keys and values are final; the refresh recomputes from the block just finished onwards
             query = torch.arange(self.cache_block, self.layout.total_len)
             return Forward(self.member, self.ids[None], need=need, store=True, caches=[self.cache], query=[query],
                            blocks=blocks)
-        if self.cache is None or self.cache_block != plan.block.start:
+        if self.cache is None or self.cache_block != start:
             return Forward(self.member, self.ids[None], need=need, store=True, blocks=blocks)
         stop = self.layout.total_len if settings.cache == "prefix" else plan.block.stop
-        query = torch.arange(plan.block.start, stop)  # the member adds the positions the logits are read at
+        query = torch.arange(start, stop)  # the member adds the positions the logits are read at
         return Forward(self.member, self.ids[None], need=need, caches=[self.cache], query=[query], blocks=blocks)
 
     def _keep_cache(self, cache, plan: StepPlan) -> None:
-        self.cache, self.cache_block = cache, plan.block.start
+        self.cache, self.cache_block = cache, self.layout.block_start(plan.block)
         if self.round_cache is None:  # verify scores this round's commitments against this canvas
             self.round_cache, self.round_cache_ids = cache, self.ids.clone()
 
