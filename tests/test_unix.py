@@ -174,6 +174,22 @@ def test_eval_seed_is_the_sampling_seed_and_the_problems_have_their_own_flag():
     assert wrong.returncode == 2 and "--problem-seed" in wrong.stderr
 
 
+def test_eval_takes_a_seed_at_temperature_0_when_a_member_samples_anyway(tmp_path):
+    """A uniform-noise member (DiffusionGemma) starts from random tokens: its answers depend on the seed at any
+    temperature, so eval --seed is its sampling seed, not a mistake."""
+    from diffusion_gemma_checkpoint import build_diffusion_gemma
+
+    folder = str(build_diffusion_gemma(tmp_path))
+    runs = {}
+    for seed in ("3", "4"):
+        done = tie_lite("eval", "--task", "sum-product", "--n", "2", "--model", folder, "--seed", seed, "--json",
+                        text=True)
+        assert done.returncode == 0, done.stderr
+        runs[seed] = done.stdout
+    shipped = tie_lite("eval", "--task", "sum-product", "--n", "2", "--model", "tiny-sp", "--seed", "3", text=True)
+    assert shipped.returncode == 2 and "for these members" in shipped.stderr
+
+
 # --- threads ---------------------------------------------------------------------------------------------
 
 

@@ -272,9 +272,6 @@ def cmd_eval(args) -> int:
     if not 1 <= args.n <= MAX_PROBLEMS:
         raise UserError(f"--n must be between 1 and {MAX_PROBLEMS}")
     check_seed(args.problem_seed, "--problem-seed")
-    if args.decode_seed and args.temperature == 0:
-        raise UserError("--seed is the sampling seed (as in generate) and does nothing at temperature 0; the "
-                        "problems' seed is --problem-seed (1 = validation, 2 = evaluation)")
     if args.resume and not args.out:
         raise UserError("--resume continues the run recorded in --out; give --out FILE.jsonl")
     check_output(args.out, TRACE_FORMATS, "--out")
@@ -290,6 +287,9 @@ def cmd_eval(args) -> int:
     for score in scores[1:]:  # each compared score must be one tie-lite knows, before anything loads
         tie_settings(argparse.Namespace(**(vars(args) | {"score": score})))
     load = load_settings(args)
+    if args.decode_seed and args.temperature == 0 and not any(map(samples_at_any_temperature, load.models)):
+        raise UserError("--seed is the sampling seed (as in generate) and does nothing at temperature 0 for these "
+                        "members; the problems' seed is --problem-seed (1 = validation, 2 = evaluation)")
     names = member_names(load.models)
     methods = args.methods.split(",") if args.methods else names + (["postgen", "tie"] if len(names) > 1 else [])
     if len(scores) > 1:
@@ -346,6 +346,21 @@ def cmd_eval(args) -> int:
         print(table(results))
         print("\n".join(report_lines(results, summary)))
     return 0
+
+
+def samples_at_any_temperature(spec: str) -> bool:
+    """A member whose output depends on the seed even at temperature 0: a uniform-noise canvas (DiffusionGemma)
+    starts from random tokens. Read from its config.json; a member that cannot be read is checked when it loads."""
+    from tie_lite.families import family_for  # deferred: the families load torch
+    from tie_lite.runtime.checkpoint import read_config
+    from tie_lite.runtime.registry import resolve
+
+    try:
+        name, source = resolve(spec)
+        config = read_config(source, name)
+    except UserError:
+        return False
+    return bool(getattr(family_for(config.get("model_type"), source=name, config=config), "uniform_noise", False))
 
 
 class Interrupted(KeyboardInterrupt):
