@@ -97,16 +97,91 @@ def cli(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
                           env=env, cwd=ROOT, timeout=timeout)
 
 
-def test_cli_generate_with_one_member_prints_what_generate_writes(folders, member_a):
+def test_cli_generate_with_one_member_prints_what_generate_writes(folders, member_a, generate_new_ids):
     done = cli("generate", "What is 2+3?", "--model", str(folders["a"]), "--free", "--gen-length", "32", "--seed", "1",
-               "--json")
+               "--json", "--member-token-ids")
     assert done.returncode == 0, done.stderr[-2000:]
     out = json.loads(done.stdout)
-    prompt = member_a.prompt_ids(QUESTION)
-    new = reference_generate(member_a, prompt, 1)[len(prompt):]
-    new = new[: new.index(1)] if 1 in new else new  # up to the end-of-text
-    assert out["text"] == member_a.tokenizer.decode(new, skip_special_tokens=True).strip()
+    ids = generate_new_ids("What is 2+3?", 1, 32)
+    assert len(ids) == 16 and ids.index(1) < 15  # the answer ends inside the first canvas: padding follows
+    new = ids[: ids.index(1)]  # up to the end-of-text
+    assert out["text"] == member_a.tokenizer.decode(new, skip_special_tokens=True).strip() != ""
     assert out["members"] == ["dg-a"] and out["answer"] is None
+    assert out["token_ids"] == ids and out["response_token_ids"] == {"dg-a": ids}  # id for id, padding included
+
+
+# --- token_ids: generate()'s new ids, id for id ------------------------------------------------------------------
+
+LONG_PROMPT = "Write a long story about cats and dogs please."
+# (prompt, seed, gen_length) -> how many canvases generate() writes for member "a": the answer ends inside the first
+# canvas, in the second, or in the third (all three shorter or longer than the prompt, whose length tie-lite once cut
+# off these ids)
+TOKEN_ID_CASES = {("What is 2+3?", 0, 32): 1, ("What is 2+3?", 2, 32): 2, ("hi", 2, 48): 3, (LONG_PROMPT, 0, 48): 2}
+
+
+@pytest.fixture(scope="module")
+def generate_new_ids(member_a):
+    """transformers' own generate() (torch.manual_seed(seed) first) for member "a": the ids after the prompt."""
+    seen = {}
+
+    def new_ids(prompt: str, seed: int, gen_length: int) -> list[int]:
+        if (prompt, seed, gen_length) not in seen:
+            ids = member_a.prompt_ids([{"role": "user", "content": prompt}])
+            seen[prompt, seed, gen_length] = reference_generate(member_a, ids, seed, gen_length)[len(ids):]
+        return seen[prompt, seed, gen_length]
+
+    return new_ids
+
+
+def test_token_ids_are_generate_s_new_ids(member_a, generate_new_ids):
+    """A uniform-noise member's token_ids (and its response_token_ids) are the ids generate() writes after the
+    prompt: every canvas, the padding after the end-of-text included, whether the answer ends inside the first
+    canvas (no longer []) or several canvases on (no longer short of the prompt's length)."""
+    for (prompt, seed, gen_length), canvases in TOKEN_ID_CASES.items():
+        messages = [{"role": "user", "content": prompt}]
+        result = run_tie(Scheduler([member_a]), messages, DecodeSettings(gen_length=gen_length, answer_length=None,
+                                                                          seed=seed), TieSettings())
+        ids = generate_new_ids(prompt, seed, gen_length)
+        assert len(ids) == canvases * member_a.denoising.canvas_length and 1 in ids
+        assert result.token_ids == ids and result.response_token_ids == {"dg-a": ids}
+        written = ids[: ids.index(1)]
+        assert result.text == member_a.tokenizer.decode(written, skip_special_tokens=True).strip()
+        assert all(t == 0 for t in ids[ids.index(1) + 1:])  # generate()'s padding, kept as it writes it
+
+
+def test_prompts_file_carries_generate_s_new_ids(folders, generate_new_ids, tmp_path):
+    """`generate --prompts FILE --member-token-ids`: each line's token_ids and response_token_ids are generate()'s
+    new ids for that prompt (one ending inside its first canvas, one spanning two)."""
+    lines = tmp_path / "prompts.jsonl"
+    lines.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in ("What is 2+3?", LONG_PROMPT)))
+    done = cli("generate", "--prompts", str(lines), "--model", str(folders["a"]), "--free", "--gen-length", "48",
+               "--seed", "0", "--member-token-ids")
+    assert done.returncode == 0, done.stderr[-2000:]
+    out = [json.loads(line) for line in done.stdout.splitlines()]
+    assert [o["prompt"] for o in out] == ["What is 2+3?", LONG_PROMPT]
+    for o, canvases in zip(out, (1, 2)):
+        ids = generate_new_ids(o["prompt"], 0, 48)
+        assert len(ids) == canvases * 16
+        assert o["token_ids"] == ids and o["response_token_ids"] == {"dg-a": ids}
+
+
+def test_the_server_trace_carries_generate_s_new_ids(folders, generate_new_ids):
+    """The server's `tie` trace: token_ids and (asked for) response_token_ids are generate()'s new ids."""
+    openai = pytest.importorskip("openai")
+    from test_serve import KEY, start_server
+
+    from tie_lite.runtime.session import LoadSettings
+
+    _, url, stop = start_server(load=LoadSettings(models=(str(folders["a"]),)))
+    try:
+        client = openai.OpenAI(base_url=url + "/v1", api_key=KEY, max_retries=0)
+        reply = client.chat.completions.create(
+            model="dg-a", messages=[{"role": "user", "content": "hi"}],
+            extra_body={"gen_length": 48, "seed": 2, "free": True, "member_token_ids": True})
+    finally:
+        stop()
+    trace, ids = reply.model_extra["tie"], generate_new_ids("hi", 2, 48)
+    assert len(ids) == 48 and trace["token_ids"] == ids and trace["response_token_ids"] == {"dg-a": ids}
 
 
 def linked_copy(src: Path, dst: Path, skip: tuple[str, ...]) -> Path:

@@ -203,6 +203,10 @@ def _cli(*args) -> subprocess.CompletedProcess:
     ("router", {"moe_router_score_function": "sigmoid"}, "moe_router_score_function 'sigmoid'"),
     ("scaling", {"routed_scaling_factor": 2.5}, "routed_scaling_factor 2.5"),
     ("experts-count", {"num_experts": 4}, "says num_experts 4, but the weights of layer 0 hold 8"),
+    # the authors' attention is 16 wide (hidden_size / heads); transformers' RoPE would rotate 32: their forward fails
+    ("head-dim", {"head_dim": 32}, "has head_dim 32, so its rotary embedding spans 32 dimensions, more than its heads"),
+    # no code of the authors' reads rotary_dim, and 16 dimensions rotate: a config that says 8 says two things
+    ("rotary-dim", {"rotary_dim": 8}, "has rotary_dim 8, but head_dim 16 x partial_rotary_factor 1.0 rotates 16 "),
 ])
 def test_bad_checkpoints_get_one_line_and_exit_2(tmp_path, case, change, says):
     config = dict(json.loads((REF / "config.json").read_text()), **change)
@@ -258,6 +262,59 @@ def test_experts_on_host_load_computes_the_same_logits(checkpoint, member):
     ids = torch.tensor([FIG["canvases"][1]["ids"]])
     with torch.no_grad():
         assert torch.equal(hosted.model(ids).logits, member.model(ids).logits)
+
+
+# --- every field the authors' config class takes ---------------------------------------------------------------
+# configuration_lladamoe.py keeps any key; of those its keywords do not name, two matter: head_dim, read by
+# transformers' default RoPE (which the authors' rotary embedding calls), and rotary_dim, read by no code of theirs.
+
+
+@pytest.mark.parametrize("keys", [{}, {"head_dim": 128, "rotary_dim": 128}], ids=["as-recorded", "head-and-rotary-dim"])
+def test_plan_reads_the_released_config_with_every_key(tmp_path, capsys, keys):
+    """`tie-lite plan` on LLaDA-MoE-7B-A1B's config.json alone, with head_dim and rotary_dim as a config may carry them
+    (each once ended in an internal error: read-only properties of the config class)."""
+    from tie_lite.faces.cli import main
+
+    folder = released_config(tmp_path)
+    (folder / "config.json").write_text(json.dumps({**json.loads((REF / "config-7b.json").read_text()), **keys}))
+    capsys.readouterr()
+    assert main(["plan", "--model", str(folder), "--json"]) == 0
+    member = json.loads(capsys.readouterr().out)["members"][0]
+    assert member["loads"] == "native" and round(member["total_params"] / 1e9, 2) == 7.36
+
+
+def _token_ids(capsys, folder: Path) -> list[int]:
+    from tie_lite.faces.cli import main
+
+    capsys.readouterr()
+    assert main(["generate", "What is (23+41)*7?", "--model", str(folder), "--gen-length", "32", "--block-size", "8",
+                 "--json"]) == 0
+    return json.loads(capsys.readouterr().out)["token_ids"]
+
+
+def test_redundant_head_dim_and_rotary_dim_decode_the_same_ids(checkpoint, tmp_path, capsys):
+    """The tiny checkpoint (every key of the authors' config class, as their save_pretrained wrote it) with head_dim
+    16 and rotary_dim 16 added, what it has without them: `tie-lite generate --json` exits 0 with the same ids."""
+    want = _token_ids(capsys, checkpoint.path)
+    assert want and any(t != EOS for t in want)
+    config = dict(json.loads((REF / "config.json").read_text()), head_dim=16, rotary_dim=16)
+    assert _token_ids(capsys, build_llada_moe(tmp_path, name="head-and-rotary-dim", config=config).path) == want
+
+
+def test_head_dim_is_the_width_the_rotary_embedding_reads(member, tmp_path):
+    """In the authors' code each head is hidden_size / heads wide (16 here) whatever head_dim says, and transformers'
+    default RoPE rotates int(head_dim x partial_rotary_factor) of its dimensions: head_dim 8 with the whole rotary
+    factor rotates what the factor 0.5 rotates without it, 8 of 16 (so tie-lite matched the authors' model under
+    transformers 4.57 on such a config, logit for logit, when this was written)."""
+    config = json.loads((REF / "config.json").read_text())
+    narrow = load_member(str(build_llada_moe(tmp_path, name="head-dim-8", config=dict(config, head_dim=8)).path))
+    half = load_member(str(build_llada_moe(tmp_path, name="half-rotary",
+                                           config=dict(config, partial_rotary_factor=0.5)).path))
+    assert narrow.model.config.rotary_dim == half.model.config.rotary_dim == 8
+    ids = torch.tensor([FIG["canvases"][1]["ids"]])
+    with torch.no_grad():
+        logits = [m.model(ids).logits for m in (narrow, half, member)]
+    assert torch.equal(logits[0], logits[1]) and not torch.equal(logits[0], logits[2])
 
 
 def test_models_lists_the_family_and_its_checkpoints(capsys):

@@ -156,7 +156,11 @@ def tie_process(
 
 
 def generated_ids(traj) -> list[int]:
-    """A trajectory's canvas after its prompt (a local or a Ray member's: both carry ids and layout)."""
+    """A trajectory's canvas after its prompt, id for id. A masked trajectory's `ids` (a local or a Ray
+    member's) hold the prompt too; a uniform-noise one's hold only what it generated, and it says so."""
+    own = getattr(traj, "response_ids", None)
+    if own is not None:
+        return own()
     return traj.ids[traj.layout.prompt_len :].tolist()
 
 

@@ -192,6 +192,12 @@ class UniformTrajectory:
         """The generated tokens (what a masked member's adopt reads with `committed_by`)."""
         return self.generated
 
+    def response_ids(self) -> list[int]:
+        """What --json's token_ids reports: every generated id, the finished canvases after the prompt (the
+        padding after the end-of-text included), as generate()'s sequences after the prompt. `ids` already
+        starts after the prompt: no prompt length is cut off it."""
+        return self.generated.tolist()
+
     @property
     def tokenizer_key(self) -> str:
         return self.member.tokenizer_key

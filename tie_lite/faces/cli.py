@@ -240,7 +240,8 @@ def generate_many(args) -> int:
             results = run_many(processes, ensemble.scheduler, on_done=lambda k, res: progress.update(),
                                max_batch=batch)
             for k, result in zip(chunk, results):
-                print(json.dumps(prompts[k] | result_fields(result)))
+                extra = {"response_token_ids": result.response_token_ids} if args.member_token_ids else {}
+                print(json.dumps(prompts[k] | result_fields(result) | extra))
             sys.stdout.flush()
     finally:
         progress.close()
@@ -292,7 +293,7 @@ def build_parser(command: str | None = None) -> Parser:
                         "standard input); prints one JSON object per prompt, a line each, in the same order")
     g.add_argument("--json", action="store_true", help="print one JSON object and nothing else on stdout")
     g.add_argument("--member-token-ids", action="store_true",
-                   help="with --json: each member's generated token ids too (response_token_ids)")
+                   help="with --json or --prompts: each member's generated token ids too (response_token_ids)")
     add_model_args(g)
     add_decode_args(g)
     add_tie_args(g)

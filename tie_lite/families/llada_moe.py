@@ -60,7 +60,7 @@ class LLaDAMoEFamily(LingFamily):
         return model_config(config)
 
     def layer_tensors(self, cfg: LLaDAMoEConfig, n: int, p: str, dt: str, table: dict, mlp) -> None:
-        h, hd, heads, kv = cfg.hidden_size, cfg.head_dim, cfg.num_attention_heads, cfg.num_key_value_heads
+        h, hd, heads, kv = cfg.hidden_size, cfg.head_width, cfg.num_attention_heads, cfg.num_key_value_heads
         for proj, rows in (("q_proj", heads * hd), ("k_proj", kv * hd), ("v_proj", kv * hd), ("o_proj", h)):
             table[f"{p}.self_attn.{proj}.weight"] = (dt, (rows, heads * hd if proj == "o_proj" else h))
             if cfg.attention_bias:

@@ -58,12 +58,17 @@ ROUTER_DTYPES = ("fp32", "float32")  # the gate runs in float32 whatever the che
 
 class LLaDA2MoeConfig(PretrainedConfig):
     """The hub config of LLaDA2.x checkpoints (configuration_llada2_moe.py's keys, plus the router keys the
-    hub configs carry: score_function, router_dtype, norm_topk_prob, moe_router_enable_expert_bias).
+    hub configs carry: score_function, router_dtype, norm_topk_prob, moe_router_enable_expert_bias, and
+    `rotary_dim`, which inclusionAI's LLaDA2-mini training config and copies of LLaDA2.1-mini's carry).
 
-    Defaults are inclusionAI/LLaDA2.0-mini's. Router settings the authors' code does not implement raise
-    ValueError (a softmax score function, unnormalized top-k weights, another router dtype), as do sizes that
-    do not fit together (groups that do not split the experts, more experts per token than the kept groups
-    hold).
+    Defaults are inclusionAI/LLaDA2.0-mini's, but for head_dim: absent, it is hidden_size / num_attention_heads,
+    as the authors' config class has it (128 for the mini sizes). `rotary_dim` is read by no code of the
+    authors' (their attention and transformers' RoPE rotate int(head_dim * partial_rotary_factor) dimensions):
+    it is accepted where it says the same, and refused where it does not (a config that says two things;
+    other implementations, e.g. sglang's, read rotary_dim when partial_rotary_factor is absent). Router settings
+    the authors' code does not implement raise ValueError (a softmax score function, unnormalized top-k
+    weights, another router dtype), as do sizes that do not fit together (groups that do not split the experts,
+    more experts per token than the kept groups hold).
     """
 
     model_type = "llada2_moe"
@@ -88,7 +93,7 @@ class LLaDA2MoeConfig(PretrainedConfig):
         rope_theta: float = 600000.0,
         rope_scaling: dict | None = None,
         partial_rotary_factor: float = 0.5,
-        head_dim: int | None = 128,
+        head_dim: int | None = None,
         num_experts: int | None = 256,
         num_shared_experts: int | None = 1,
         num_experts_per_tok: int = 8,
@@ -104,6 +109,7 @@ class LLaDA2MoeConfig(PretrainedConfig):
         mask_token_id: int | None = 156895,
         eos_token_id: int | None = 156892,
         pad_token_id: int | None = 156892,
+        rotary_dim: int | None = None,
         **kwargs,
     ):
         self.vocab_size = vocab_size
@@ -123,6 +129,8 @@ class LLaDA2MoeConfig(PretrainedConfig):
         self.rope_type = rope_type(rope_scaling)  # not kept as rope_scaling: transformers 5 reinterprets that key
         self.partial_rotary_factor = partial_rotary_factor
         self.head_dim = head_dim or hidden_size // num_attention_heads
+        # what the authors' attention and transformers' default RoPE rotate; a given rotary_dim must say the same
+        self.rotary_dim = rotary_dim if rotary_dim is not None else int(self.head_dim * partial_rotary_factor)
         self.num_experts = num_experts
         self.num_shared_experts = num_shared_experts
         self.num_experts_per_tok = num_experts_per_tok
@@ -162,6 +170,11 @@ class LLaDA2MoeConfig(PretrainedConfig):
         if not 0 < self.partial_rotary_factor <= 1 or int(self.head_dim * self.partial_rotary_factor) % 2:
             no(f"has partial_rotary_factor {self.partial_rotary_factor}, which rotates no even share of head_dim "
                f"{self.head_dim}")
+        rotated = int(self.head_dim * self.partial_rotary_factor)
+        if self.rotary_dim != rotated:
+            no(f"has rotary_dim {self.rotary_dim}, but head_dim {self.head_dim} x partial_rotary_factor "
+               f"{self.partial_rotary_factor} rotates {rotated} dimensions of each head (what the authors' code "
+               f"rotates; it never reads rotary_dim): make rotary_dim {rotated} or remove it")
         if self.num_key_value_heads in (None, 0):
             self.num_key_value_heads = self.num_attention_heads  # the 2.1 configuration's reading of 0
         if self.num_attention_heads % self.num_key_value_heads:
@@ -182,10 +195,6 @@ class LLaDA2MoeConfig(PretrainedConfig):
                 no("has experts but no moe_intermediate_size")
         if self.first_k_dense_replace > 0 and not self.intermediate_size:
             no("has dense layers (first_k_dense_replace) but no intermediate_size")
-
-    @property
-    def rotary_dim(self) -> int:
-        return int(self.head_dim * self.partial_rotary_factor)
 
     def is_moe_layer(self, index: int) -> bool:
         return self.num_experts is not None and index >= self.first_k_dense_replace

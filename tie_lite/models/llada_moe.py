@@ -10,7 +10,10 @@ experts where `moe_layer_freq[i]` is non-zero (every layer of the released check
 width `dense_intermediate_size` where it is 0; plus, on MoE layers, a `shared_expert` SwiGLU of width
 `shared_expert_intermediate_size` when that is set (null in the released checkpoints). Then `model.norm`
 and `lm_head` (tied to `model.embed_tokens` with `tie_word_embeddings`). No logit shift: output i predicts
-position i. head_dim is hidden_size / num_attention_heads.
+position i. Each head is hidden_size / num_attention_heads wide, whatever the config says: the authors' attention
+computes that width itself. A config's `head_dim` (the authors' config class keeps any key) is read by
+transformers' default RoPE alone, which rotates int(head_dim * partial_rotary_factor) dimensions of each head
+(hidden_size / num_attention_heads when absent), and so it is here; `rotary_dim` is read by no code of theirs.
 
 The router (`mlp.gate`, a linear map without bias), as the authors' LLaDAMoESparseMoeBlock computes it:
 router logits in the activations' dtype, `softmax` over the experts in float32, plus `mlp.expert_bias` (a
@@ -51,7 +54,13 @@ MODEL_TYPES = ("llada", "lladamoe")  # the released config's and the one the dll
 class LLaDAMoEConfig(PretrainedConfig):
     """The hub config of LLaDA-MoE checkpoints (configuration_lladamoe.py's keys). Defaults are the released
     LLaDA-MoE-7B-A1B's. Settings the authors' code does not implement raise ValueError: a router score function
-    other than softmax, a routed scaling factor other than 1, rope scaling, sizes that do not fit together."""
+    other than softmax, a routed scaling factor other than 1, rope scaling, sizes that do not fit together.
+
+    `head_dim` and `rotary_dim` (keys the authors' class keeps without reading): `head_dim` is the width
+    transformers' default RoPE reads (int(head_dim * partial_rotary_factor) dimensions of each head rotate;
+    `head_width`, hidden_size / num_attention_heads, is the heads' own width, as in the authors' attention); a
+    RoPE wider than a head is refused (the authors' forward fails on it). `rotary_dim` is accepted where it
+    says what rotates, and refused where it does not."""
 
     model_type = "lladamoe"
     keys_to_ignore_at_inference = ["past_key_values"]
@@ -87,6 +96,8 @@ class LLaDAMoEConfig(PretrainedConfig):
         mask_token_id: int | None = 156895,
         eos_token_id: int | None = 156892,
         pad_token_id: int | None = 156892,
+        head_dim: int | None = None,
+        rotary_dim: int | None = None,
         **kwargs,
     ):
         self.vocab_size = vocab_size
@@ -103,6 +114,11 @@ class LLaDAMoEConfig(PretrainedConfig):
         self.rms_norm_eps = rms_norm_eps
         self.rope_theta = rope_theta
         self.partial_rotary_factor = partial_rotary_factor
+        # transformers' default RoPE reads head_dim (hidden_size / num_attention_heads when absent); the attention
+        # does not (head_width)
+        self.head_dim = head_dim if head_dim is not None else (hidden_size // num_attention_heads
+                                                               if num_attention_heads else 0)
+        self.rotary_dim = rotary_dim if rotary_dim is not None else int(self.head_dim * partial_rotary_factor)
         self.rope_type = rope_type(rope_scaling)  # not kept as rope_scaling: transformers 5 reinterprets that key
         self.attention_bias = attention_bias
         self.clip_qkv = clip_qkv
@@ -143,9 +159,18 @@ class LLaDAMoEConfig(PretrainedConfig):
         if self.num_key_value_heads <= 0 or self.num_attention_heads % self.num_key_value_heads:
             no(f"has {self.num_attention_heads} heads, which do not split into {self.num_key_value_heads} "
                f"key/value heads")
-        if not 0 < self.partial_rotary_factor <= 1 or self.rotary_dim % 2:
+        rotated = int(self.head_dim * self.partial_rotary_factor)
+        if not 0 < self.partial_rotary_factor <= 1 or rotated % 2:
             no(f"has partial_rotary_factor {self.partial_rotary_factor}, which rotates no even share of head_dim "
                f"{self.head_dim}")
+        if rotated > self.head_width:
+            no(f"has head_dim {self.head_dim}, so its rotary embedding spans {rotated} dimensions, more than its heads "
+               f"have (hidden_size {self.hidden_size} / {self.num_attention_heads} heads = {self.head_width}); the "
+               f"authors' attention is that wide whatever head_dim says")
+        if self.rotary_dim != rotated:
+            no(f"has rotary_dim {self.rotary_dim}, but head_dim {self.head_dim} x partial_rotary_factor "
+               f"{self.partial_rotary_factor} rotates {rotated} dimensions of each head (what the authors' code "
+               f"rotates; it never reads rotary_dim): make rotary_dim {rotated} or remove it")
         if len(self.moe_layer_freq) != self.num_hidden_layers:
             no(f"has moe_layer_freq for {len(self.moe_layer_freq)} layers but num_hidden_layers "
                f"{self.num_hidden_layers}")
@@ -171,12 +196,9 @@ class LLaDAMoEConfig(PretrainedConfig):
         return config_dict, kwargs
 
     @property
-    def head_dim(self) -> int:
+    def head_width(self) -> int:
+        """Each attention head's width: hidden_size / num_attention_heads, as the authors' attention computes it."""
         return self.hidden_size // self.num_attention_heads
-
-    @property
-    def rotary_dim(self) -> int:
-        return int(self.head_dim * self.partial_rotary_factor)
 
     def is_moe_layer(self, index: int) -> bool:
         return self.moe_layer_freq[index] != 0
@@ -227,7 +249,8 @@ class LLaDAMoEAttention(nn.Module):
 
     def __init__(self, config: LLaDAMoEConfig):
         super().__init__()
-        self.heads, self.kv_heads, self.head_dim = config.num_attention_heads, config.num_key_value_heads, config.head_dim
+        self.heads, self.kv_heads = config.num_attention_heads, config.num_key_value_heads
+        self.head_dim = config.head_width  # hidden_size / heads, as the authors' attention has it (not config.head_dim)
         d, bias = config.hidden_size, bool(config.attention_bias)
         self.q_proj = nn.Linear(d, self.heads * self.head_dim, bias=bias)
         self.k_proj = nn.Linear(d, self.kv_heads * self.head_dim, bias=bias)
