@@ -230,9 +230,6 @@ def _damaged(root: Path, name: str, config_change=None, drop=None) -> Path:
     ("experts-count", {"num_experts": 8, "n_group": 2, "topk_group": 1}, None, "says num_experts 8, but the weights of layer 1 hold 16"),
     ("missing-experts", None, lambda n: ".mlp.experts.15." in n or ".mlp.experts.3.up_proj" in n,
      "no weights for 2 of the 16 experts of layer 1 (experts 3, 15)"),
-    # the authors' code never reads rotary_dim and rotates 8 of the 16 dimensions: a config that says 16 says two things
-    ("rotary-dim", {"rotary_dim": 16}, None,
-     "has rotary_dim 16, but head_dim 16 x partial_rotary_factor 0.5 rotates 8 "),
 ])
 def test_bad_checkpoints_get_one_line_and_exit_2(tmp_path, case, change, drop, says):
     folder = _damaged(tmp_path, case, change, drop)
@@ -388,6 +385,8 @@ def test_redundant_config_keys_decode_the_same_ids(checkpoint, tmp_path, capsys)
     class then takes hidden_size / heads, 16 here): `tie-lite generate --json` exits 0 with the same ids."""
     config = json.loads((REF / "config.json").read_text())
     variants = {"rotary-dim": dict(config, rotary_dim=8),
+                # as inclusionAI's LLaDA2-mini training config has it: 16 where 8 rotate (the authors ignore it)
+                "rotary-dim-ignored": dict(config, rotary_dim=16),
                 "no-head-dim": {k: v for k, v in config.items() if k != "head_dim"}}
     want = _generate(capsys, [str(checkpoint.path)])["token_ids"]
     assert want and any(t != EOS for t in want)

@@ -205,8 +205,6 @@ def _cli(*args) -> subprocess.CompletedProcess:
     ("experts-count", {"num_experts": 4}, "says num_experts 4, but the weights of layer 0 hold 8"),
     # the authors' attention is 16 wide (hidden_size / heads); transformers' RoPE would rotate 32: their forward fails
     ("head-dim", {"head_dim": 32}, "has head_dim 32, so its rotary embedding spans 32 dimensions, more than its heads"),
-    # no code of the authors' reads rotary_dim, and 16 dimensions rotate: a config that says 8 says two things
-    ("rotary-dim", {"rotary_dim": 8}, "has rotary_dim 8, but head_dim 16 x partial_rotary_factor 1.0 rotates 16 "),
 ])
 def test_bad_checkpoints_get_one_line_and_exit_2(tmp_path, case, change, says):
     config = dict(json.loads((REF / "config.json").read_text()), **change)
@@ -299,6 +297,8 @@ def test_redundant_head_dim_and_rotary_dim_decode_the_same_ids(checkpoint, tmp_p
     assert want and any(t != EOS for t in want)
     config = dict(json.loads((REF / "config.json").read_text()), head_dim=16, rotary_dim=16)
     assert _token_ids(capsys, build_llada_moe(tmp_path, name="head-and-rotary-dim", config=config).path) == want
+    ignored = dict(config, rotary_dim=8)  # no code of the authors' reads rotary_dim: 16 dimensions still rotate
+    assert _token_ids(capsys, build_llada_moe(tmp_path, name="rotary-dim-ignored", config=ignored).path) == want
 
 
 def test_head_dim_is_the_width_the_rotary_embedding_reads(member, tmp_path):
@@ -310,7 +310,7 @@ def test_head_dim_is_the_width_the_rotary_embedding_reads(member, tmp_path):
     narrow = load_member(str(build_llada_moe(tmp_path, name="head-dim-8", config=dict(config, head_dim=8)).path))
     half = load_member(str(build_llada_moe(tmp_path, name="half-rotary",
                                            config=dict(config, partial_rotary_factor=0.5)).path))
-    assert narrow.model.config.rotary_dim == half.model.config.rotary_dim == 8
+    assert narrow.model.config.rotated_dims == half.model.config.rotated_dims == 8
     ids = torch.tensor([FIG["canvases"][1]["ids"]])
     with torch.no_grad():
         logits = [m.model(ids).logits for m in (narrow, half, member)]

@@ -64,8 +64,7 @@ class LLaDA2MoeConfig(PretrainedConfig):
     Defaults are inclusionAI/LLaDA2.0-mini's, but for head_dim: absent, it is hidden_size / num_attention_heads,
     as the authors' config class has it (128 for the mini sizes). `rotary_dim` is read by no code of the
     authors' (their attention and transformers' RoPE rotate int(head_dim * partial_rotary_factor) dimensions):
-    it is accepted where it says the same, and refused where it does not (a config that says two things;
-    other implementations, e.g. sglang's, read rotary_dim when partial_rotary_factor is absent). Router settings
+    it is kept and ignored, as theirs is (inclusionAI's LLaDA2-mini training config says 16 where 8 rotate). Router settings
     the authors' code does not implement raise ValueError (a softmax score function, unnormalized top-k
     weights, another router dtype), as do sizes that do not fit together (groups that do not split the experts,
     more experts per token than the kept groups hold).
@@ -130,7 +129,7 @@ class LLaDA2MoeConfig(PretrainedConfig):
         self.partial_rotary_factor = partial_rotary_factor
         self.head_dim = head_dim or hidden_size // num_attention_heads
         # what the authors' attention and transformers' default RoPE rotate; a given rotary_dim must say the same
-        self.rotary_dim = rotary_dim if rotary_dim is not None else int(self.head_dim * partial_rotary_factor)
+        self.rotary_dim = rotary_dim  # kept as given: the authors' config class keeps it, no code of theirs reads it
         self.num_experts = num_experts
         self.num_shared_experts = num_shared_experts
         self.num_experts_per_tok = num_experts_per_tok
@@ -171,10 +170,6 @@ class LLaDA2MoeConfig(PretrainedConfig):
             no(f"has partial_rotary_factor {self.partial_rotary_factor}, which rotates no even share of head_dim "
                f"{self.head_dim}")
         rotated = int(self.head_dim * self.partial_rotary_factor)
-        if self.rotary_dim != rotated:
-            no(f"has rotary_dim {self.rotary_dim}, but head_dim {self.head_dim} x partial_rotary_factor "
-               f"{self.partial_rotary_factor} rotates {rotated} dimensions of each head (what the authors' code "
-               f"rotates; it never reads rotary_dim): make rotary_dim {rotated} or remove it")
         if self.num_key_value_heads in (None, 0):
             self.num_key_value_heads = self.num_attention_heads  # the 2.1 configuration's reading of 0
         if self.num_attention_heads % self.num_key_value_heads:
@@ -195,6 +190,12 @@ class LLaDA2MoeConfig(PretrainedConfig):
                 no("has experts but no moe_intermediate_size")
         if self.first_k_dense_replace > 0 and not self.intermediate_size:
             no("has dense layers (first_k_dense_replace) but no intermediate_size")
+
+    @property
+    def rotated_dims(self) -> int:
+        """What each head rotates, as the authors' attention and transformers' default RoPE compute it (never
+        `rotary_dim`, which a config may carry and no code of theirs reads)."""
+        return int(self.head_dim * self.partial_rotary_factor)
 
     def is_moe_layer(self, index: int) -> bool:
         return self.num_experts is not None and index >= self.first_k_dense_replace
@@ -344,7 +345,7 @@ class LLaDA2MoeModelLM(EmbeddingAccessors, PreTrainedModel):
 
     def rotary(self, position_ids: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         """cos, sin of shape (batch, 1, length, rotary_dim), computed in float32 and cast to `dtype`."""
-        return rotary_cos_sin(position_ids, self.config.rotary_dim, self.config.rope_theta, dtype)
+        return rotary_cos_sin(position_ids, self.config.rotated_dims, self.config.rope_theta, dtype)
 
     def forward(
         self,

@@ -59,8 +59,8 @@ class LLaDAMoEConfig(PretrainedConfig):
     `head_dim` and `rotary_dim` (keys the authors' class keeps without reading): `head_dim` is the width
     transformers' default RoPE reads (int(head_dim * partial_rotary_factor) dimensions of each head rotate;
     `head_width`, hidden_size / num_attention_heads, is the heads' own width, as in the authors' attention); a
-    RoPE wider than a head is refused (the authors' forward fails on it). `rotary_dim` is accepted where it
-    says what rotates, and refused where it does not."""
+    RoPE wider than a head is refused (the authors' forward fails on it). `rotary_dim` is kept and ignored, as
+    it is in theirs."""
 
     model_type = "lladamoe"
     keys_to_ignore_at_inference = ["past_key_values"]
@@ -118,7 +118,7 @@ class LLaDAMoEConfig(PretrainedConfig):
         # does not (head_width)
         self.head_dim = head_dim if head_dim is not None else (hidden_size // num_attention_heads
                                                                if num_attention_heads else 0)
-        self.rotary_dim = rotary_dim if rotary_dim is not None else int(self.head_dim * partial_rotary_factor)
+        self.rotary_dim = rotary_dim  # kept as given: the authors' config class keeps it, no code of theirs reads it
         self.rope_type = rope_type(rope_scaling)  # not kept as rope_scaling: transformers 5 reinterprets that key
         self.attention_bias = attention_bias
         self.clip_qkv = clip_qkv
@@ -167,10 +167,6 @@ class LLaDAMoEConfig(PretrainedConfig):
             no(f"has head_dim {self.head_dim}, so its rotary embedding spans {rotated} dimensions, more than its heads "
                f"have (hidden_size {self.hidden_size} / {self.num_attention_heads} heads = {self.head_width}); the "
                f"authors' attention is that wide whatever head_dim says")
-        if self.rotary_dim != rotated:
-            no(f"has rotary_dim {self.rotary_dim}, but head_dim {self.head_dim} x partial_rotary_factor "
-               f"{self.partial_rotary_factor} rotates {rotated} dimensions of each head (what the authors' code "
-               f"rotates; it never reads rotary_dim): make rotary_dim {rotated} or remove it")
         if len(self.moe_layer_freq) != self.num_hidden_layers:
             no(f"has moe_layer_freq for {len(self.moe_layer_freq)} layers but num_hidden_layers "
                f"{self.num_hidden_layers}")
@@ -199,6 +195,12 @@ class LLaDAMoEConfig(PretrainedConfig):
     def head_width(self) -> int:
         """Each attention head's width: hidden_size / num_attention_heads, as the authors' attention computes it."""
         return self.hidden_size // self.num_attention_heads
+
+    @property
+    def rotated_dims(self) -> int:
+        """What each head rotates, as the authors' attention and transformers' default RoPE compute it (never
+        `rotary_dim`, which a config may carry and no code of theirs reads)."""
+        return int(self.head_dim * self.partial_rotary_factor)
 
     def is_moe_layer(self, index: int) -> bool:
         return self.moe_layer_freq[index] != 0
@@ -351,7 +353,7 @@ class LLaDAMoEModelLM(EmbeddingAccessors, PreTrainedModel):
     ) -> CanvasLMOutput:
         """Logits of a canvas (see models/cache.py for `canvas_cache`, `store_cache` and `logits_at`)."""
         x = embedded(self.model.embed_tokens, input_ids, inputs_embeds)
-        x, kept = run_layers(self.model.layers, x, lambda p: rotary_cos_sin(p, self.config.rotary_dim,
+        x, kept = run_layers(self.model.layers, x, lambda p: rotary_cos_sin(p, self.config.rotated_dims,
                                                                              self.config.rope_theta, x.dtype),
                              attention_mask, position_ids, canvas_cache, store_cache)
         logits = self.lm_head(self.model.norm(head_rows(x, logits_at)))
