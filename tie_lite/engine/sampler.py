@@ -228,6 +228,25 @@ class Trajectory:
     def state(self) -> TextState:
         return self.layout.read_state(self.member.tokenizer, self.ids)
 
+    def settings_run(self, settings: DecodeSettings) -> dict:
+        """What this member's decode ran with (--json, the API's trace): the settings its sampler read, and its
+        canvas as laid out (a block-diffusion member's blocks start at multiples of the block from position 0)."""
+        lay = self.layout
+        out = {"sampler": "masked", "gen_length": lay.gen_length, "block_size": lay.block_size,
+               "first_block": lay.block_size - lay.block_offset, "steps": settings.total_steps,
+               "schedule": settings.schedule, "unmask": settings.unmask, "temperature": settings.temperature,
+               "seed": settings.seed, "cache": settings.cache if self.member.caches else "none",
+               "layout": "answer" if lay.has_answer else "free"}
+        if settings.unmask in ("threshold", "llada2"):
+            out["threshold"] = settings.threshold
+        if settings.unmask == "topk":
+            out["topk"] = settings.topk
+        if settings.dream:
+            out["eps"] = settings.eps
+        if self.edit_threshold is not None:
+            out |= {"edit_threshold": self.edit_threshold, "edit_steps": settings.edit_steps}
+        return out
+
     def text(self) -> str:
         return self.layout.text(self.member.tokenizer, self.ids)
 

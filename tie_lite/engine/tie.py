@@ -53,6 +53,7 @@ class Result:
     # padding included): what another implementation's output is compared with, token for token
     token_ids: list[int] = field(default_factory=list)  # the final response's
     response_token_ids: dict[str, list[int]] = field(default_factory=dict)  # each member's completed response
+    member_settings: dict[str, dict] = field(default_factory=dict)  # what each member's decode actually ran with
 
     @property
     def change_rate(self) -> float | None:
@@ -150,6 +151,7 @@ def tie_process(
         memory=scheduler.report(),
         token_ids=generated_ids(trajs[final]),
         response_token_ids={n: generated_ids(t) for n, t in zip(names, trajs)},
+        member_settings={n: settings_run(t, decode) for n, t in zip(names, trajs)},
     )
     emit(Final(result))
     return result
@@ -162,6 +164,12 @@ def generated_ids(traj) -> list[int]:
     if own is not None:
         return own()
     return traj.ids[traj.layout.prompt_len :].tolist()
+
+
+def settings_run(traj, decode: DecodeSettings) -> dict:
+    """What a member's decode ran with; a trajectory kept elsewhere (a Ray member's) reports the request's."""
+    report = getattr(traj, "settings_run", None)
+    return report(decode) if report is not None else {"sampler": "masked", **vars(decode)}
 
 
 def start_trajectory(member, messages: list[dict], decode: DecodeSettings, watch: bool):

@@ -138,6 +138,11 @@ class UniformLayout:
         return chars[:at], chars[at + len(self.marker_text) + skip:]
 
 
+# The masked samplers' settings (DecodeSettings names) a uniform-noise member does not read: its own sampler runs
+NOT_READ = ("block_size", "steps", "temperature", "unmask", "threshold", "topk", "schedule", "eps", "cache",
+            "edit_threshold", "edit_steps")
+
+
 @dataclass
 class UniformTrajectory:
     """One uniform-noise member's decode: the sequence it has finished, the canvas it is denoising (with its
@@ -191,6 +196,16 @@ class UniformTrajectory:
     def ids(self) -> torch.Tensor:
         """The generated tokens (what a masked member's adopt reads with `committed_by`)."""
         return self.generated
+
+    def settings_run(self, decode) -> dict:
+        """What this member's decode ran with (--json, the API's trace): its checkpoint's sampler, and which of
+        the masked samplers' settings it does not read."""
+        s = self.sampling
+        return {"sampler": "entropy-bound (the checkpoint's generation_config.json)", "canvas_length": s.canvas_length,
+                "canvases": math.ceil(self.layout.gen_length / s.canvas_length), "max_denoising_steps": s.max_denoising_steps,
+                "entropy_bound": s.entropy_bound, "confidence_threshold": s.confidence_threshold,
+                "stability_threshold": s.stability_threshold, "seed": decode.seed,
+                "layout": "answer" if self.layout.has_answer else "free", "ignored": list(NOT_READ)}
 
     def response_ids(self) -> list[int]:
         """What --json's token_ids reports: every generated id, the finished canvases after the prompt (the

@@ -26,6 +26,7 @@ from tie_lite.faces.eval import add_eval_parser
 from tie_lite.faces.lm_eval_command import add_lm_eval_parser, run_lm_eval
 from tie_lite.faces.options import (
     Parser,
+    announce_not_applied,
     add_decode_args,
     add_model_args,
     add_tie_args,
@@ -146,7 +147,8 @@ def read_prompts(path: str) -> list[dict]:
 def result_fields(result) -> dict:
     return {"text": result.text, "answer": result.answer, "members": result.members,
             "final_member": result.final_member, "steps": result.steps, "rounds": result.rounds,
-            "leader_changes": result.leader_changes, "responses": result.responses, "token_ids": result.token_ids}
+            "leader_changes": result.leader_changes, "responses": result.responses, "token_ids": result.token_ids,
+            "member_settings": result.member_settings}
 
 
 def refuse_off_task(load, prompt: str) -> None:
@@ -181,6 +183,7 @@ def cmd_generate(args) -> int:
                         plan_tokens=plan_tokens(args))
     loading.update(loading.total - loading.n)
     loading.close()
+    announce_not_applied(args, ensemble.members)
     bar = tqdm(desc="decoding", unit="step", file=sys.stderr, leave=False, disable=not terminal)
 
     def on_event(event):
@@ -223,6 +226,7 @@ def generate_many(args) -> int:
     decode, tie = decode_settings(args), tie_settings(args)
     load = load_settings(args)
     ensemble = Ensemble(load, plan_tokens=plan_tokens(args))
+    announce_not_applied(args, ensemble.members)
     messages = [[{"role": "user", "content": item["prompt"]}] for item in prompts]
     for item, conversation in zip(prompts, messages):  # every line checked before any decodes
         try:

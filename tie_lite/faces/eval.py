@@ -18,6 +18,7 @@ from tie_lite.faces.options import (
     DEFAULTS,
     PLOT_FORMATS,
     TRACE_FORMATS,
+    announce_not_applied,
     add_decode_args,
     add_model_args,
     add_tie_args,
@@ -305,6 +306,7 @@ def cmd_eval(args) -> int:
         prompts = [p.prompt for p in task.generate(args.n, args.problem_seed, phrasing=args.phrasing)]
         done = read_done(args.out, run_id, methods, args.n, prompts)
     ensemble = Ensemble(load, plan_tokens=tokens)
+    announce_not_applied(args, ensemble.members)
     if args.data:  # every question within every member's context before any decodes (a generated task's are short)
         for item in task.items[: args.n]:
             try:

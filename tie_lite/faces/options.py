@@ -260,6 +260,27 @@ def decode_settings(args):
     return settings
 
 
+def announce_not_applied(args, members) -> None:
+    """Decoding flags given for every member that a member's own sampler does not read (a uniform-noise member,
+    DiffusionGemma, runs its checkpoint's sampler): they apply to the others, and this says so once on stderr.
+    --json and the API's trace report per member what ran (`member_settings`)."""
+    import sys
+
+    from tie_lite.engine.uniform import NOT_READ  # deferred: the engine loads torch
+
+    probe = argparse.ArgumentParser()
+    add_decode_args(probe)
+    defaults = vars(probe.parse_args([]))
+    given = [k for k in NOT_READ if getattr(args, k, defaults[k]) != defaults[k]]
+    own = [m.name for m in members if getattr(m, "denoising", None) is not None]
+    if given and own:
+        flags = ", ".join("--" + k.replace("_", "-") for k in given)
+        one = len(own) == 1
+        print(f"tie-lite: note: {', '.join(own)} run{'s' * one} {'its' if one else 'their'} checkpoint's own sampler "
+              f"(generation_config.json): {flags} {'does' if len(given) == 1 else 'do'} not apply to "
+              f"{'it' if one else 'them'}", file=sys.stderr)
+
+
 def default_score(members: int) -> str:
     """verify with two or more members (best on the validation seed); one member is plain decoding."""
     return DEFAULTS["score"] if members > 1 else "tcc"

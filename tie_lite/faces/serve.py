@@ -459,7 +459,7 @@ def _trace(result, member_token_ids: bool = False) -> dict:
     trace = {"members": result.members, "final_member": result.final_member, "rounds": result.rounds,
              "leader_changes": result.leader_changes, "steps": result.steps, "seconds": round(result.seconds, 4),
              "swaps": result.memory.get("swaps", 0), "strategy": result.memory.get("strategy"),
-             "token_ids": result.token_ids}
+             "token_ids": result.token_ids, "member_settings": result.member_settings}
     return trace | ({"response_token_ids": result.response_token_ids} if member_token_ids else {})
 
 

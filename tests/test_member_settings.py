@@ -1,0 +1,84 @@
+"""Nothing ignored in silence (issue 46): a decoding flag a member's own sampler does not read is applied to the
+others and said once on stderr, and --json and the API's trace report per member what its decode ran with."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tie_lite.engine.uniform import NOT_READ
+from tie_lite.faces.cli import main
+
+try:
+    from test_serve import KEY, start_server
+except ImportError:
+    from .test_serve import KEY, start_server
+
+PROMPT = "What is 37+85?"
+# a value for each masked-sampler flag that differs from its default and is valid on its own
+FLAG_VALUES = {"block_size": "32", "steps": "32", "temperature": "0.5", "unmask": "random", "threshold": "0.5",
+               "topk": "1", "schedule": "dream", "eps": "0.01", "cache": "none", "edit_threshold": "0.9",
+               "edit_steps": "4"}
+
+
+@pytest.fixture(scope="module")
+def gemma(tmp_path_factory):
+    from diffusion_gemma_checkpoint import build_diffusion_gemma
+
+    return str(build_diffusion_gemma(tmp_path_factory.mktemp("gemma")))
+
+
+def generate(capsys, *argv) -> tuple[dict, list[str]]:
+    capsys.readouterr()
+    assert main(["generate", PROMPT, *argv, "--json"]) == 0
+    out = capsys.readouterr()
+    return json.loads(out.out), [line for line in out.err.splitlines() if line.strip()]
+
+
+def test_every_flag_is_a_setting_the_walk_covers():
+    assert set(FLAG_VALUES) == set(NOT_READ)
+
+
+@pytest.mark.parametrize("flag", sorted(NOT_READ))
+def test_a_flag_a_uniform_noise_member_does_not_read_is_said_and_applied_to_the_others(capsys, gemma, flag):
+    option = "--" + flag.replace("_", "-")
+    out, err = generate(capsys, "--model", gemma, "--model", "tiny-sp", option, FLAG_VALUES[flag])
+    notes = [line for line in err if line.startswith("tie-lite: note:")]
+    assert len(notes) == 1 and "tiny-diffusion-gemma" in notes[0] and option in notes[0], err
+    assert "tiny-sp" not in notes[0]
+    ran = out["member_settings"]
+    assert flag in ran["tiny-diffusion-gemma"]["ignored"]
+    assert ran["tiny-diffusion-gemma"]["sampler"].startswith("entropy-bound")
+    masked = ran["tiny-sp"]
+    assert masked["sampler"] == "masked"
+    if flag in masked:  # the masked member ran with what was asked (settings that apply to its policy only)
+        want = FLAG_VALUES[flag]
+        assert masked[flag] == (want if isinstance(masked[flag], str) else type(masked[flag])(float(want))), masked
+
+
+def test_no_note_without_such_a_flag_and_settings_say_what_ran(capsys, gemma):
+    out, err = generate(capsys, "--model", gemma, "--model", "tiny-sp", "--seed", "3")
+    assert not [line for line in err if line.startswith("tie-lite: note:")]
+    ran = out["member_settings"]
+    assert ran["tiny-diffusion-gemma"]["seed"] == 3 and ran["tiny-diffusion-gemma"]["canvas_length"] == 16
+    assert ran["tiny-sp"] | {"cache": "dual", "steps": 64, "gen_length": 64} == ran["tiny-sp"]
+
+
+def test_the_server_trace_reports_what_each_member_ran(gemma):
+    from openai import OpenAI
+
+    from tie_lite.runtime.session import LoadSettings
+
+    _, url, stop = start_server(load=LoadSettings(models=(gemma, "tiny-sp")))
+    try:
+        client = OpenAI(base_url=f"{url}/v1", api_key=KEY)
+        reply = client.chat.completions.create(model="tiny-diffusion-gemma", temperature=0.7,
+                                               messages=[{"role": "user", "content": PROMPT}])
+        ran = reply.model_extra["tie"]["member_settings"]["tiny-diffusion-gemma"]
+        assert "temperature" in ran["ignored"] and ran["sampler"].startswith("entropy-bound")
+        reply = client.chat.completions.create(model="tiny-sp", temperature=0.7,
+                                               messages=[{"role": "user", "content": PROMPT}])
+        assert reply.model_extra["tie"]["member_settings"]["tiny-sp"]["temperature"] == 0.7
+    finally:
+        stop()
