@@ -82,3 +82,13 @@ def test_the_server_trace_reports_what_each_member_ran(gemma):
         assert reply.model_extra["tie"]["member_settings"]["tiny-sp"]["temperature"] == 0.7
     finally:
         stop()
+
+
+def test_a_canvas_member_alone_takes_any_generation_length(capsys, gemma):
+    """Blocks mean nothing to a uniform-noise member: --gen-length 60 is not refused for not being a multiple of a
+    block size it does not have (its 16-position canvases cover it); beside a masked member the blocks apply."""
+    out, _ = generate(capsys, "--model", gemma, "--gen-length", "60")
+    assert out["member_settings"]["tiny-diffusion-gemma"]["canvases"] == 4
+    capsys.readouterr()
+    assert main(["generate", PROMPT, "--model", gemma, "--model", "tiny-sp", "--gen-length", "60"]) == 2
+    assert "not a multiple of --block-size 16" in capsys.readouterr().err

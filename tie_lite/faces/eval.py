@@ -19,6 +19,7 @@ from tie_lite.faces.options import (
     PLOT_FORMATS,
     TRACE_FORMATS,
     announce_not_applied,
+    uniform_noise,
     add_decode_args,
     add_model_args,
     add_tie_args,
@@ -288,7 +289,7 @@ def cmd_eval(args) -> int:
     for score in scores[1:]:  # each compared score must be one tie-lite knows, before anything loads
         tie_settings(argparse.Namespace(**(vars(args) | {"score": score})))
     load = load_settings(args)
-    if args.decode_seed and args.temperature == 0 and not any(map(samples_at_any_temperature, load.models)):
+    if args.decode_seed and args.temperature == 0 and not any(map(uniform_noise, load.models)):
         raise UserError("--seed is the sampling seed (as in generate) and does nothing at temperature 0 for these "
                         "members; the problems' seed is --problem-seed (1 = validation, 2 = evaluation)")
     names = member_names(load.models)
@@ -348,21 +349,6 @@ def cmd_eval(args) -> int:
         print(table(results))
         print("\n".join(report_lines(results, summary)))
     return 0
-
-
-def samples_at_any_temperature(spec: str) -> bool:
-    """A member whose output depends on the seed even at temperature 0: a uniform-noise canvas (DiffusionGemma)
-    starts from random tokens. Read from its config.json; a member that cannot be read is checked when it loads."""
-    from tie_lite.families import family_for  # deferred: the families load torch
-    from tie_lite.runtime.checkpoint import read_config
-    from tie_lite.runtime.registry import resolve
-
-    try:
-        name, source = resolve(spec)
-        config = read_config(source, name)
-    except UserError:
-        return False
-    return bool(getattr(family_for(config.get("model_type"), source=name, config=config), "uniform_noise", False))
 
 
 class Interrupted(KeyboardInterrupt):

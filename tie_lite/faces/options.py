@@ -237,12 +237,31 @@ def load_settings(args):
     )
 
 
+def uniform_noise(spec: str) -> bool:
+    """A uniform-noise member (DiffusionGemma): its canvas starts from random tokens, so its output depends on the
+    seed at any temperature, and it has canvases, not blocks. Read from its config.json; a member that cannot be
+    read is checked when it loads."""
+    from tie_lite.families import family_for  # deferred: the families load torch
+    from tie_lite.runtime.checkpoint import read_config
+    from tie_lite.runtime.registry import resolve
+
+    try:
+        name, source = resolve(spec)
+        config = read_config(source, name)
+    except UserError:
+        return False
+    return bool(getattr(family_for(config.get("model_type"), source=name, config=config), "uniform_noise", False))
+
+
 def decode_settings(args):
     from tie_lite.engine.sampler import DecodeSettings  # deferred: the sampler loads torch
 
+    block_size = args.block_size
+    if block_size == DEFAULTS["block_size"] and args.model and all(map(uniform_noise, args.model)):
+        block_size = args.gen_length  # canvases, not blocks: any --gen-length (the members' canvases round it up)
     settings = DecodeSettings(
         gen_length=args.gen_length,
-        block_size=args.block_size,
+        block_size=block_size,
         steps=args.steps,
         temperature=args.temperature,
         unmask=args.unmask,
