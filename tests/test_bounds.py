@@ -176,3 +176,25 @@ def test_a_data_file_record_no_context_holds_is_refused_before_it_is_parsed(tmp_
         f.write(json.dumps({"question": "What is 37+85?", "answer": "122"}) + "\n")
         f.write('{"question": "' + "9" * LONGEST_RECORD + '", "answer": "122"}\n')
     refused(tie_lite("eval", "--data", str(data), "--checker", "number"), "huge.jsonl line 2", "characters")
+
+
+def test_a_canvas_cut_to_a_cap_keeps_the_server_s_steps_per_token():
+    """A server started with --steps for its --gen-length, asked for fewer tokens by a family that decodes at any
+    length: the canvas shrinks to the cap and the steps with it (before the steps bound, they stayed; now they
+    would exceed the canvas)."""
+    from tie_lite.engine.sampler import DecodeSettings
+
+    wide = DecodeSettings(gen_length=256, block_size=32, steps=256)
+    narrow = wide.for_length(32)
+    assert (narrow.gen_length, narrow.steps) == (32, 32)
+    narrow.validate()
+    assert DecodeSettings(gen_length=256, block_size=32, steps=128).for_length(64).steps == 32
+    assert DecodeSettings(gen_length=256, block_size=32, steps=128, schedule="dream").for_length(64).steps == 32
+
+
+def test_lm_eval_takes_the_answer_marker_it_documents():
+    from tie_lite.faces.lm_eval_model import model_settings
+
+    args, decode, *_ = model_settings("tiny-sp", "cpu", {"answer_marker": "The answer is", "answer_length": 8},
+                                      quiet=True)
+    assert decode.answer_marker == "The answer is" and decode.answer_length == 8

@@ -287,6 +287,12 @@ def check_prompt_chars(messages: list[dict], max_length: int | None, name: str =
                         f"hold ({context * CHARS_PER_TOKEN:,} characters at most); shorten it")
 
 
+def response_length(prompt_len: int, gen_length: int, block_size: int, blocks_from_start: bool) -> int:
+    """The canvas after the prompt: gen_length, or with blocks numbered from the sequence's start, on to the end of
+    the block where it ends (as a block-diffusion model's authors lay it out)."""
+    return gen_length + ((-(prompt_len + gen_length)) % block_size if blocks_from_start else 0)
+
+
 def check_context(prompt_len: int, gen_length: int, max_length: int | None, total_len: int | None = None) -> None:
     if max_length is not None and (total_len or prompt_len + gen_length) > max_length:
         raise UserError(
@@ -321,7 +327,7 @@ def make_layout(
             f"use e.g. --gen-length {(gen_length // block_size + 1) * block_size}"
         )
     offset = len(prompt_ids) % block_size if blocks_from_start else 0
-    gen_length += (block_size - offset) % block_size
+    gen_length = response_length(len(prompt_ids), gen_length, block_size, blocks_from_start)
     if answer_length is None:
         marker, marker_ids = "", ()
         reasoning_len = gen_length

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import functools
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -93,6 +93,15 @@ class DecodeSettings:
     def steps_per_block(self) -> int:
         return self.total_steps // (self.gen_length // self.layout_block_size)
 
+    def for_length(self, gen_length: int) -> DecodeSettings:
+        """These settings over a canvas of another length: the same steps per token, a whole number of steps per
+        block, at most one position a step (a server's cap or lm-eval's max_gen_toks choose the length)."""
+        steps = None
+        if self.steps is not None:
+            blocks = max(1, gen_length // (gen_length if self.dream else self.block_size))
+            steps = min(gen_length, max(1, round(self.steps * gen_length / self.gen_length / blocks)) * blocks)
+        return replace(self, gen_length=gen_length, steps=steps)
+
     def validate(self) -> None:
         check_lengths({"--gen-length": self.gen_length, "--block-size": self.block_size, "--steps": self.steps,
                        "--answer-length": self.answer_length})
@@ -150,6 +159,11 @@ class DecodeSettings:
             raise UserError("--temperature must be >= 0")
 
 
+def blocks_from_start(member, settings: DecodeSettings) -> bool:
+    """A block-diffusion member numbers its blocks from position 0 of the sequence, as its authors decode it."""
+    return getattr(getattr(member, "family", None), "block_causal", False) and not settings.dream
+
+
 @dataclass
 class Trajectory:
     """One member's canvas plus what scoring needs from its recent steps (the relay state). The member is a
@@ -201,7 +215,7 @@ class Trajectory:
             answer_length=settings.answer_length,
             marker=settings.answer_marker,
             max_length=member.max_length,
-            blocks_from_start=getattr(getattr(member, "family", None), "block_causal", False) and not settings.dream,
+            blocks_from_start=blocks_from_start(member, settings),
         )
         gen = torch.Generator().manual_seed(settings.seed)
         traj = cls(member, layout, prompt, ids, gen, committed_by=torch.full_like(ids, -1),

@@ -71,6 +71,8 @@ def model_arguments(members, given: dict):
         args.model = members if isinstance(members, (list, tuple)) else [m for m in str(members).split("+") if m]
     actions = {action.dest: action for action in parser._actions}
     for key, value in given.items():
+        if SETTINGS[key] not in actions:  # no CLI flag of its own (answer_marker): model_settings applies it
+            continue
         value = setting_value(key, value, actions[SETTINGS[key]])
         setattr(args, SETTINGS[key], [value] if key == "select" else value)
     args.free = "answer_length" not in given  # lm-eval's tasks read their answers from the text themselves
@@ -196,11 +198,7 @@ class TieLiteLM(LM):
                             "generating %d", length, fits)
             length = fits
         temperature = float(gen_kwargs.get("temperature") or 0.0) if gen_kwargs.get("do_sample") else 0.0
-        steps = None
-        if d.steps is not None:  # the same steps per token, a whole number of steps per block
-            blocks = length // d.layout_block_size
-            steps = max(1, round(d.steps * length / d.gen_length / blocks)) * blocks
-        return replace(d, gen_length=length, steps=steps, temperature=temperature)
+        return replace(d.for_length(length), temperature=temperature)
 
 
 def lm_eval_device(device: str | None, quiet: bool = False) -> str:

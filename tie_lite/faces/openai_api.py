@@ -335,7 +335,7 @@ def fit_canvas(ask: Ask, members: list) -> Ask:
             raise APIError(400, f"{field}: the prompt leaves {room} tokens of the context, less than one block of "
                                 f"{block}; shorten the prompt", param=field, code="context_length_exceeded")
     cap = ask.cap if ask.cap is None or room == math.inf else min(ask.cap, int(room))
-    decode = replace(decode, gen_length=int(canvas))
+    decode = decode if ask.canvas_given else decode.for_length(int(canvas))  # the server's steps per token
     try:
         decode.validate()
     except UserError as exc:

@@ -27,6 +27,8 @@ from tie_lite.runtime.session import peak_bytes
 # in step send their next requests together, a millisecond or two apart; one that misses the step the others
 # start at decodes out of step with them for its whole run, in forwards of its own.
 ADMIT_WAIT = 0.01
+# Forwards a request may be passed over while another member's requests run, when members swap: a round's steps
+SWAP_PATIENCE = 16
 
 
 def job_members(ensemble, job: Job) -> list:
@@ -226,7 +228,10 @@ class BatchEngine:
             return
         # no more requests in one forward than the tightest of them may stack under the memory budget
         limit = min(job.limit for job in self._pending)
-        out = forward_batch(self._pending, self.ensemble.scheduler, limit, self._waited)
+        # members that swap in and out of the device take turns a round at a time (a turn costs a whole swap);
+        # resident ones a forward at a time
+        patience = SWAP_PATIENCE if getattr(self.ensemble.scheduler, "swapping", False) else 1
+        out = forward_batch(self._pending, self.ensemble.scheduler, limit, self._waited, patience)
         self.forwards += 1
         self.batched += len(out)
         for job in self._pending:

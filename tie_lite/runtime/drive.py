@@ -8,12 +8,13 @@ from collections import defaultdict
 from tie_lite.engine.process import Forward
 
 
-def forward_batch(pending: dict, scheduler=None, max_batch: int = 64, waited: dict | None = None) -> dict:
+def forward_batch(pending: dict, scheduler=None, max_batch: int = 64, waited: dict | None = None,
+                  patience: int = 1) -> dict:
     """One stacked forward for some of `pending` ({key: Forward}): the requests of one kind for one member,
     the resident member's first, the largest group otherwise. With `waited` ({key: forwards it has been passed
-    over}), the group of the request passed over longest goes first: a request whose member is not the resident
-    one (a long decode or token editing on another member) waits one forward at most, never until the other is
-    done. Returns {key: logits} for those."""
+    over}), the group of the request passed over longest goes first once it has waited `patience` forwards: a
+    request whose member is not the resident one (a long decode or token editing on another member) waits that
+    long at most, never until the other is done. Returns {key: logits} for those."""
     groups = defaultdict(list)
     for k, req in pending.items():  # canvases (and their caches) of different lengths stack, right-padded
         groups[(id(req.member), req.kind)].append(k)
@@ -22,7 +23,8 @@ def forward_batch(pending: dict, scheduler=None, max_batch: int = 64, waited: di
 
     def priority(g):
         longest = max(waited.get(k, 0) for k in groups[g])
-        return (longest, current is not None and g[0] == id(current), len(groups[g]))
+        overdue = longest if longest >= patience else 0
+        return (overdue, current is not None and g[0] == id(current), len(groups[g]))
 
     key = max(groups, key=priority)
     ks = sorted(groups[key], key=lambda k: -waited.get(k, 0))  # within the forward's limit, the longest-waiting first

@@ -13,8 +13,8 @@ import psutil
 import torch
 
 from tie_lite.checks import format_size, parse_size
-from tie_lite.engine.layout import FREE_ANSWER_POSITIONS, check_context
-from tie_lite.engine.sampler import DecodeSettings
+from tie_lite.engine.layout import FREE_ANSWER_POSITIONS, check_context, response_length
+from tie_lite.engine.sampler import DecodeSettings, blocks_from_start
 from tie_lite.engine.scoring import needs_cross_model
 from tie_lite.engine.tie import Result, TieSettings, run_tie
 from tie_lite.errors import UserError
@@ -247,7 +247,9 @@ class Ensemble:
         """The conversation and the canvas within every member's context (a prompt far too long is refused by its
         characters, before it is tokenized)."""
         for m in self.members:
-            check_context(len(m.prompt_ids(messages)), decode.gen_length, m.max_length)
+            prompt = len(m.prompt_ids(messages))
+            canvas = response_length(prompt, decode.gen_length, decode.layout_block_size, blocks_from_start(m, decode))
+            check_context(prompt, decode.gen_length, m.max_length, prompt + canvas)
 
     def _check_host_memory(self, messages, decode: DecodeSettings, tie: TieSettings) -> None:
         """No budget given (all members resident on the CPU): refuse a request whose forward alone would not fit

@@ -85,9 +85,9 @@ _WORDS = [(re.compile(r"\bmultiplied\s+by\b"), "*"), (re.compile(r"\btimes\b"), 
           (re.compile(r"\badd\s+(\d+)\s+and\s+(\d+)"), r"\1+\2"), (re.compile(r"\bmultiply\s+(\d+)\s+by\s+(\d+)"), r"\1*\2"),
           (re.compile(r"\bthe\s+sum\s+of\s+(\d+)\s+and\s+(\d+)"), r"\1+\2"),
           (re.compile(r"\bthe\s+product\s+of\s+(\d+)\s+and\s+(\d+)"), r"\1*\2")]
-# Starts only where a number starts, and never gives digits back: linear in the text (with backtracking, a long
-# run of digits took quadratic time: a 50,000-digit prompt held the CLI for minutes before the context check)
-_EXPRESSION = re.compile(r"(?<!\d)\(?\d++\)?(?:[+*]\(?\d++\)?)+")
+# Starts only where a number starts, and a number never ends inside digits: linear in the text (with backtracking,
+# a long run of digits took quadratic time: a 5 MB prompt held the CLI for minutes before the context check)
+_EXPRESSION = re.compile(r"(?<!\d)\(?\d+(?!\d)\)?(?:[+*]\(?\d+(?!\d)\)?)+")
 
 
 def find_expression(prompt: str) -> str | None:

@@ -117,8 +117,9 @@ def _run(source: str, time_limit: float, memory_limit: int, *, namespaces: bool 
                 os.killpg(child.pid, signal.SIGKILL)
             except (ProcessLookupError, PermissionError):
                 pass
-            child.wait()
-            child.stdout.close()
+            finally:
+                child.wait()
+                child.stdout.close()
     words = bytes(out).decode(errors="replace").split()
     if words[:1] == ["setup-failed"]:  # namespaces were granted but could not be set up: not again
         _namespaces = False
@@ -131,8 +132,10 @@ def _run(source: str, time_limit: float, memory_limit: int, *, namespaces: bool 
 def _read(fd: int, out: bytearray, seconds: float) -> bool:
     """Read fd into out until its end (True) or for at most seconds (False)."""
     end = time.monotonic() + seconds
+    poller = select.poll()  # not select(): it fails on descriptors past 1024, which a long evaluation may hold
+    poller.register(fd, select.POLLIN | select.POLLHUP)
     while (left := end - time.monotonic()) > 0:
-        if select.select([fd], [], [], left)[0]:
+        if poller.poll(left * 1000):
             chunk = os.read(fd, 4096)
             if not chunk:
                 return True
@@ -418,8 +421,11 @@ def _supervise(config: dict) -> str:
     signal.setitimer(signal.ITIMER_REAL, config["wall"])
     if hasattr(os, "waitid"):  # ended, not reaped: the alarm cannot hit another process with its id
         os.waitid(os.P_PID, target, os.WEXITED | os.WNOWAIT)
-    signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.setitimer(signal.ITIMER_REAL, 0)
     status = os.waitpid(target, 0)[1]
+    signal.setitimer(signal.ITIMER_REAL, 0)  # (no waitid, e.g. macOS before Python 3.13: only once it is reaped)
+    for stop in (signal.SIGALRM, signal.SIGTERM):  # its id is free now: a late signal must not reach another
+        signal.signal(stop, signal.SIG_IGN)
     if not jailed and libc is not None:
         _kill_descendants()
     if jailed and os.WIFEXITED(status) and os.WEXITSTATUS(status) == SETUP_FAILED:
