@@ -92,3 +92,25 @@ def test_a_canvas_member_alone_takes_any_generation_length(capsys, gemma):
     capsys.readouterr()
     assert main(["generate", PROMPT, "--model", gemma, "--model", "tiny-sp", "--gen-length", "60"]) == 2
     assert "not a multiple of --block-size 16" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def llada(tmp_path_factory):
+    from real_checkpoints import build_llada
+
+    return str(build_llada(tmp_path_factory.mktemp("llada")).path)
+
+
+def test_an_approximate_default_cache_is_said_and_reported(capsys, llada):
+    """LLaDA's default dual cache is Fast-dLLM's approximation: said once after the run and marked in
+    member_settings; --cache none (its authors' exact computation) says nothing; the shipped members, measured
+    with the dual cache, say nothing either."""
+    out, err = generate(capsys, "--model", llada, "--gen-length", "32")
+    notes = [line for line in err if line.startswith("tie-lite: note:")]
+    assert len(notes) == 1 and "--cache dual is approximate for tiny-llada-instruct" in notes[0]
+    assert out["member_settings"]["tiny-llada-instruct"]["cache_exact"] is False
+    out, err = generate(capsys, "--model", llada, "--gen-length", "32", "--cache", "none")
+    assert not [line for line in err if line.startswith("tie-lite: note:")]
+    assert out["member_settings"]["tiny-llada-instruct"]["cache_exact"] is True
+    out, err = generate(capsys)
+    assert not [line for line in err if line.startswith("tie-lite: note:")]

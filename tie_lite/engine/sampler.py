@@ -251,6 +251,9 @@ class Trajectory:
                "schedule": settings.schedule, "unmask": settings.unmask, "temperature": settings.temperature,
                "seed": settings.seed, "cache": settings.cache if self.member.caches else "none",
                "layout": "answer" if lay.has_answer else "free"}
+        # a block-diffusion member's finished blocks never see later ones: any cache is exact; a bidirectional
+        # member's reused keys and values are Fast-dLLM's approximation
+        out["cache_exact"] = out["cache"] == "none" or bool(getattr(self.member, "block_causal", False))
         if settings.unmask in ("threshold", "llada2"):
             out["threshold"] = settings.threshold
         if settings.unmask == "topk":

@@ -26,7 +26,6 @@ from tie_lite.faces.eval import add_eval_parser
 from tie_lite.faces.lm_eval_command import add_lm_eval_parser, run_lm_eval
 from tie_lite.faces.options import (
     Parser,
-    announce_not_applied,
     add_decode_args,
     add_model_args,
     add_tie_args,
@@ -35,6 +34,7 @@ from tie_lite.faces.options import (
     load_settings,
     plan_tokens,
     quiet_libraries,
+    say_notes,
     tie_settings,
 )
 from tie_lite.faces.plan import add_plan_parser
@@ -183,7 +183,6 @@ def cmd_generate(args) -> int:
                         plan_tokens=plan_tokens(args))
     loading.update(loading.total - loading.n)
     loading.close()
-    announce_not_applied(args, ensemble.members)
     bar = tqdm(desc="decoding", unit="step", file=sys.stderr, leave=False, disable=not terminal)
 
     def on_event(event):
@@ -195,6 +194,7 @@ def cmd_generate(args) -> int:
     refuse_off_task(load, prompt)  # after every flag and model check, as the chat asks its loaded members
     result = ensemble.run([{"role": "user", "content": prompt}], decode, tie, on_event)
     bar.close()
+    say_notes(args, ensemble.members)
     total = ensemble.load_seconds + result.seconds
     if args.json:
         out = result_fields(result) | {
@@ -226,7 +226,6 @@ def generate_many(args) -> int:
     decode, tie = decode_settings(args), tie_settings(args)
     load = load_settings(args)
     ensemble = Ensemble(load, plan_tokens=plan_tokens(args))
-    announce_not_applied(args, ensemble.members)
     messages = [[{"role": "user", "content": item["prompt"]}] for item in prompts]
     for item, conversation in zip(prompts, messages):  # every line checked before any decodes
         try:
@@ -249,6 +248,7 @@ def generate_many(args) -> int:
             sys.stdout.flush()
     finally:
         progress.close()
+    say_notes(args, ensemble.members)
     return 0
 
 

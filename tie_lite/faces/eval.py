@@ -18,8 +18,6 @@ from tie_lite.faces.options import (
     DEFAULTS,
     PLOT_FORMATS,
     TRACE_FORMATS,
-    announce_not_applied,
-    uniform_noise,
     add_decode_args,
     add_model_args,
     add_tie_args,
@@ -27,7 +25,9 @@ from tie_lite.faces.options import (
     default_score,
     load_settings,
     plan_tokens,
+    say_notes,
     tie_settings,
+    uniform_noise,
     whole,
 )
 from tie_lite.faces.progress import Progress
@@ -307,7 +307,6 @@ def cmd_eval(args) -> int:
         prompts = [p.prompt for p in task.generate(args.n, args.problem_seed, phrasing=args.phrasing)]
         done = read_done(args.out, run_id, methods, args.n, prompts)
     ensemble = Ensemble(load, plan_tokens=tokens)
-    announce_not_applied(args, ensemble.members)
     if args.data:  # every question within every member's context before any decodes (a generated task's are short)
         for item in task.items[: args.n]:
             try:
@@ -348,6 +347,7 @@ def cmd_eval(args) -> int:
               + f", score {','.join(scores)}, select {tie.select}, cache {decode.cache}")
         print(table(results))
         print("\n".join(report_lines(results, summary)))
+    say_notes(args, ensemble.members)
     return 0
 
 

@@ -279,25 +279,43 @@ def decode_settings(args):
     return settings
 
 
-def announce_not_applied(args, members) -> None:
-    """Decoding flags given for every member that a member's own sampler does not read (a uniform-noise member,
-    DiffusionGemma, runs its checkpoint's sampler): they apply to the others, and this says so once on stderr.
-    --json and the API's trace report per member what ran (`member_settings`)."""
-    import sys
+HUB_BIDIRECTIONAL = ("llada", "dream", "llada-moe")  # families whose default block cache is an approximation
 
+
+def settings_notes(args, members) -> list[str]:
+    """What the flags did not do, said once on stderr after a run (never before an error's one line): flags given
+    for every member that a member's own sampler does not read (a uniform-noise member, DiffusionGemma, runs its
+    checkpoint's sampler; they apply to the others), and a default cache that is approximate for a hub family.
+    --json and the API's trace report per member what ran (`member_settings`)."""
     from tie_lite.engine.uniform import NOT_READ  # deferred: the engine loads torch
 
     probe = argparse.ArgumentParser()
     add_decode_args(probe)
     defaults = vars(probe.parse_args([]))
+    notes = []
     given = [k for k in NOT_READ if getattr(args, k, defaults[k]) != defaults[k]]
     own = [m.name for m in members if getattr(m, "denoising", None) is not None]
     if given and own:
         flags = ", ".join("--" + k.replace("_", "-") for k in given)
         one = len(own) == 1
-        print(f"tie-lite: note: {', '.join(own)} run{'s' * one} {'its' if one else 'their'} checkpoint's own sampler "
-              f"(generation_config.json): {flags} {'does' if len(given) == 1 else 'do'} not apply to "
-              f"{'it' if one else 'them'}", file=sys.stderr)
+        notes.append(f"tie-lite: note: {', '.join(own)} run{'s' * one} {'its' if one else 'their'} checkpoint's own "
+                     f"sampler (generation_config.json): {flags} {'does' if len(given) == 1 else 'do'} not apply to "
+                     f"{'it' if one else 'them'}")
+    # the default cache where it is not exact, for a hub family (the shipped members were measured with it)
+    approximate = [m.name for m in members if getattr(m, "caches", False) and not getattr(m, "block_causal", False)
+                   and getattr(getattr(m, "family", None), "name", "") in HUB_BIDIRECTIONAL]
+    if approximate and args.cache == defaults["cache"] != "none":
+        notes.append(f"tie-lite: note: the default --cache {args.cache} is approximate for {', '.join(approximate)} "
+                     f"(keys and values reused within a block, as Fast-dLLM does); --cache none decodes as the "
+                     f"authors' code does")
+    return notes
+
+
+def say_notes(args, members) -> None:
+    import sys
+
+    for note in settings_notes(args, members):
+        print(note, file=sys.stderr)
 
 
 def default_score(members: int) -> str:
