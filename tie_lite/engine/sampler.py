@@ -95,11 +95,11 @@ class DecodeSettings:
 
     def for_length(self, gen_length: int) -> DecodeSettings:
         """These settings over a canvas of another length: the same steps per token, a whole number of steps per
-        block, at most one position a step (a server's cap or lm-eval's max_gen_toks choose the length)."""
+        block (a server's cap or lm-eval's max_gen_toks choose the length)."""
         steps = None
         if self.steps is not None:
             blocks = max(1, gen_length // (gen_length if self.dream else self.block_size))
-            steps = min(gen_length, max(1, round(self.steps * gen_length / self.gen_length / blocks)) * blocks)
+            steps = max(1, round(self.steps * gen_length / self.gen_length / blocks)) * blocks
         return replace(self, gen_length=gen_length, steps=steps)
 
     def validate(self) -> None:
@@ -123,9 +123,6 @@ class DecodeSettings:
         if not 0 <= self.edit_steps <= MAX_EDIT_STEPS:
             raise UserError(f"--edit-steps must be in 0..{MAX_EDIT_STEPS} (passes over one full block; the LLaDA2.1 "
                             f"authors use 16)")
-        if self.steps is not None and self.steps > self.gen_length:
-            raise UserError(f"--steps {self.steps} is more than the {self.gen_length} positions of --gen-length; every "
-                            f"step commits at least one, so use at most --steps {self.gen_length}")
         if self.dream:
             self._validate_dream()
             return

@@ -14,6 +14,7 @@ import argparse
 import logging
 import math
 import os
+import sys
 import warnings
 
 from tie_lite.checks import (
@@ -242,8 +243,8 @@ def uniform_noise(spec: str) -> bool:
     seed at any temperature, and it has canvases, not blocks. Read from its config.json; a member that cannot be
     read is checked when it loads."""
     from tie_lite.families import family_for  # deferred: the families load torch
-    from tie_lite.runtime.checkpoint import read_config
-    from tie_lite.runtime.registry import resolve
+    from tie_lite.runtime.checkpoint import read_config  # deferred with them (torch)
+    from tie_lite.runtime.registry import resolve  # deferred with them (torch)
 
     try:
         name, source = resolve(spec)
@@ -312,8 +313,6 @@ def settings_notes(args, members) -> list[str]:
 
 
 def say_notes(args, members) -> None:
-    import sys
-
     for note in settings_notes(args, members):
         print(note, file=sys.stderr)
 
