@@ -214,13 +214,14 @@ class BatchEngine:
                 self._waiting.remove(job)
                 job._end("cancelled")
         for job in admitted:
-            if job.cancelled:
+            if job.cancelled or self.closed:  # closed while it was being admitted: close() did not see it
                 job._end("cancelled")
             else:
                 self._start(job)
             with self._cond:
                 self._starting -= 1
-        for job in [j for j in self._active if j.cancelled]:  # the client went away: free its slot now
+        # the client went away, or the engine closed (a request started while close() ran is not flagged): free it now
+        for job in [j for j in self._active if j.cancelled or self.closed]:
             self._active[job].close()
             self._retire(job)
             job._end("cancelled")
