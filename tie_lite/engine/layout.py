@@ -15,8 +15,8 @@ from dataclasses import dataclass
 
 import torch
 
-from tie_lite.engine.answer import PAPER_ANSWER_MARKER
 from tie_lite.checks import CHARS_PER_TOKEN, MAX_LENGTH
+from tie_lite.engine.answer import PAPER_ANSWER_MARKER
 from tie_lite.errors import UserError
 
 

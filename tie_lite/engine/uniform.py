@@ -202,8 +202,8 @@ class UniformTrajectory:
         the masked samplers' settings it does not read."""
         s = self.sampling
         return {"sampler": "entropy-bound (the checkpoint's generation_config.json)", "canvas_length": s.canvas_length,
-                "canvases": math.ceil(self.layout.gen_length / s.canvas_length), "max_denoising_steps": s.max_denoising_steps,
-                "entropy_bound": s.entropy_bound, "confidence_threshold": s.confidence_threshold,
+                "canvases": math.ceil(self.layout.gen_length / s.canvas_length),
+                "max_denoising_steps": s.max_denoising_steps, "entropy_bound": s.entropy_bound, "confidence_threshold": s.confidence_threshold,
                 "stability_threshold": s.stability_threshold, "seed": decode.seed,
                 "layout": "answer" if self.layout.has_answer else "free", "ignored": list(NOT_READ)}
 
