@@ -33,7 +33,11 @@ What it writes under --out (default tests/fixtures/reference/dream/):
 - figures.json  raw logits at fixed positions of fixed canvases, and the token ids diffusion_generate
                 returns at temperature 0 with top_k=None, top_p=None for the algs maskgit_plus, topk_margin
                 and entropy, the defaults diffusion_generate really uses, and DreamTokenizer's ids for a few
-                texts and chat prompts (over a synthetic vocabulary, see write_tokenizer_files).
+                texts and chat prompts (over a synthetic vocabulary, see write_tokenizer_files);
+                "generate_recipe" holds diffusion_generate called as the Dream README calls it (alg entropy,
+                alg_temp 0, steps = max_new_tokens = 64, eps 1e-3, all-ones attention_mask) but greedy (temperature 0,
+                top_p and top_k None): what `tie-lite generate --model FOLDER --gen-length 64` runs with no other
+                decode flag, for PROMPT and the 9-token RECIPE_PROMPTS[1].
 
 This script must not import tie_lite; it imports tests/real_checkpoints.py for the shared weight filler.
 """
@@ -81,6 +85,12 @@ POSITIONS = [[0, 19, 20, 25, 31], [9, 20, 21, 24, 30], [0, 5, 6, 15]]
 FIXED_IDS = [0, 13, NL, 1079, EOS, IM_START, IM_END, 151665, MASK, 152063]
 GENERATE = [(32, 32), (32, 16), (24, 8)]  # (max_new_tokens, steps)
 ALGS = ("maskgit_plus", "topk_margin", "entropy")
+# The Dream README's call (max_new_tokens=512, steps=512, temperature=0.2, top_p=0.95, alg="entropy", alg_temp=0.)
+# at tie-lite's greedy recipe: temperature 0, no top_p, top_k None; 64 new tokens as tie-lite's tests pass
+# --gen-length (512 costs minutes on CPU with the 152k vocabulary).
+RECIPE = dict(max_new_tokens=64, steps=64, temperature=0.0, top_p=None, top_k=None, alg="entropy", alg_temp=0.0)
+# PROMPT, and user "Hello" then the assistant tag (CANVASES[2]'s short prompt with the generation prompt)
+RECIPE_PROMPTS = [PROMPT, [IM_START, 872, NL, 9707, IM_END, NL, IM_START, 77091, NL]]
 
 
 # Tokenizer: the hub's tokenizer_config.json (kept as a fixture) over a small synthetic vocab.json + merges.txt
@@ -243,6 +253,30 @@ def main() -> None:
                         "output_with_hidden_top_k": hidden[0][len(PROMPT):].tolist(),
                     })
 
+        recipe_runs = []  # the README's call, greedy (RECIPE); diffusion_generate never stops early
+        with torch.no_grad():
+            for ids in RECIPE_PROMPTS:
+                prompt = torch.tensor([ids])
+                mask = torch.ones_like(prompt)
+                new = RECIPE["max_new_tokens"]
+                out = loaded.diffusion_generate(prompt, attention_mask=mask, output_history=True,
+                                                return_dict_in_generate=True, **RECIPE)
+                seq = out.sequences[0]
+                history = [ids + [MASK] * new] + [h[0].tolist() for h in out.history]
+                per_step = [sum(a == MASK and b != MASK for a, b in zip(h0, h1))
+                            for h0, h1 in zip(history, history[1:])]
+                assert seq[:len(ids)].tolist() == ids and MASK not in seq.tolist()
+                hidden = loaded.diffusion_generate(  # the same call without top_k=None: the hidden default
+                    prompt, attention_mask=mask, **{k: v for k, v in RECIPE.items() if k != "top_k"})
+                recipe_runs.append({
+                    "alg": RECIPE["alg"], "max_new_tokens": new, "steps": RECIPE["steps"], "eps": 1e-3,
+                    "temperature": RECIPE["temperature"], "top_k": RECIPE["top_k"], "top_p": RECIPE["top_p"],
+                    "alg_temp": RECIPE["alg_temp"], "attention_mask": "all ones",
+                    "prompt": ids, "output": seq[len(ids):].tolist(), "forwards": len(out.history),
+                    "transfers_per_step": per_step,
+                    "output_with_hidden_top_k": hidden[0][len(ids):].tolist(),
+                })
+
         figures = {
             "about": "Figures of the Dream authors' own code (transformers %s, torch %s) on a tiny checkpoint with "
                      "the real Dream-v0-Instruct-7B config and deterministic weights (tests/real_checkpoints.py)."
@@ -275,6 +309,7 @@ def main() -> None:
                        "diffusion_generate builds them for a left-padded batch",
             },
             "generate": runs,
+            "generate_recipe": recipe_runs,
             "tokenizer": dict(tokenizer_rows, how="DreamTokenizer (tokenization_dream.py) with the hub's "
                               "tokenizer_config.json (fixture) over write_tokenizer_files' synthetic vocab.json + merges.txt"),
             "defaults": defaults,
@@ -306,6 +341,9 @@ def main() -> None:
         print(f"wrote {out} from {commit[:12]}:{args.path}")
         for r in runs:
             print(r["alg"], r["max_new_tokens"], r["steps"], r["transfers_per_step"],
+                  "hidden top_k differs" if r["output"] != r["output_with_hidden_top_k"] else "")
+        for r in recipe_runs:
+            print("recipe", len(r["prompt"]), r["forwards"], len(set(r["output"])), r["output"][:10],
                   "hidden top_k differs" if r["output"] != r["output_with_hidden_top_k"] else "")
     finally:
         shutil.rmtree(work, ignore_errors=True)
