@@ -32,7 +32,12 @@ weights), figures.json (float32 logits at fixed positions of fixed canvases, bid
 the ids the 2.0 and 2.1 generate() return at temperature 0, with every forward's canvas: under "generate_20" /
 "generate_21" on three prompts of 16 tokens, a multiple of every block size used, and under
 "generate_20_unaligned" / "generate_21_unaligned", with the same settings, on prompts of 13 and 21 tokens, which
-are not).
+are not). "generate_recipe_20" / "generate_recipe_21": what `tie-lite generate --model FOLDER --gen-length 64`
+runs with no other decode flag, for a LLaDA2.0 and a LLaDA2.1 folder: the authors' generate() with every
+argument at its default (checked against their signatures; every one is passed and recorded) except
+gen_length 64, on the unaligned prompts. On these weights threshold 0.95 never fires and nothing is edited (every
+forward commits one mask, 2.1 adding one closing forward a block); the script has no sharper weights to make it
+fire (its other runs lower the threshold instead).
 
 Block placement (both generate()): blocks are numbered from position 0 of the sequence, not from the end of the
 prompt. With P prompt tokens, G = gen_length and B = block_length, num_blocks = (P + G + B - 1) // B and the
@@ -52,6 +57,7 @@ checks that the replay of the authors' layout is token-identical to their genera
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import shutil
 import sys
@@ -139,6 +145,12 @@ BLOCK_FIGURES = 8  # the block-causal logits use blocks of 8
 GENERATE_20 = [(32, 8, 8, 0.95), (32, 16, 4, 0.95), (24, 8, 8, 0.0004)]
 # (gen_length, block_length, threshold, editing_threshold, max_post_steps) for LLaDA2.1's generate()
 GENERATE_21 = [(32, 8, 0.95, 0.9, 16), (32, 8, 0.0004, 0.00045, 4)]
+# the authors' generate() defaults, every argument but `inputs` and gen_length (main() checks them against their
+# signatures): what tie-lite runs for a LLaDA2.0 / LLaDA2.1 folder given only --gen-length
+RECIPE_GEN_LENGTH = 64
+RECIPE_20 = dict(temperature=0.0, block_length=32, steps=32, top_p=None, top_k=None, eos_early_stop=False,
+                 minimal_topk=1, threshold=0.95, eos_id=EOS, mask_id=MASK)
+RECIPE_21 = dict(RECIPE_20, editing_threshold=0.9, max_post_steps=16, num_to_transfer=1)
 
 
 def block_mask(length: int, block: int) -> torch.Tensor:
@@ -241,6 +253,36 @@ def runs_21(model21, prompts: list[list[int]]) -> list[dict]:
     return runs
 
 
+def recipe_runs(model, prompts: list[list[int]], recipe: dict) -> list[dict]:
+    """The authors' generate() with every argument at its default (`recipe`, checked against their signature) but
+    gen_length = RECIPE_GEN_LENGTH, each passed explicitly and recorded beside the fields of the other runs."""
+    signature = inspect.signature(model.generate).parameters
+    defaults = {name: p.default for name, p in signature.items() if name not in ("self", "inputs", "gen_length")}
+    assert defaults == recipe, (defaults, recipe)
+    v21 = "editing_threshold" in recipe
+    runs = []
+    for prompt in prompts:
+        r = recorded_generate(model, inputs=torch.tensor([prompt]), gen_length=RECIPE_GEN_LENGTH, **recipe)
+        run = {"prompt": prompt, "gen_length": RECIPE_GEN_LENGTH, "block_length": recipe["block_length"],
+               "steps": recipe["steps"], "threshold": recipe["threshold"]}
+        if v21:
+            run.update(editing_threshold=recipe["editing_threshold"], max_post_steps=recipe["max_post_steps"],
+                       num_to_transfer=recipe["num_to_transfer"], edits=edits_in(r["canvases"]))
+        run.update(temperature=recipe["temperature"], top_p=recipe["top_p"], top_k=recipe["top_k"],
+                   eos_early_stop=recipe["eos_early_stop"], minimal_topk=recipe["minimal_topk"], **r)
+        runs.append(run)
+    return runs
+
+
+def mask_commits(run: dict) -> list[int]:
+    """Masks each forward committed, from the canvases: every decoded block ends with no mask (2.0's schedule
+    covers the block, 2.1 runs until none is left), so the last forward of a block commits what it saw."""
+    block, seen = run["block_length"], run["canvases"]
+    masks = [c[-block:].count(MASK) for c in seen]
+    return [m - (masks[i + 1] if i + 1 < len(seen) and len(seen[i + 1]) == len(seen[i]) else 0)
+            for i, m in enumerate(masks)]
+
+
 def replay(model, run: dict, from_prompt_end: bool) -> dict:
     """The authors' decoding loop (2.0's when the run has `steps`, else 2.1's) with their model and sampler, on
     either block layout: theirs (block(p) = p // B, decoding from block P // B) or blocks numbered from the end
@@ -248,7 +290,7 @@ def replay(model, run: dict, from_prompt_end: bool) -> dict:
     of masks, the prompt in blocks counted back from P). The two coincide when B divides P. A check only: on
     their layout it must give exactly what their generate() gave; nothing of it is written."""
     prompt, gen, block = run["prompt"], run["gen_length"], run["block_length"]
-    v21 = "steps" not in run
+    v21 = "editing_threshold" in run
     n = len(prompt)
     start = n if from_prompt_end else 0  # where block numbering starts
     first = start + (n - start) // block * block  # start of the first block holding a mask
@@ -369,12 +411,17 @@ def main() -> None:
         unaligned20, unaligned21 = runs_20(model, UNALIGNED_PROMPTS), runs_21(model21, UNALIGNED_PROMPTS)
         assert all(len(r["prompt"]) % r["block_length"] for r in unaligned20 + unaligned21)
         assert any(r["edits"] for r in unaligned21), "no unaligned editing run edited anything"
+        recipe20 = recipe_runs(model, UNALIGNED_PROMPTS, RECIPE_20)
+        recipe21 = recipe_runs(model21, UNALIGNED_PROMPTS, RECIPE_21)
         print("replay, aligned 2.0 / 2.1 (the layouts coincide):")
         assert check_layouts(model, runs20) == 0 and check_layouts(model21, runs21) == 0
         print("replay, unaligned 2.0:")
         differ20 = check_layouts(model, unaligned20)
         print("replay, unaligned 2.1:")
         differ21 = check_layouts(model21, unaligned21)
+        print("replay, recipe 2.0 / 2.1 (the authors' defaults, gen_length %d):" % RECIPE_GEN_LENGTH)
+        check_layouts(model, recipe20)
+        check_layouts(model21, recipe21)
         assert differ20 == len(unaligned20) and differ21 == len(unaligned21), \
             "some unaligned run gives the same output with blocks numbered from the end of the prompt"
         files = {name: {"repo": DLLM_URL, "commit": commit, "path": path, "sha256": sha256(sources[name])}
@@ -397,6 +444,8 @@ def main() -> None:
             "generate_21": runs21,
             "generate_20_unaligned": unaligned20,
             "generate_21_unaligned": unaligned21,
+            "generate_recipe_20": recipe20,
+            "generate_recipe_21": recipe21,
             "notes": [
                 "Block placement (both generate()): blocks are numbered from position 0 of the sequence, not from "
                 "the end of the prompt. With P prompt tokens, G = gen_length and B = block_length: num_blocks = "
@@ -445,6 +494,12 @@ def main() -> None:
             print("2.1 P=%d" % len(r["prompt"]), r["gen_length"], r["block_length"], r["threshold"],
                   r["editing_threshold"], r["forwards"], "edits", r["edits"], "distinct", len(set(r["output"])),
                   r["output"])
+        for r in recipe20 + recipe21:
+            commits = mask_commits(r)
+            print("recipe %s P=%d" % ("2.1" if "editing_threshold" in r else "2.0", len(r["prompt"])),
+                  "forwards", r["forwards"], "masks", sum(commits), "threshold fired (forwards committing >1 mask)",
+                  sum(c > 1 for c in commits), "edits", r.get("edits", 0), "distinct", len(set(r["output"])),
+                  "len", len(r["output"]), r["output"][:10])
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
