@@ -36,6 +36,9 @@ What it writes under --out (default tests/fixtures/reference/llada/):
                 also supports (grouped-query attention; tied output weights, biases, MQA, logit scaling...);
 - figures.json  logits at fixed positions of fixed canvases (fp32, and bf16 for some), and the token ids
                 the authors' `generate()` returns at temperature 0, cfg 0, remasking low_confidence;
+                "generate_recipe" runs it exactly as the authors' generate.py main() calls it (steps 128,
+                gen_length 128, block_length 32, temperature 0, cfg 0, low_confidence), on the 17-token and the
+                11-token prompt: what `tie-lite generate --model FOLDER` runs with no decode flags;
 - tokenizer_config.json  the hub tokenizer's chat template and special tokens (tests/real_checkpoints.py puts
                 them on its small vocabulary, so the chat prompt is rendered by the real template).
 
@@ -99,6 +102,8 @@ FIXED_IDS = [0, 13, 220, 791, BOS, EOS, MASK, SH, EOT, 126463]
 GENERATE = [(32, 8, 32), (32, 16, 16), (24, 8, 12), (16, 8, 32), (32, 32, 8)]
 GENERATE_BF16 = [(32, 8, 32), (24, 8, 12)]
 GENERATE_GQA = [(32, 8, 16)]
+# generate() as the authors' generate.py main() calls it (LLaDA's model card too): the default decode settings
+RECIPE = dict(steps=128, gen_length=128, block_length=32, temperature=0., cfg_scale=0., remasking="low_confidence")
 
 
 def compact_json(value, indent: int = 0) -> str:
@@ -127,16 +132,33 @@ class Recorder:
         return self.model(x, attention_mask=attention_mask)
 
 
+def transfers_per_step(rec: Recorder, out: torch.Tensor, mask_id: int) -> list[int]:
+    """How many masks each forward's step committed (the canvases it was given, then the output)."""
+    history = rec.canvases + [out[0].tolist()]
+    return [sum(a == mask_id and b != mask_id for a, b in zip(h0, h1)) for h0, h1 in zip(history, history[1:])]
+
+
 def run_generate(generate, model, prompt: list[int], gen_length: int, block_length: int, steps: int,
                  mask_id: int = MASK) -> dict:
     """generate() at temperature 0, low-confidence remasking: its output, and how many tokens each step committed."""
     rec = Recorder(model)
     out = generate(rec, torch.tensor([prompt]), steps=steps, gen_length=gen_length, block_length=block_length,
                    temperature=0.0, cfg_scale=0.0, remasking="low_confidence", mask_id=mask_id)
-    history = rec.canvases + [out[0].tolist()]
-    per_step = [sum(a == mask_id and b != mask_id for a, b in zip(h0, h1)) for h0, h1 in zip(history, history[1:])]
+    per_step = transfers_per_step(rec, out, mask_id)
     return {"gen_length": gen_length, "block_length": block_length, "steps": steps, "prompt": prompt,
             "output": out[0, len(prompt):].tolist(), "transfers_per_step": per_step, "forwards": len(rec.canvases)}
+
+
+def run_recipe(generate, model, prompt: list[int], mask_id: int = MASK) -> dict:
+    """generate() called with exactly the arguments of the authors' main() (RECIPE; no attention_mask, as the
+    other runs: one unpadded prompt), plus `mask_id` only where it is not LLaDA's default 126336."""
+    rec = Recorder(model)
+    extra = {} if mask_id == MASK else {"mask_id": mask_id}
+    out = generate(rec, torch.tensor([prompt]), **RECIPE, **extra)
+    return {"prompt": prompt, "gen_length": RECIPE["gen_length"], "block_length": RECIPE["block_length"],
+            "steps": RECIPE["steps"], "temperature": RECIPE["temperature"], "cfg_scale": RECIPE["cfg_scale"],
+            "remasking": RECIPE["remasking"], "output": out[0, len(prompt):].tolist(),
+            "transfers_per_step": transfers_per_step(rec, out, mask_id), "forwards": len(rec.canvases)}
 
 
 def build(work: Path, name: str, config: dict, sources: dict[str, str], dtype=torch.float32):
@@ -260,6 +282,7 @@ def main() -> None:
         runs = [run_generate(generate, model, PROMPT, *s) for s in GENERATE]
         runs_bf16 = [run_generate(generate, bf16, PROMPT, *s) for s in GENERATE_BF16]
         runs_short = [run_generate(generate, model, CANVASES[2][:11], 16, 8, 16)]
+        runs_recipe = [run_recipe(generate, model, prompt) for prompt in (PROMPT, CANVASES[2][:11])]
 
         variants = {}
         for name, overrides in VARIANTS.items():
@@ -300,6 +323,7 @@ def main() -> None:
             "generate": runs,
             "generate_short_prompt": runs_short,
             "generate_bf16": runs_bf16,
+            "generate_recipe": runs_recipe,
             "variants": {name: entry for name, (entry, _, _) in variants.items()},
             "notes": [
                 "generate(): temperature 0 returns the logits unchanged (no float64 at all); x0 = argmax of the "
@@ -329,6 +353,9 @@ def main() -> None:
               f"configuration {fast_commit[:12]}")
         for r in runs + runs_bf16 + runs_short:
             print(r["gen_length"], r["block_length"], r["steps"], r["transfers_per_step"], r["output"])
+        for r in runs_recipe:
+            print("recipe: prompt %d, forwards %d, distinct ids %d, first 10 %s"
+                  % (len(r["prompt"]), r["forwards"], len(set(r["output"])), r["output"][:10]))
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -8,6 +8,9 @@ Run it in a scratch virtualenv with the transformers the dllm library pins (4.57
     /work/scratch-moe/venv/bin/python scripts/reference/llada_moe.py \\
         --dllm-repo /work/.mirror/ZHZisZZ+dllm/repo --llada-repo /work/.mirror/ML-GSAI+LLaDA/repo
 
+(Prefix OMP_NUM_THREADS=1 to reproduce the committed float32 "canvases" bit for bit: on 2 CPU threads a few of
+their logits move by about 1e-6; every generate() output is the same either way.)
+
 The authors' files are read with `git show COMMIT:PATH` into a temporary folder; nothing of them is copied into
 this repository:
 
@@ -34,7 +37,10 @@ What it writes under --out (default tests/fixtures/reference/llada_moe/): config
 save_pretrained wrote it, model_type set back to the released "llada"), tensors.json (name, shape, dtype:
 tests/real_checkpoints.py rebuilds the identical weights), config-variant.json / tensors-variant.json, and
 figures.json (float32 logits at fixed positions of fixed canvases, and with the model in bfloat16; the ids the authors' generate() returns at
-temperature 0, low-confidence remasking, on three prompts, with how many tokens each step committed).
+temperature 0, low-confidence remasking, on three prompts, with how many tokens each step committed; and
+"generate_recipe": generate() with the arguments of LLaDA's generate.py main() and LLaDA-MoE's model card
+(steps 128, gen_length 128, block_length 32, temperature 0, cfg 0, low_confidence; mask_id 156895) on the 13-token
+and the 19-token prompt, what `tie-lite generate --model FOLDER` runs with no decode flags).
 
 This script must not import tie_lite; it imports tests/real_checkpoints.py for the shared weight filler.
 """
@@ -54,7 +60,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests"))
 from common import git, sha256, show, top_figures  # noqa: E402  (scripts/reference/, beside this file)
-from llada import compact_json, run_generate  # noqa: E402
+from llada import compact_json, run_generate, run_recipe  # noqa: E402
 from real_checkpoints import fill_deterministic, tensor_table  # noqa: E402
 
 DLLM_REPO = "/work/.mirror/ZHZisZZ+dllm/repo"
@@ -197,6 +203,7 @@ def main() -> None:
         vmodel, vsaved, vtable, _ = build(work, sources, variant, "variant")
         runs = [run_generate(gen_module.generate, model, prompt, *s, mask_id=MASK) for prompt in PROMPTS
                 for s in GENERATE]
+        runs_recipe = [run_recipe(gen_module.generate, model, prompt, mask_id=MASK) for prompt in PROMPTS[1:]]
         files = {name: {"repo": DLLM_URL, "commit": commit, "path": path, "sha256": sha256(sources[name])}
                  for name, path in FILES.items()}
         files["generate.py"] = {"repo": LLADA_URL, "commit": generate_commit, "path": "generate.py",
@@ -216,6 +223,7 @@ def main() -> None:
             "canvases": canvas_figures(model),
             "canvases_bf16": canvas_figures(load_bf16(ckpt)),
             "generate": runs,
+            "generate_recipe": runs_recipe,
             "variant": {"config": "config-variant.json", "tensors": "tensors-variant.json", "changes": VARIANT,
                         "canvases": canvas_figures(vmodel)},
             "notes": [
@@ -236,6 +244,9 @@ def main() -> None:
         print(f"wrote {out}: dllm {commit[:12]}, generate {generate_commit[:12]}")
         for r in runs:
             print(len(r["prompt"]), r["gen_length"], r["block_length"], r["steps"], r["forwards"], r["output"])
+        for r in runs_recipe:
+            print("recipe: prompt %d, forwards %d, distinct ids %d, first 10 %s"
+                  % (len(r["prompt"]), r["forwards"], len(set(r["output"])), r["output"][:10]))
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
