@@ -441,7 +441,10 @@ def test_cli_ensembles_llada2_with_dream_relaying_text_at_block_boundaries(check
             relays[-1]["got"] = self.state()
 
     monkeypatch.setattr(Trajectory, "adopt", spied)
-    out = _generate(capsys, [str(checkpoint.path), str(tiny_dream.path)], "--gen-length", "128", *editing)
+    # both on blocks and the answer layout: their recipes are Dream's whole-canvas schedule (one round) and the free
+    # layout (tests/test_recipes.py)
+    out = _generate(capsys, [str(checkpoint.path), str(tiny_dream.path)], "--gen-length", "128", "--schedule", "blocks",
+                    "--unmask", "low_confidence", "--answer-length", "8", *editing)
     names = [checkpoint.path.name, tiny_dream.path.name]
     assert out["members"] == names and len(relays) == len(out["rounds"]) - 1  # a relay after every round but the last
     # with these checkpoints' scores (deterministic), each member leads a round the other one adopts in the plain

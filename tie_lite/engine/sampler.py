@@ -51,6 +51,9 @@ MAX_EDIT_STEPS = 256
 DREAM_ALGS = ("maskgit_plus", "topk_margin", "entropy")  # diffusion_generate's `alg` names
 SCHEDULES = ("blocks", "dream")
 CACHES = ("none", "prefix", "dual")
+# The settings a member's recipe may choose (the others, seed and answer marker, belong to the request)
+RECIPE_KEYS = ("gen_length", "block_size", "steps", "temperature", "unmask", "threshold", "topk", "answer_length",
+               "schedule", "eps", "cache", "edit_threshold", "edit_steps")
 DREAM_ENTROPY_EPS = 1e-10  # diffusion_generate's log(p + 1e-10)
 
 
@@ -75,6 +78,12 @@ class DecodeSettings:
     # probable than this are replaced (None: no editing); at most `edit_steps` extra forwards once a block is full
     edit_threshold: float | None = None
     edit_steps: int = 16
+    # Which of these fields the user set (engine/recipe.py): the others come from each member's recipe, the
+    # decode settings its authors' code uses. None: every field is as given here (a caller that builds its own
+    # settings decodes with them as they are).
+    given: frozenset[str] | None = None
+    # Settings for one member by name, over everything else: ((member name, ((field, value), ...)), ...)
+    member_options: tuple[tuple[str, tuple[tuple[str, object], ...]], ...] = ()
 
     @property
     def dream(self) -> bool:
@@ -100,7 +109,9 @@ class DecodeSettings:
         if self.steps is not None:
             blocks = max(1, gen_length // (gen_length if self.dream else self.block_size))
             steps = max(1, round(self.steps * gen_length / self.gen_length / blocks)) * blocks
-        return replace(self, gen_length=gen_length, steps=steps)
+        given = None if self.given is None else self.given | {"gen_length"}  # steps stay the member's if not given
+        return replace(self, gen_length=gen_length, steps=steps, given=given)
+
 
     def validate(self) -> None:
         check_lengths({"--gen-length": self.gen_length, "--block-size": self.block_size, "--steps": self.steps,

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from tie_lite.engine.events import Cancelled, Final, Relay, RoundScores, StepFrame
 from tie_lite.engine.layout import TextState
 from tie_lite.engine.process import run, run_each
+from tie_lite.engine.recipe import settings_of
 from tie_lite.engine.sampler import DecodeSettings, Trajectory
 from tie_lite.engine.scoring import check_score, round_scores
 from tie_lite.engine.uniform import UniformTrajectory
@@ -88,15 +89,17 @@ def tie_process(
     members = scheduler.members
     names = unique_names([m.name for m in members])
     decode.validate()
+    decodes = settings_of(members, decode)  # each member's own: its recipe under the settings given
     tie.validate(names)
     if "oracle" in (tie.score, tie.select) and gold is None:
         raise UserError("oracle methods need a task whose generator knows the gold worked solution")
     emit = on_event or (lambda event: None)
     # one member is plain decoding: no round to score, no final choice, so no TCC bookkeeping
-    trajs = [start_trajectory(m, messages, decode, watch=len(members) > 1) for m in members]
+    trajs = [start_trajectory(m, messages, d, watch=len(members) > 1) for m, d in zip(members, decodes)]
     for i, t in enumerate(trajs):
         t.index = i
-    blocks_per_round = max(1, math.ceil(tie.interval / decode.steps_per_block))
+    # a round is --interval steps of each member, rounded up to whole blocks of its own
+    blocks_per_round = [round_blocks(tie, d) for d in decodes]
     parallel = getattr(scheduler, "parallel", False) and len(trajs) > 1  # members on devices of their own
     rounds: list[dict] = []
     leaders: list[int] = []
@@ -107,7 +110,7 @@ def tie_process(
                 raise Cancelled()
             emit(StepFrame(r, names[i], t.forwards, t))
 
-        yield from run_each([trajs[i].advance(decode, blocks_per_round, lambda t, i=i: on_step(t, i))
+        yield from run_each([trajs[i].advance(decodes[i], blocks_per_round[i], lambda t, i=i: on_step(t, i))
                              for i in scheduler.order(r)], parallel)
         finished = any(t.done for t in trajs)
         if len(trajs) > 1:
@@ -129,7 +132,7 @@ def tie_process(
         r += 1
     unfinished = [i for i, t in enumerate(trajs) if not t.done]
     # the others complete their own responses, after the last relay (still streaming their steps)
-    yield from run_each([trajs[i].advance(decode, trajs[i].layout.num_blocks, lambda t, i=i: on_step(t, i))
+    yield from run_each([trajs[i].advance(decodes[i], trajs[i].layout.num_blocks, lambda t, i=i: on_step(t, i))
                          for i in unfinished], parallel)
     verify = None
     if tie.select == "verify" and len(trajs) > 1:
@@ -151,10 +154,15 @@ def tie_process(
         memory=scheduler.report(),
         token_ids=generated_ids(trajs[final]),
         response_token_ids={n: generated_ids(t) for n, t in zip(names, trajs)},
-        member_settings={n: settings_run(t, decode) for n, t in zip(names, trajs)},
+        member_settings={n: settings_run(t, d) for n, t, d in zip(names, trajs, decodes)},
     )
     emit(Final(result))
     return result
+
+
+def round_blocks(tie: TieSettings, decode: DecodeSettings) -> int:
+    """Blocks of a member's own that one round covers: --interval of its steps, rounded up to whole blocks."""
+    return max(1, math.ceil(tie.interval / decode.steps_per_block))
 
 
 def generated_ids(traj) -> list[int]:
@@ -169,7 +177,9 @@ def generated_ids(traj) -> list[int]:
 def settings_run(traj, decode: DecodeSettings) -> dict:
     """What a member's decode ran with; a trajectory kept elsewhere (a Ray member's) reports the request's."""
     report = getattr(traj, "settings_run", None)
-    return report(decode) if report is not None else {"sampler": "masked", **vars(decode)}
+    if report is not None:
+        return report(decode)
+    return {"sampler": "masked"} | {k: v for k, v in vars(decode).items() if k not in ("given", "member_options")}
 
 
 def start_trajectory(member, messages: list[dict], decode: DecodeSettings, watch: bool):

@@ -25,11 +25,14 @@ from tie_lite.faces.chat.command import add_chat_parser
 from tie_lite.faces.eval import add_eval_parser
 from tie_lite.faces.lm_eval_command import add_lm_eval_parser, run_lm_eval
 from tie_lite.faces.options import (
+    DEFAULTS,
+    HUB_BIDIRECTIONAL,
     Parser,
     add_decode_args,
     add_model_args,
     add_tie_args,
     apply_threads,
+    decode_report,
     decode_settings,
     load_settings,
     plan_tokens,
@@ -199,7 +202,7 @@ def cmd_generate(args) -> int:
     if args.json:
         out = result_fields(result) | {
             **({"response_token_ids": result.response_token_ids} if args.member_token_ids else {}),
-            "settings": {"decode": vars(decode) | {"steps": decode.total_steps}, "tie": vars(tie),
+            "settings": {"decode": decode_report(decode), "tie": vars(tie),
                          "threads": torch.get_num_threads()},
             "timings": {"total_s": round(total, 4), "load_s": round(ensemble.load_seconds, 4),
                         "decode_s": round(result.seconds, 4)},
@@ -252,6 +255,29 @@ def generate_many(args) -> int:
     return 0
 
 
+def recipe_flags(recipe: dict) -> str:
+    """A recipe as the flags that would set it (`--free` for no answer marker)."""
+    words = []
+    for key, value in recipe.items():
+        if key == "answer_length":
+            words.append("--free" if value is None else f"--answer-length {value}")
+        else:
+            words.append(f"--{key.replace('_', '-')} {value:g}" if isinstance(value, float) else
+                         f"--{key.replace('_', '-')} {value}")
+    return " ".join(words)
+
+
+def cache_words(family) -> str:
+    """What the default --cache is for a family's members: exact for block diffusion, approximate otherwise."""
+    if family.native_module is None or family.uniform_noise:
+        return "no KV cache: --cache does not apply"
+    if family.block_causal:
+        return f"default --cache {DEFAULTS['cache']} is exact (finished blocks never see later ones)"
+    if family.name in HUB_BIDIRECTIONAL:
+        return f"default --cache {DEFAULTS['cache']} is approximate, as Fast-dLLM's; --cache none decodes as the authors do"
+    return f"default --cache {DEFAULTS['cache']}, measured on the validation seed"
+
+
 def cmd_models(args) -> int:
     from tie_lite.families import FAMILIES  # deferred: the families load torch
     from tie_lite.runtime.registry import DEFAULT_ENSEMBLE, ENTRIES, resolve  # deferred: the registry loads torch
@@ -259,11 +285,13 @@ def cmd_models(args) -> int:
     for entry in ENTRIES.values():
         flag = " (default)" if entry.name in DEFAULT_ENSEMBLE else ""
         print(f"{entry.name:24} {resolve(entry.name)[1]}  -- {entry.about}{flag}")
-    print("\nfamilies and their authors' decoding settings (pass them as flags; an ensemble shares one setting):")
+    print("\nfamilies and what their members decode with when no flag says otherwise (their authors' settings; a flag "
+          "sets every member, --member-option NAME:KEY=VALUE one):")
     for family in FAMILIES:
-        settings = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in family.defaults) or "tie-lite's own defaults"
-        settings += f" ({family.defaults_note})" if family.defaults_note else ""
-        print(f"  {family.name:8} model_type {', '.join(family.model_types):20} {settings}")
+        settings = recipe_flags(dict(family.recipe)) or "tie-lite's own defaults (what the shipped members were trained on)"
+        print(f"  {family.name:16} {settings}")
+        about = family.recipe_source + ("; " if family.recipe_source else "") + cache_words(family)
+        print(f"  {'':16} ({about})")
     return 0
 
 

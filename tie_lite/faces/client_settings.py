@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from tie_lite.checks import check_text, shown
-from tie_lite.engine.sampler import DecodeSettings
+from tie_lite.engine.sampler import RECIPE_KEYS, DecodeSettings
 from tie_lite.engine.scoring import SCORES
 from tie_lite.engine.tie import SELECTIONS, TieSettings, unique_names
 from tie_lite.errors import UserError
@@ -53,7 +53,8 @@ class Defaults:
     device, memory budget and remote-code trust, none of which a client can change."""
 
     load: LoadSettings = field(default_factory=LoadSettings)
-    decode: DecodeSettings = field(default_factory=lambda: DecodeSettings(cache="dual"))  # the CLI's default
+    # the CLI's defaults; fields not given at launch (all, here) are each member's recipe
+    decode: DecodeSettings = field(default_factory=lambda: DecodeSettings(cache="dual", given=frozenset()))
     tie: TieSettings = field(default_factory=lambda: TieSettings(score="verify"))  # best on the validation seed
 
     @cached_property
@@ -125,13 +126,23 @@ def _edit_threshold(value: Any) -> float | None:
     return _number("edit_threshold", value)
 
 
-def parse_settings(values: dict, defaults: Defaults | None = None) -> tuple[LoadSettings, DecodeSettings, TieSettings]:
-    """Panel or API values -> validated engine settings. Raises UserError with one readable line."""
+def parse_settings(values: dict, defaults: Defaults | None = None,
+                   panel: bool = False) -> tuple[LoadSettings, DecodeSettings, TieSettings]:
+    """Panel or API values -> validated engine settings. Raises UserError with one readable line. The decode
+    settings a request gives (an API request: the keys it sends; the panel, which sends every box: the boxes
+    changed from what it started with), and those the operator gave at launch, set every member; the others are
+    each member's recipe."""
     defaults = defaults or Defaults()
     unknown = sorted(shown(k) for k in set(values) - set(SETTING_KEYS))
     if unknown:
         raise UserError(f"unknown setting {', '.join(map(repr, unknown[:3]))}; known: {', '.join(SETTING_KEYS)}")
-    v = defaults.values() | {k: val for k, val in values.items() if val is not None or k in EMPTY_IS_A_VALUE}
+    start = defaults.values()
+    sent = {k: val for k, val in values.items() if val is not None or k in EMPTY_IS_A_VALUE}
+    v = start | sent
+    asked = {k for k, val in sent.items() if not panel or val != start[k]}
+    launched = defaults.decode.given
+    given = None if launched is None else launched | {"answer_length" if k == "free" else k for k in asked
+                                                      if k in RECIPE_KEYS or k == "free"}
     load = replace(defaults.load, models=chosen_members(v["models"], defaults))
     for key, launched in (("quant", defaults.load.quant), ("backend", defaults.load.backend)):
         if v[key] != launched:
@@ -157,6 +168,8 @@ def parse_settings(values: dict, defaults: Defaults | None = None) -> tuple[Load
         cache=str(v["cache"]),
         edit_threshold=_edit_threshold(v["edit_threshold"]),
         edit_steps=_whole("edit_steps", v["edit_steps"]),
+        given=given,
+        member_options=defaults.decode.member_options,
     )
     decode.validate()
     select = str(v["select"])

@@ -135,6 +135,22 @@ def apply_threads(args) -> int:
 # --- flags --------------------------------------------------------------------------------------------
 
 
+class Given(argparse.Action):
+    """Stores a decode flag's value and notes that the user gave it: the flags not given are each member's recipe."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, values)
+        namespace.decode_given = set(getattr(namespace, "decode_given", None) or ()) | {self.dest}
+
+
+class GivenSwitch(Given):
+    def __init__(self, option_strings, dest, default=False, **kwargs):
+        super().__init__(option_strings, dest, nargs=0, default=default, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        super().__call__(parser, namespace, True, option_string)
+
+
 def add_model_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("models")
     g.add_argument("--model", action="append", metavar="ID_OR_PATH",
@@ -161,36 +177,41 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
 
 
 def add_decode_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("decoding")
-    g.add_argument("--gen-length", type=whole, default=DEFAULTS["gen_length"], metavar="N")
-    g.add_argument("--block-size", type=whole, default=DEFAULTS["block_size"], metavar="N")
-    g.add_argument("--steps", type=whole, default=None, metavar="N", help="default: gen-length (one token a step)")
-    g.add_argument("--temperature", type=number, default=0.0, metavar="T", help="0 = greedy")
-    g.add_argument("--unmask", default="low_confidence",
+    g = p.add_argument_group("decoding", "each member decodes with its recipe (`tie-lite models`: its authors' "
+                                         "settings) where these flags are not given; a flag given sets every member")
+    g.add_argument("--gen-length", action=Given, type=whole, default=DEFAULTS["gen_length"], metavar="N")
+    g.add_argument("--block-size", action=Given, type=whole, default=DEFAULTS["block_size"], metavar="N")
+    g.add_argument("--steps", action=Given, type=whole, default=None, metavar="N", help="default: gen-length (one token a step)")
+    g.add_argument("--temperature", action=Given, type=number, default=0.0, metavar="T", help="0 = greedy")
+    g.add_argument("--unmask", action=Given, default="low_confidence",
                    help="low_confidence | threshold | topk | margin | entropy | random, Dream's names "
                         "maskgit_plus | topk_margin | entropy, and llada2 (LLaDA2's threshold decoding: every "
                         "position above --threshold, at least the step's share of the block)")
-    g.add_argument("--schedule", default="blocks",
+    g.add_argument("--schedule", action=Given, default="blocks",
                    help="blocks: LLaDA's semi-autoregressive blocks (default); dream: Dream's diffusion_generate "
                         "schedule (linspace(1, eps) transfer counts over the whole generation, no blocks; a TIE "
                         "round then spans the whole generation)")
-    g.add_argument("--eps", type=number, default=1e-3, metavar="EPS", help="last timestep of --schedule dream")
-    g.add_argument("--cache", default=DEFAULTS["cache"],
+    g.add_argument("--eps", action=Given, type=number, default=1e-3, metavar="EPS", help="last timestep of --schedule dream")
+    g.add_argument("--cache", action=Given, default=DEFAULTS["cache"],
                    help="block KV cache: dual (default: the committed prefix's and the masked suffix's keys and values "
                         "reused within a block) | prefix (the prefix's only) | none (exact, as the reference "
                         "samplers compute); refreshed at every block boundary, where relays land")
-    g.add_argument("--threshold", type=number, default=0.9, metavar="TAU", help="confidence for --unmask threshold")
-    g.add_argument("--topk", type=whole, default=2, metavar="K", help="tokens a step for --unmask topk")
-    g.add_argument("--edit-threshold", type=number, default=None, metavar="E",
+    g.add_argument("--threshold", action=Given, type=number, default=0.9, metavar="TAU", help="confidence for --unmask threshold")
+    g.add_argument("--topk", action=Given, type=whole, default=2, metavar="K", help="tokens a step for --unmask topk")
+    g.add_argument("--edit-threshold", action=Given, type=number, default=None, metavar="E",
                    help="LLaDA2.1's token editing: a committed token of the current block is replaced by a different "
-                        "top-1 token more probable than E (off by default; the authors' 2.1 setting is 0.9)")
-    g.add_argument("--edit-steps", type=whole, default=16, metavar="N",
+                        "top-1 token more probable than E (a LLaDA2.1 member's recipe: 0.9; off for the others)")
+    g.add_argument("--edit-steps", action=Given, type=whole, default=16, metavar="N",
                    help="with --edit-threshold: at most N more passes over a block once it has no masks (16)")
     g.add_argument("--seed", dest="decode_seed", type=whole, default=0, metavar="S",
                    help="sampling seed (temperature > 0); the same meaning in every command")
-    g.add_argument("--answer-length", type=whole, default=DEFAULTS["answer_length"], metavar="A",
+    g.add_argument("--answer-length", action=Given, type=whole, default=DEFAULTS["answer_length"], metavar="A",
                    help="answer positions after the 'Answer:' marker")
-    g.add_argument("--free", action="store_true", help="free-form layout: no answer marker in the canvas")
+    g.add_argument("--free", action=GivenSwitch, help="free-form layout: no answer marker in the canvas (the hub "
+                                                      "families' own layout)")
+    g.add_argument("--member-option", action="append", default=[], metavar="NAME:KEY=VALUE",
+                   help="a decode setting for one member, over its recipe and the flags above, e.g. "
+                        "--member-option dream-7b-instruct:steps=128 (KEY: any flag of this group, - or _)")
 
 
 def add_tie_args(p: argparse.ArgumentParser) -> None:
@@ -254,11 +275,74 @@ def uniform_noise(spec: str) -> bool:
     return bool(getattr(family_for(config.get("model_type"), source=name, config=config), "uniform_noise", False))
 
 
+# the decode flags' destinations that a recipe may set, and the DecodeSettings field each is
+GIVEN_FIELDS = {"gen_length": "gen_length", "block_size": "block_size", "steps": "steps", "temperature": "temperature",
+                "unmask": "unmask", "threshold": "threshold", "topk": "topk", "answer_length": "answer_length",
+                "free": "answer_length", "schedule": "schedule", "eps": "eps", "cache": "cache",
+                "edit_threshold": "edit_threshold", "edit_steps": "edit_steps"}
+
+
+def given_fields(args) -> frozenset[str]:
+    """The DecodeSettings fields the user's flags set (the others are each member's recipe)."""
+    return frozenset(GIVEN_FIELDS[d] for d in getattr(args, "decode_given", None) or () if d in GIVEN_FIELDS)
+
+
+def member_options(args) -> tuple:
+    """--member-option NAME:KEY=VALUE, each value read as its flag reads it: ((name, ((field, value), ...)), ...)."""
+    specs = getattr(args, "member_option", None) or []
+    if not specs:
+        return ()
+    from tie_lite.runtime.registry import member_names  # deferred (torch), as every settings builder here
+
+    probe = Parser(prog="--member-option")
+    add_decode_args(probe)
+    actions = {a.dest: a for a in probe._actions if a.dest in GIVEN_FIELDS}
+    names = member_names(args.model or []) if args.model else member_names(default_models())
+    options: dict[str, dict] = {}
+    for spec in specs:
+        name, sep, setting = str(spec).rpartition(":")
+        key, eq, value = setting.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or not eq or not name:
+            raise UserError(f"--member-option '{shown(spec)}' is not NAME:KEY=VALUE; e.g. --member-option "
+                            f"{names[0]}:steps=32")
+        if name not in names:
+            raise UserError(f"--member-option names '{shown(name)}', which is not a member; the members are "
+                            f"{', '.join(names)}")
+        if key not in actions:
+            raise UserError(f"--member-option {shown(name)}: unknown setting '{shown(key)}'; use one of "
+                            f"{', '.join(sorted(actions))}")
+        action = actions[key]
+        if key == "free":
+            if value.strip().lower() not in ("true", "1", "false", "0"):
+                raise UserError(f"--member-option {shown(name)}:free takes true or false")
+            options.setdefault(name, {})["answer_length"] = (None if value.strip().lower() in ("true", "1")
+                                                             else DEFAULTS["answer_length"])
+            continue
+        text = value.strip()
+        if key == "edit_threshold" and text.lower() in ("none", "off", ""):
+            parsed = None
+        else:
+            try:
+                parsed = action.type(text) if action.type is not None else text
+            except argparse.ArgumentTypeError as exc:
+                raise UserError(f"--member-option {shown(name)}:{key}: {exc}") from None
+        options.setdefault(name, {})[GIVEN_FIELDS[key]] = parsed
+    return tuple((name, tuple(values.items())) for name, values in options.items())
+
+
+def default_models() -> tuple[str, ...]:
+    from tie_lite.runtime.registry import DEFAULT_ENSEMBLE  # deferred (torch), as every settings builder here
+
+    return DEFAULT_ENSEMBLE
+
+
 def decode_settings(args):
     from tie_lite.engine.sampler import DecodeSettings  # deferred: the sampler loads torch
 
     block_size = args.block_size
-    if block_size == DEFAULTS["block_size"] and args.model and all(map(uniform_noise, args.model)):
+    given = given_fields(args)
+    if "block_size" not in given and args.model and all(map(uniform_noise, args.model)):
         block_size = args.gen_length  # canvases, not blocks: any --gen-length (the members' canvases round it up)
     settings = DecodeSettings(
         gen_length=args.gen_length,
@@ -275,38 +359,45 @@ def decode_settings(args):
         cache=args.cache,
         edit_threshold=args.edit_threshold,
         edit_steps=args.edit_steps,
+        given=given,
+        member_options=member_options(args),
     )
     settings.validate()
     return settings
 
 
+def decode_report(decode) -> dict:
+    """The request's decode settings for --json: the values, which of them the user gave (the others are each
+    member's recipe: `member_settings` says what ran) and the options given per member."""
+    values = {k: v for k, v in vars(decode).items() if k not in ("given", "member_options")}
+    return values | {"steps": decode.total_steps, "given": sorted(decode.given or ()),
+                     "member_options": {name: dict(options) for name, options in decode.member_options}}
+
+
 HUB_BIDIRECTIONAL = ("llada", "dream", "llada-moe")  # families whose default block cache is an approximation
 
 
-def settings_notes(args, members) -> list[str]:
+def settings_notes(args, members, decode=None) -> list[str]:
     """What the flags did not do, said once on stderr after a run (never before an error's one line): flags given
-    for every member that a member's own sampler does not read (a uniform-noise member, DiffusionGemma, runs its
-    checkpoint's sampler; they apply to the others), and a default cache that is approximate for a hub family.
+    for every member that some member's sampler does not read (they apply to the others; a uniform-noise member,
+    DiffusionGemma, runs its checkpoint's own sampler), and a default cache that is approximate for a hub family.
     --json and the API's trace report per member what ran (`member_settings`)."""
-    from tie_lite.engine.uniform import NOT_READ  # deferred: the engine loads torch
+    from tie_lite.engine.recipe import settings_for, unused, why_unused  # deferred: the engine loads torch
 
-    probe = argparse.ArgumentParser()
-    add_decode_args(probe)
-    defaults = vars(probe.parse_args([]))
-    notes = []
-    given = [k for k in NOT_READ if getattr(args, k, defaults[k]) != defaults[k]]
-    own = [m.name for m in members if getattr(m, "denoising", None) is not None]
-    if given and own:
-        flags = ", ".join("--" + k.replace("_", "-") for k in given)
-        one = len(own) == 1
-        notes.append(f"tie-lite: note: {', '.join(own)} run{'s' * one} {'its' if one else 'their'} checkpoint's own "
-                     f"sampler (generation_config.json): {flags} {'does' if len(given) == 1 else 'do'} not apply to "
-                     f"{'it' if one else 'them'}")
+    decode = decode or decode_settings(args)
+    given = sorted(given_fields(args) - {"gen_length", "answer_length"})  # every member reads these
+    idle: dict[str, list[str]] = {}  # flag -> "member (why)" for each member that does not read it
+    for m in members:
+        settings = settings_for(m, decode)
+        for key in unused(m, settings, given):
+            idle.setdefault(key, []).append(f"{m.name} ({why_unused(m, settings, key)})")
+    notes = [f"tie-lite: note: --{key.replace('_', '-')} does not apply to {'; '.join(who)}" for key, who in idle.items()]
     # the default cache where it is not exact, for a hub family (the shipped members were measured with it)
     approximate = [m.name for m in members if getattr(m, "caches", False) and not getattr(m, "block_causal", False)
-                   and getattr(getattr(m, "family", None), "name", "") in HUB_BIDIRECTIONAL]
-    if approximate and args.cache == defaults["cache"] != "none":
-        notes.append(f"tie-lite: note: the default --cache {args.cache} is approximate for {', '.join(approximate)} "
+                   and getattr(getattr(m, "family", None), "name", "") in HUB_BIDIRECTIONAL
+                   and settings_for(m, decode).cache != "none"]
+    if approximate and "cache" not in given_fields(args):
+        notes.append(f"tie-lite: note: the default --cache {decode.cache} is approximate for {', '.join(approximate)} "
                      f"(keys and values reused within a block, as Fast-dLLM does); --cache none decodes as the "
                      f"authors' code does")
     return notes

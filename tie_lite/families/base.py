@@ -101,6 +101,53 @@ def last_question(messages: list[dict]) -> list[dict]:
     return users[-1:] if users else list(messages)
 
 
+# generation_config.json keys the authors' generate() functions read, and the DecodeSettings field each sets
+GENERATION_KEYS = {"max_new_tokens": "gen_length", "gen_length": "gen_length", "block_length": "block_size",
+                   "steps": "steps", "temperature": "temperature", "threshold": "threshold",
+                   "editing_threshold": "edit_threshold", "max_post_steps": "edit_steps", "eps": "eps",
+                   "alg": "unmask", "remasking": "unmask"}
+SAMPLER_NAMES = ("low_confidence", "random", "maskgit_plus", "topk_margin", "entropy")  # what tie-lite runs of them
+
+
+def checkpoint_file(source: str, name: str) -> Path | None:
+    """A file of a checkpoint: in its folder, or in the hub cache for a hub id (never downloaded here)."""
+    folder = Path(source)
+    if folder.is_dir():
+        return folder / name if (folder / name).is_file() else None
+    try:
+        from huggingface_hub import try_to_load_from_cache  # deferred: a hub id only
+
+        found = try_to_load_from_cache(source, name)
+    except Exception:  # not a valid repo id: there is no cached file
+        return None
+    return Path(found) if isinstance(found, str) else None
+
+
+def generation_recipe(source: str) -> dict:
+    """The settings a checkpoint's generation_config.json gives its authors' generate(), where tie-lite runs
+    them (a value of another kind, or a sampler tie-lite does not implement, is left to the family's recipe)."""
+    path = checkpoint_file(source, "generation_config.json")
+    try:
+        config = json.loads(path.read_text()) if path is not None else {}
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return {}
+    if not isinstance(config, dict):
+        return {}
+    recipe = {}
+    for key, field_name in GENERATION_KEYS.items():
+        value = config.get(key)
+        if key == "temperature" and (config.get("top_p") not in (None, 1, 1.0) or config.get("top_k")):
+            continue  # nucleus or top-k sampling, which tie-lite does not implement: the family's greedy recipe
+        if field_name == "unmask":
+            if value in SAMPLER_NAMES:
+                recipe[field_name] = value
+        elif isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0:
+            whole = field_name in ("gen_length", "block_size", "steps", "edit_steps")
+            if not whole or (float(value).is_integer() and value > 0):
+                recipe[field_name] = int(value) if whole else float(value)
+    return recipe
+
+
 @dataclass(frozen=True)
 class Family:
     name: str
@@ -120,10 +167,17 @@ class Family:
     canvas_length: int | None = None
     # block diffusion (LLaDA2): attention is causal across blocks, so each forward is told the canvas's blocks
     block_causal: bool = False
-    defaults: tuple[tuple[str, object], ...] = ()  # the authors' decoding settings, as DecodeSettings names them
-    defaults_note: str = ""
+    # The decode settings the authors' generate() uses, as DecodeSettings names them (engine/recipe.py): what a
+    # member of this family decodes with where no flag says otherwise; () for tie-lite's own defaults
+    recipe: tuple[tuple[str, object], ...] = ()
+    recipe_source: str = ""  # which of the authors' code the recipe is, and what it leaves out
     # The canvas starts as random tokens that are accepted or re-noised (DiffusionGemma), not as masks.
     uniform_noise: bool = False
+
+    def checkpoint_recipe(self, source: str) -> dict:
+        """A checkpoint's recipe: the family's, under what its generation_config.json sets for the authors'
+        generate() (`max_new_tokens`, `block_length`, `steps`, `threshold`, ...)."""
+        return dict(self.recipe) | generation_recipe(source)
 
     def register(self) -> None:
         """Import the native model module so that transformers' Auto classes know the architecture."""

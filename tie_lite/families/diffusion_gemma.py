@@ -106,4 +106,6 @@ DIFFUSION_GEMMA = DiffusionGemmaFamily(
     shift_logits=False,
     hub_examples=("google/diffusiongemma-26B-A4B-it",),
     uniform_noise=True,
+    recipe=(("answer_length", None),),  # and generation_config.json's max_new_tokens: its generate()'s length
+    recipe_source="the checkpoint's own generate() (generation_config.json)",
 )

@@ -61,6 +61,11 @@ def _check_added_ids(tokenizer, config: dict) -> None:
             )
 
 
+# The Dream README's diffusion_generate() call (max_new_tokens=512, steps=512, alg="entropy", eps 1e-3), greedy:
+# its temperature 0.2 with top_p 0.95 is nucleus sampling, which tie-lite does not implement. No answer marker.
+DREAM_RECIPE = (("gen_length", 512), ("schedule", "dream"), ("unmask", "entropy"), ("eps", 1e-3), ("temperature", 0.0),
+                ("answer_length", None))
+
 DREAM = DreamFamily(
     name="dream",
     model_types=("Dream", "dream"),
@@ -71,4 +76,7 @@ DREAM = DreamFamily(
     shift_logits=True,  # the prediction for position i is the output at i-1
     hub_examples=("Dream-org/Dream-v0-Instruct-7B", "apple/DiffuCoder-7B-Instruct"),
     native_module="tie_lite.models.dream",
+    recipe=DREAM_RECIPE,
+    recipe_source="the README's diffusion_generate(max_new_tokens=512, steps=512, alg='entropy'), greedy (its "
+                  "temperature 0.2, top_p 0.95 sampling is not implemented)",
 )

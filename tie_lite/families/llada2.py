@@ -17,7 +17,7 @@ from typing import ClassVar
 from tie_lite.errors import UserError
 from tie_lite.models.llada2_moe import LLaDA2MoeConfig
 
-from .base import Family
+from .base import Family, checkpoint_file, generation_recipe
 
 # The prompt the authors' examples and the serving engines that run LLaDA2 build (sglang, dInfer): a system turn
 # saying "detailed thinking off" unless one is given, then the turns, then the assistant's tag. Used when a
@@ -109,6 +109,26 @@ class LingFamily(Family):
 @dataclass(frozen=True)
 class LLaDA2Family(LingFamily):
 
+    def checkpoint_recipe(self, source: str) -> dict:
+        """LLaDA2.1's folder has LLaDA2.0's config.json; its modeling file's generate() edits tokens: where the
+        checkpoint's modeling file has `editing_threshold`, the recipe edits with that file's own defaults."""
+        recipe = super().checkpoint_recipe(source)
+        path = checkpoint_file(source, MODELING_FILE)
+        try:
+            code = path.read_text(errors="replace") if path is not None else ""
+        except OSError:
+            code = ""
+        if "editing_threshold" in code:
+            editing = dict(LLADA21_EDITING)
+            for key, field_name, kind in (("editing_threshold", "edit_threshold", float),
+                                          ("max_post_steps", "edit_steps", int)):
+                found = re.search(rf"\b{key}\s*:\s*\w+\s*=\s*([0-9.]+)", code)
+                if found:
+                    editing[field_name] = kind(found.group(1))
+            generation = generation_recipe(source)  # the checkpoint's generation_config.json still has the last word
+            recipe |= {k: v for k, v in editing.items() if k not in generation}
+        return recipe
+
     def architecture_config(self, config: dict) -> LLaDA2MoeConfig:
         return LLaDA2MoeConfig(**{k: v for k, v in config.items() if k != "model_type"})
 
@@ -173,6 +193,14 @@ def check_experts(cfg, tensors: dict, name: str) -> None:
                             f"re-download the checkpoint")
 
 
+# The authors' LLaDA2.0 generate(): blocks of 32 numbered from the sequence start, 32 steps a block, every position
+# above 0.95 (at least the step's share), greedy, 2048 new tokens, no answer marker. LLaDA2.1's adds token editing.
+LLADA20_RECIPE = (("gen_length", 2048), ("block_size", 32), ("unmask", "llada2"), ("threshold", 0.95),
+                  ("temperature", 0.0), ("answer_length", None))
+LLADA21_EDITING = {"edit_threshold": 0.9, "edit_steps": 16}  # generate()'s editing_threshold and max_post_steps
+MODELING_FILE = "modeling_llada2_moe.py"
+
+
 LLADA2 = LLaDA2Family(
     name="llada2",
     model_types=("llada2_moe",),
@@ -184,6 +212,7 @@ LLADA2 = LLaDA2Family(
     hub_examples=("inclusionAI/LLaDA2.0-mini", "inclusionAI/LLaDA2.1-mini", "inclusionAI/LLaDA2.0-flash"),
     native_module="tie_lite.models.llada2_moe",
     block_causal=True,
-    defaults=(("block_size", 32), ("unmask", "llada2"), ("threshold", 0.95)),
-    defaults_note="LLaDA2.1 adds --edit-threshold 0.9",
+    recipe=LLADA20_RECIPE,
+    recipe_source="the authors' generate() defaults (modeling_llada2_moe.py); a LLaDA2.1 folder, told apart by its "
+                  "modeling file, adds token editing above 0.9, at most 16 passes",
 )

@@ -17,6 +17,7 @@ from typing import ClassVar
 
 from tie_lite.models.llada_moe import LLaDAMoEConfig, LLaDAMoEModelLM
 
+from .llada import LLADA_RECIPE
 from .llada2 import LingFamily
 
 # Ling's role tags without LLaDA2's "detailed thinking off" system turn, for a tokenizer that carries no template
@@ -89,7 +90,8 @@ LLADA_MOE = LLaDAMoEFamily(
     shift_logits=False,
     hub_examples=("inclusionAI/LLaDA-MoE-7B-A1B-Instruct", "inclusionAI/LLaDA-MoE-7B-A1B-Base"),
     native_module="tie_lite.models.llada_moe",
-    defaults=(("block_size", 32), ("unmask", "low_confidence")),
-    defaults_note="LLaDA's generate(): low-confidence remasking, greedy",
+    recipe=LLADA_RECIPE,
+    recipe_source="the model card's call of LLaDA's generate(): steps=128, gen_length=128, block_length=32, "
+                  "temperature=0, remasking='low_confidence'",
     fallback_chat_template=CHAT_TEMPLATE,
 )

@@ -43,6 +43,7 @@ class Member:
     footprint_bytes: int
     tokenizer_key: str = field(default="")
     denoising: DenoisingSettings | None = None  # a uniform-noise member's sampler (engine/uniform.py); None: masked
+    recipe: dict = field(default_factory=dict)  # the decode settings its authors' code uses (engine/recipe.py)
 
     @torch.no_grad()
     def logits(self, ids: torch.Tensor, blocks: list[tuple[int, int]] | None = None) -> torch.Tensor:
@@ -289,6 +290,7 @@ def load_member(
         footprint_bytes=measured_footprint(model),
     )
     member.tokenizer_key = tokenizer_key(tokenizer)
+    member.recipe = family.checkpoint_recipe(source)
     if family.uniform_noise:
         member.denoising = denoising_settings(model)
     return member

@@ -82,7 +82,8 @@ class MemberActor:
         if self.member is None:
             self.member = load_member(self.spec, **self.load_kwargs)
         m = self.member
-        return {"name": m.name, "footprint_bytes": m.footprint_bytes, "quant": m.quant, "pid": os.getpid()}
+        return {"name": m.name, "footprint_bytes": m.footprint_bytes, "quant": m.quant, "pid": os.getpid(),
+                "recipe": m.recipe}
 
     def start(self, messages, decode, watch: bool) -> Snapshot:
         start = time.perf_counter()
@@ -134,6 +135,7 @@ class RemoteMember:
         self.actor_seconds = 0.0
         info = self.load()
         self.name, self.footprint_bytes, self.quant = info["name"], info["footprint_bytes"], info["quant"]
+        self.recipe = info["recipe"]  # the driver resolves the member's settings (engine/recipe.py)
 
     def load(self) -> dict:
         """Load (or, after a restart, reload) the model; returns its name, size and worker process id."""

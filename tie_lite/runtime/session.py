@@ -14,6 +14,7 @@ import torch
 
 from tie_lite.checks import format_size, parse_size
 from tie_lite.engine.layout import FREE_ANSWER_POSITIONS, check_context, response_length
+from tie_lite.engine.recipe import settings_of
 from tie_lite.engine.sampler import DecodeSettings, blocks_from_start
 from tie_lite.engine.scoring import needs_cross_model
 from tie_lite.engine.tie import Result, TieSettings, run_tie
@@ -197,11 +198,23 @@ class Ensemble:
         if not self.estimates:
             return 0
         index = self.scheduler._index
-        total_len = max(len(m.prompt_ids(messages)) for m in self.members) + decode.gen_length
+        total_len = max(self._canvas_lengths(messages, decode))
         cross = needs_cross_model(tie.score, len(index), tie.select)
         batch = (len(index) if cross else 1) * times
-        read = read_positions(decode, tie)
-        return max(self.estimates[j].working_bytes(total_len, batch, read, decode.cache != "none") for j in index)
+        decodes = settings_of(self.members, decode)  # each member's own settings: the widest sizes the forward
+        read = max(read_positions(d, tie) for d in decodes)
+        cached = any(d.cache != "none" for d in decodes)
+        return max(self.estimates[j].working_bytes(total_len, batch, read, cached) for j in index)
+
+    def _canvas_lengths(self, messages, decode: DecodeSettings) -> list[int]:
+        """Each member's whole canvas, prompt and response, with its own settings (checked against its context)."""
+        lengths = []
+        for m, d in zip(self.members, settings_of(self.members, decode)):
+            prompt = len(m.prompt_ids(messages))
+            canvas = response_length(prompt, d.gen_length, d.layout_block_size, blocks_from_start(m, d))
+            check_context(prompt, d.gen_length, m.max_length, prompt + canvas)
+            lengths.append(prompt + canvas)
+        return lengths
 
     def batch_limit(self, messages, decode: DecodeSettings, tie: TieSettings, limit: int = 64) -> int:
         """How many canvases like this request's one forward may stack under the budget (eval's batching
@@ -246,10 +259,7 @@ class Ensemble:
     def check_prompt(self, messages, decode: DecodeSettings) -> None:
         """The conversation and the canvas within every member's context (a prompt far too long is refused by its
         characters, before it is tokenized)."""
-        for m in self.members:
-            prompt = len(m.prompt_ids(messages))
-            canvas = response_length(prompt, decode.gen_length, decode.layout_block_size, blocks_from_start(m, decode))
-            check_context(prompt, decode.gen_length, m.max_length, prompt + canvas)
+        self._canvas_lengths(messages, decode)
 
     def _check_host_memory(self, messages, decode: DecodeSettings, tie: TieSettings) -> None:
         """No budget given (all members resident on the CPU): refuse a request whose forward alone would not fit

@@ -514,7 +514,7 @@ def build_app(ensemble: Ensemble | None = None, defaults: Defaults | None = None
     def check(*values) -> str:
         *values, message = values
         try:
-            load, decode, tie = parse_settings(settings_dict(values), defaults)
+            load, decode, tie = parse_settings(settings_dict(values), defaults, panel=True)
             room = context_room(cache, load, decode, message)
         except UserError as exc:
             return f"⚠ {in_panel_words(str(exc))}"
@@ -540,7 +540,7 @@ def build_app(ensemble: Ensemble | None = None, defaults: Defaults | None = None
         question = message_text(history[-1].get("content")) or ""
         try:
             check_text(question, "the message")
-            load, decode, tie = parse_settings(settings_dict(values), defaults)
+            load, decode, tie = parse_settings(settings_dict(values), defaults, panel=True)
             messages = history_messages(history[:-1], question)
         except UserError as exc:  # back to the textbox, the message in the status line
             why = f"⚠ {in_panel_words(str(exc))}"
