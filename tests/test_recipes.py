@@ -153,3 +153,30 @@ def test_an_ensemble_of_recipes_runs_each_member_its_own_way(checkpoints, capsys
     assert (dream["gen_length"], llada["gen_length"]) == (64, 64)  # LLaDA2's canvas runs on to its block's end
     assert l2["gen_length"] >= 64 and all(r["layout"] == "free" for r in ran.values())
     assert "approximate for" in out.err  # the default dual cache, said once for LLaDA and Dream
+
+
+# a value for each decoding flag that is valid on its own and differs from every recipe's
+FLAG_VALUES = {"block_size": "16", "steps": "32", "temperature": "0.5", "unmask": "random", "threshold": "0.5",
+               "topk": "1", "schedule": "blocks", "eps": "0.01", "cache": "prefix", "edit_threshold": "0.5",
+               "edit_steps": "4"}
+# per family, on its recipe, the flags its sampler does not read
+NOT_READ_BY = {"llada": {"threshold", "topk", "eps", "edit_steps"},
+               "dream": {"block_size", "threshold", "topk", "edit_steps"},
+               "llada2.1": {"topk", "eps"}}
+
+
+@pytest.mark.parametrize("flag", sorted(FLAG_VALUES))
+@pytest.mark.parametrize("family", sorted(NOT_READ_BY))
+def test_every_flag_a_member_does_not_read_is_said_once(members, checkpoints, family, flag):
+    """The flag/family matrix: a flag given for every member that a member's sampler, on its recipe, does not
+    read is one note naming the member and why; a flag it reads is no note."""
+    from tie_lite.faces.options import settings_notes
+
+    args = build_parser("generate").parse_args(["generate", "hi", "--model", str(checkpoints[family].path),
+                                                "--gen-length", "64", "--cache", "none",
+                                                "--" + flag.replace("_", "-"), FLAG_VALUES[flag]])
+    notes = [n for n in settings_notes(args, [members[family]]) if "does not apply" in n]
+    if flag in NOT_READ_BY[family]:
+        assert len(notes) == 1 and "--" + flag.replace("_", "-") in notes[0] and members[family].name in notes[0]
+    else:
+        assert notes == []

@@ -142,7 +142,8 @@ def figures(records: list[dict], bound: bool) -> tuple[dict, dict]:
 
 def run_fingerprint(task: str, seed: int, phrasing: str, members: list[str], decode, tie) -> str:
     """What makes two runs' records interchangeable: the problems, the members and every setting."""
-    text = json.dumps([task, seed, phrasing, members, repr(decode), repr(tie)])
+    settings = {k: sorted(v) if isinstance(v, frozenset) else v for k, v in vars(decode).items()}  # in a fixed order
+    text = json.dumps([task, seed, phrasing, members, repr(sorted(settings.items())), repr(tie)])
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -270,6 +271,8 @@ def cmd_eval(args) -> int:
         task = get_task(args.task)
         args.n = 100 if args.n is None else args.n
         args.answer_length = args.answer_length or DEFAULTS["answer_length"]
+    # the task's checker reads an answer: its layout is every member's, whatever their recipes say
+    args.decode_given = set(getattr(args, "decode_given", None) or ()) | {"answer_length"}
     check_choice(args.phrasing, tuple(PHRASINGS), "--phrasing")
     if not 1 <= args.n <= MAX_PROBLEMS:
         raise UserError(f"--n must be between 1 and {MAX_PROBLEMS}")
@@ -341,14 +344,32 @@ def cmd_eval(args) -> int:
         print(json.dumps({"task": task.name, "n": args.n, "problem_seed": args.problem_seed,
                           "phrasing": args.phrasing,
                           "settings": {"score": tie.score, "select": tie.select, "interval": tie.interval,
-                                       "cache": decode.cache}, "results": results} | summary, indent=2))
+                                       "cache": decode.cache, "rounds": rounds(ensemble.members, decode, tie)},
+                          "results": results} | summary, indent=2))
     else:
         print(f"{about}: n={args.n}" + ("" if args.data else f", problem seed {args.problem_seed}")
               + f", score {','.join(scores)}, select {tie.select}, cache {decode.cache}")
         print(table(results))
         print("\n".join(report_lines(results, summary)))
+        print("a TIE round: " + ", ".join(f"{name} {r['blocks']} block{'s' * (r['blocks'] > 1)} of {r['block_size']} "
+                                          f"({r['steps']} steps)" for name, r in rounds(ensemble.members, decode,
+                                                                                      tie).items()))
     say_notes(args, ensemble.members)
     return 0
+
+
+def rounds(members, decode, tie) -> dict:
+    """What one TIE round covers for each member: --interval of its own steps, rounded up to whole blocks of its own
+    (each decodes with its own recipe)."""
+    from tie_lite.engine.recipe import settings_for  # deferred: the engine loads torch
+    from tie_lite.engine.tie import round_blocks, unique_names  # deferred: the engine loads torch
+
+    out = {}
+    for name, m in zip(unique_names([m.name for m in members]), members):
+        d = settings_for(m, decode)
+        blocks = round_blocks(tie, d)
+        out[name] = {"blocks": blocks, "block_size": d.layout_block_size, "steps": blocks * d.steps_per_block}
+    return out
 
 
 class Interrupted(KeyboardInterrupt):
