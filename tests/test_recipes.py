@@ -137,22 +137,66 @@ def test_a_member_option_that_cannot_apply_is_refused_in_one_line(checkpoints, c
     assert code == 2 and len(err) == 1 and words in err[0], err
 
 
-def test_an_ensemble_of_recipes_runs_each_member_its_own_way(checkpoints, capsys):
-    """LLaDA2 (blocks of 32 from the sequence start), Dream (its whole-canvas schedule) and LLaDA (blocks of 32 from
-    the response start) in one ensemble, each on its recipe: --json says per member what ran."""
+@pytest.fixture(scope="module")
+def gemma(tmp_path_factory):
+    from diffusion_gemma_checkpoint import build_diffusion_gemma
+
+    return build_diffusion_gemma(tmp_path_factory.mktemp("gemma"))
+
+
+def _check_recipes(ran: dict, l2: str, dream: str, gemma: str) -> None:
+    """LLaDA2 on blocks of 32 from the sequence start with its threshold, Dream on its whole-canvas schedule, and
+    DiffusionGemma on its checkpoint's own sampler, each on the free layout."""
+    assert (ran[l2]["block_size"], ran[l2]["unmask"], ran[l2]["threshold"], ran[l2]["cache_exact"]) == (
+        32, "llada2", 0.95, True)
+    assert (ran[dream]["schedule"], ran[dream]["unmask"], ran[dream]["gen_length"]) == ("dream", "entropy", 64)
+    assert ran[gemma]["sampler"].startswith("entropy-bound")
+    assert all(r["layout"] == "free" for r in ran.values())
+
+
+def test_an_ensemble_of_recipes_runs_from_the_cli_each_member_its_own_way(checkpoints, gemma, capsys):
     capsys.readouterr()
-    folders = [checkpoints[k].path for k in ("llada2.0", "dream", "llada")]
+    folders = [checkpoints["llada2.0"].path, checkpoints["dream"].path, gemma]
     assert main(["generate", "What is 2+3?", *[a for f in folders for a in ("--model", str(f))], "--gen-length", "64",
                  "--json"]) == 0
     out = capsys.readouterr()
-    ran = json.loads(out.out)["member_settings"]
-    l2, dream, llada = (ran[f.name] for f in folders)
-    assert (l2["block_size"], l2["unmask"], l2["threshold"], l2["cache_exact"]) == (32, "llada2", 0.95, True)
-    assert (dream["schedule"], dream["unmask"], dream["layout"]) == ("dream", "entropy", "free")
-    assert (llada["block_size"], llada["first_block"], llada["unmask"]) == (32, 32, "low_confidence")
-    assert (dream["gen_length"], llada["gen_length"]) == (64, 64)  # LLaDA2's canvas runs on to its block's end
-    assert l2["gen_length"] >= 64 and all(r["layout"] == "free" for r in ran.values())
-    assert "approximate for" in out.err  # the default dual cache, said once for LLaDA and Dream
+    _check_recipes(json.loads(out.out)["member_settings"], *(f.name for f in folders))
+    assert "approximate for" in out.err  # Dream's default dual cache, said once
+
+
+def test_an_ensemble_of_recipes_runs_from_the_server_and_the_chat(checkpoints, gemma):
+    """The same ensemble launched with no decoding flag: an API request with a token cap (rounded to whole blocks
+    of every member: LLaDA2's 32) and a chat message, each member on its recipe, per-member settings in the trace."""
+    from gradio_client import Client
+    from openai import OpenAI
+    from test_serve import KEY, start_server
+    from test_ui import free_port
+
+    from tie_lite.faces.chat.app import build_app, launch_app
+    from tie_lite.faces.client_settings import Defaults
+    from tie_lite.runtime.session import LoadSettings
+
+    folders = [checkpoints["llada2.0"].path, checkpoints["dream"].path, gemma]
+    load = LoadSettings(models=tuple(str(f) for f in folders))
+    _, url, stop = start_server(load=load)
+    try:
+        reply = OpenAI(base_url=f"{url}/v1", api_key=KEY).chat.completions.create(
+            model="tie:" + "+".join(f.name for f in folders), max_tokens=40, temperature=0,
+            messages=[{"role": "user", "content": "What is 2+3?"}])
+        ran = reply.model_extra["tie"]["member_settings"]
+        _check_recipes(ran, *(f.name for f in folders))
+        assert ran[folders[0].name]["block_size"] == 32 and ran[folders[1].name]["gen_length"] == 64
+    finally:
+        stop()
+    demo = build_app(None, Defaults(load=load))
+    port = free_port()
+    launch_app(demo, port=port, prevent_thread_lock=True, quiet=True)
+    try:
+        text = Client(f"http://127.0.0.1:{port}/", verbose=False).predict(
+            "What is 2+3?", api_name="/chat", settings={"gen_length": 64})
+        assert isinstance(text, str) and text.strip(), text
+    finally:
+        demo.close()
 
 
 # a value for each decoding flag that is valid on its own and differs from every recipe's

@@ -14,6 +14,7 @@ import re
 from dataclasses import dataclass, replace
 
 from tie_lite.checks import CHARS_PER_TOKEN, SEED_LIMIT, check_text, shown
+from tie_lite.engine.recipe import settings_for
 from tie_lite.errors import UserError
 from tie_lite.faces.client_settings import (
     SETTING_KEYS,
@@ -303,6 +304,20 @@ def check_prompt_size(ask: Ask, members: list) -> None:
                        code="context_length_exceeded")
 
 
+def member_block(decode, members: list) -> int:
+    """The block a capped canvas is rounded to: one every member's blocks divide (members decode with their own
+    recipes, e.g. LLaDA2's blocks of 32 beside blocks of 16)."""
+    block = 1
+    for m in members:
+        try:
+            own = settings_for(m, decode)
+        except UserError as exc:
+            raise APIError(400, api_words(str(exc))) from None
+        if not own.dream and getattr(m, "denoising", None) is None:
+            block = math.lcm(block, own.block_size)
+    return block if block > 1 else max(1, decode.block_size)
+
+
 def fit_canvas(ask: Ask, members: list) -> Ask:
     """The canvas each choice decodes, and the cap clamped to what every chosen member's context leaves after the
     prompt. A family that decodes well at one canvas length (the shipped members) keeps it whatever the cap; a
@@ -317,8 +332,10 @@ def fit_canvas(ask: Ask, members: list) -> Ask:
                 raise APIError(400, f"{field}: the prompt takes {longest} tokens of {m.name}'s context of "
                                     f"{m.max_length}; shorten it", param=field, code="context_length_exceeded")
             room = min(room, m.max_length - longest)
-    decode, block = ask.decode, max(1, ask.decode.block_size)
+    decode, block = ask.decode, member_block(ask.decode, members)
     fixed = [m.family.canvas_length for m in members if getattr(m.family, "canvas_length", None)]
+    if not (ask.canvas_given or fixed or ask.cap is not None or decode.given is None or "gen_length" in decode.given):
+        return ask  # no length asked for: each member's recipe says it (its context is checked when it runs)
     if ask.canvas_given or fixed:
         canvas = decode.gen_length if ask.canvas_given else max(fixed)
         if canvas > room:
