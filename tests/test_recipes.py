@@ -224,3 +224,13 @@ def test_every_flag_a_member_does_not_read_is_said_once(members, checkpoints, fa
         assert len(notes) == 1 and "--" + flag.replace("_", "-") in notes[0] and members[family].name in notes[0]
     else:
         assert notes == []
+
+
+def test_the_chat_panel_says_which_members_decode_on_their_own_recipes(members):
+    from tie_lite.faces.client_settings import Defaults, own_recipes, parse_settings
+
+    _, decode, _ = parse_settings({}, Defaults())
+    words = own_recipes([members["llada2.1"], members["dream"]], decode)
+    assert "blocks of 32, llada2, editing above 0.9" in words and "entropy" in words
+    _, given, _ = parse_settings({"gen_length": 64, "block_size": 32, "unmask": "llada2", "edit_threshold": 0.9}, Defaults())
+    assert members["llada2.1"].name not in own_recipes([members["llada2.1"]], given)  # the boxes say it all

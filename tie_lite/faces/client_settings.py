@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from tie_lite.checks import check_text, shown
+from tie_lite.engine.recipe import settings_for
 from tie_lite.engine.sampler import RECIPE_KEYS, DecodeSettings
 from tie_lite.engine.scoring import SCORES
 from tie_lite.engine.tie import SELECTIONS, TieSettings, unique_names
@@ -227,6 +228,24 @@ def describe(decode: DecodeSettings, tie: TieSettings, members: int) -> str:
                if decode.edit_threshold is not None else "")
     return (f"✓ {decode.gen_length} positions in {blocks} block{'s' * (blocks > 1)} of {block}, "
             f"{decode.steps_per_block} steps a block{editing}; {relay}; score {tie.score}, final {tie.select}")
+
+
+def own_recipes(members: list, decode: DecodeSettings) -> str:
+    """Said after `describe` for the loaded members that decode otherwise, on their own recipes (engine/recipe.py)."""
+    words = []
+    for m in members:
+        try:
+            own = settings_for(m, decode)
+        except UserError as exc:
+            return f" — ⚠ {exc}"
+        if getattr(m, "denoising", None) is not None:
+            words.append(f"{m.name}: its own sampler, {own.gen_length} positions")
+        elif (own.gen_length, own.layout_block_size, own.unmask, own.schedule, own.edit_threshold) != (
+                decode.gen_length, decode.layout_block_size, decode.unmask, decode.schedule, decode.edit_threshold):
+            edits = f", editing above {own.edit_threshold:g}" if own.edit_threshold is not None else ""
+            words.append(f"{m.name}: {own.gen_length} positions in blocks of {own.layout_block_size}, "
+                         f"{own.unmask}{edits}")
+    return f" — on their own recipes: {'; '.join(words)}" if words else ""
 
 
 def history_messages(history: Any, message: str | None = None) -> list[dict]:

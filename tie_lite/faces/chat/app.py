@@ -46,6 +46,7 @@ from tie_lite.faces.client_settings import (
     member_indices,
     message_text,
     off_task_reply,
+    own_recipes,
     parse_settings,
 )
 from tie_lite.runtime.batching import BatchEngine, QueueFull
@@ -521,7 +522,7 @@ def build_app(ensemble: Ensemble | None = None, defaults: Defaults | None = None
         if room is not None and decode.gen_length > room:
             return (f"⚠ generation length {decode.gen_length} does not fit: with this question the members' context "
                     f"leaves room for at most {room}; lower generation length")
-        return describe(decode, tie, len(load.models))
+        return describe(decode, tie, len(load.models)) + own_recipes(chosen_members(cache, load), decode)
 
     def add_user(message, history):
         if not (message or "").strip():
