@@ -16,6 +16,10 @@ if [ ! -x "$dir/bin/python" ]; then
     "$dir/bin/pip" install -q "transformers==4.46.3" "tokenizers<0.21" safetensors "accelerate<1.2" numpy
   elif [ "$version" = "4.53.1" ]; then
     "$dir/bin/pip" install -q "transformers==4.53.1" safetensors numpy einops
+  elif [ "$version" = "4.52.4" ]; then
+    # SDAR (scripts/reference/sdar.py): its evaluation/environment.yml pins these, the versions its modeling files
+    # were written against
+    "$dir/bin/pip" install -q "transformers==4.52.4" "tokenizers==0.21.4" "accelerate==1.10.1" "einops==0.8.1" safetensors numpy
   elif [ "$version" = "4.57.0" ]; then
     "$dir/bin/pip" install -q "transformers==4.57.0" "accelerate==1.11.0" safetensors numpy
   else
