@@ -274,3 +274,29 @@ def build_llada_moe(root: Path, name: str = "tiny-llada-moe-7b-a1b", variant: st
     tokenizer.save_pretrained(folder)
     marker = _decoy_code(folder, ("configuration_lladamoe.py", "modeling_lladamoe.py"))
     return Checkpoint(folder, "llada-moe", 156895, (156892, 156900), False, marker)
+
+
+# JetAstra/SDAR's Qwen3 tokenizer: its special ids (<|endoftext|>, <|im_start|>, <|im_end|>, <|MASK|>) and the
+# chat template's words at ids of this small vocabulary's own choosing (the hub tokenizer cannot be fetched here)
+SDAR_SPECIALS = {"<|endoftext|>": 151643, "<|im_start|>": 151644, "<|im_end|>": 151645, "<|MASK|>": 151669,
+                 "<think>": 151667, "</think>": 151668}
+
+
+def build_sdar(root: Path, variant: str = "dense", name: str | None = None) -> Checkpoint:
+    """A tiny SDAR (dense: SDAR's Qwen3 layers; "moe": SDAR-MoE's) with the config and the weights the authors'
+    reference run used (scripts/reference/sdar.py), and Qwen3's chat template over a small vocabulary."""
+    ref = reference_dir("sdar")
+    suffix = "" if variant == "dense" else "-moe"
+    folder = Path(root) / (name or f"tiny-sdar{suffix}")
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text((ref / f"config{suffix}.json").read_text())
+    figures = load_figures("sdar")
+    write_weights(folder, json.loads((ref / f"tensors{suffix}.json").read_text()), gains=figures["gains"])
+    tokenizer = word_tokenizer(SDAR_SPECIALS, 151936, bos=None)
+    tokenizer.add_special_tokens({"eos_token": "<|im_end|>", "pad_token": "<|endoftext|>", "mask_token": "<|MASK|>",
+                                  "additional_special_tokens": ["<|im_start|>", "<think>", "</think>"]})
+    tokenizer.chat_template = figures["chat_template"]
+    tokenizer.save_pretrained(folder)
+    marker = _decoy_code(folder, ("configuration_sdar.py", "modeling_sdar.py", "configuration_sdar_moe.py",
+                                  "modeling_sdar_moe.py"))
+    return Checkpoint(folder, "sdar", 151669, (151645, 151643), False, marker)

@@ -34,6 +34,8 @@ def test_the_readme_documents_one_paper_command_per_benchmark():
         settings = dict(zip(argv, argv[1:]))
         assert settings["--gen-length"] == "256" and settings["--block-size"] == "16" and settings["--interval"] == "16"
         assert settings["--score"] == "tcc" and settings["--temperature"] == "0"
+        # the paper's shared sampler, over the members' own recipes (Dream's is one whole-canvas schedule)
+        assert settings["--schedule"] == "blocks" and settings["--unmask"] == "low_confidence"
         assert [v for k, v in zip(argv, argv[1:]) if k == "--model"] == ["llada-1.5", "dream-7b-instruct"]
 
 

@@ -53,7 +53,7 @@ SCHEDULES = ("blocks", "dream")
 CACHES = ("none", "prefix", "dual")
 # The settings a member's recipe may choose (the others, seed and answer marker, belong to the request)
 RECIPE_KEYS = ("gen_length", "block_size", "steps", "temperature", "unmask", "threshold", "topk", "answer_length",
-               "schedule", "eps", "cache", "edit_threshold", "edit_steps")
+               "schedule", "eps", "cache", "edit_threshold", "edit_steps", "stop_at_eos")
 DREAM_ENTROPY_EPS = 1e-10  # diffusion_generate's log(p + 1e-10)
 
 
@@ -78,6 +78,9 @@ class DecodeSettings:
     # probable than this are replaced (None: no editing); at most `edit_steps` extra forwards once a block is full
     edit_threshold: float | None = None
     edit_steps: int = 16
+    # Block diffusion's early stop (SDAR's generate()): once a finished block leaves an end-of-text in the response,
+    # the positions still masked are end-of-text too (the free layout only: an answer marker's answer is still to come)
+    stop_at_eos: bool = False
     # Which of these fields the user set (engine/recipe.py): the others come from each member's recipe, the
     # decode settings its authors' code uses. None: every field is as given here (a caller that builds its own
     # settings decodes with them as they are).
@@ -270,6 +273,8 @@ class Trajectory:
             out["eps"] = settings.eps
         if self.edit_threshold is not None:
             out |= {"edit_threshold": self.edit_threshold, "edit_steps": settings.edit_steps}
+        if settings.stop_at_eos:
+            out["stop_at_eos"] = True
         return out
 
     def text(self) -> str:
@@ -489,8 +494,20 @@ class Trajectory:
                 yield from self._forward_and_step(settings, self.plan_step(), on_step)
             if blk is not None and self.edit_threshold is not None:
                 yield from self._polish(settings, blk, on_step)
+            if settings.stop_at_eos and not self.layout.has_answer:
+                self._stop_after_eos()
             if self.done:
                 return
+
+    def _stop_after_eos(self) -> None:
+        """After a finished block: where the response holds an end-of-text, what is still masked becomes that
+        end-of-text (nobody committed it), as SDAR's generate() stops there."""
+        response = self.ids[self.layout.prompt_len :]
+        found = torch.isin(response, torch.tensor(self.layout.eos_ids))
+        if bool(found.any()):
+            masked = self.masked
+            masked[: self.layout.prompt_len] = False
+            self.ids[masked] = response[int(found.nonzero()[0])]
 
     def _forward_and_step(self, settings: DecodeSettings, plan: StepPlan, on_step=None):
         """Process: one forward for `plan` (keeping the cache it brings back) and the step on its logits."""

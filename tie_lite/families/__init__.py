@@ -8,9 +8,10 @@ from .llada import LLADA
 from .llada2 import LLADA2
 from .llada_moe import LLADA_MOE, is_llada_moe
 from .remote import REMOTE
+from .sdar import SDAR
 from .tiny import TINY
 
-FAMILIES = (TINY, LLADA, DREAM, LLADA2, LLADA_MOE, DIFFUSION_GEMMA)
+FAMILIES = (TINY, LLADA, DREAM, LLADA2, LLADA_MOE, DIFFUSION_GEMMA, SDAR)
 
 
 def family_for(model_type: str | None, source: str = "", config: dict | None = None) -> Family:
@@ -27,9 +28,11 @@ def family_for(model_type: str | None, source: str = "", config: dict | None = N
     known = ", ".join(t for f in FAMILIES for t in f.model_types)
     raise UserError(
         f"{source or 'model'} has model_type '{str(model_type)[:40]}', which is not a diffusion family "
-        f"tie-lite knows ({known}); pass a LLaDA, LLaDA2, LLaDA-MoE, Dream, DiffusionGemma or tie-tiny checkpoint"
+        f"tie-lite knows ({known}); pass a LLaDA, LLaDA2, LLaDA-MoE, Dream, DiffusionGemma, SDAR or tie-tiny "
+        f"checkpoint"
     )
 
 
-__all__ = ["DIFFUSION_GEMMA", "DREAM", "FAMILIES", "Family", "LLADA", "LLADA2", "LLADA_MOE", "REMOTE", "TINY", "chat_prompt_ids",
+__all__ = ["DIFFUSION_GEMMA", "DREAM", "FAMILIES", "Family", "LLADA", "LLADA2", "LLADA_MOE", "REMOTE", "SDAR", "TINY",
+           "chat_prompt_ids",
            "family_for"]

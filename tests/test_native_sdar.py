@@ -1,0 +1,107 @@
+"""SDAR (dense and MoE) on transformers' own Qwen3 modules against the SDAR authors' code.
+
+scripts/reference/sdar.py ran JetAstra/SDAR's modeling files and samplers (generate.py and the evaluation sampler
+huggingface_bd3.py, whose confidences are the full softmax's) under transformers 4.52.4 on tiny checkpoints with
+SDAR's config and kept what they computed under tests/fixtures/reference/sdar/. Here the checkpoints are rebuilt
+from those fixtures (the hub file names beside them as decoys) and loaded without any remote code. Their prompts
+are 3, 13, 16 and 22 tokens long: all but one not a multiple of the block.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from real_checkpoints import build_sdar, load_figures
+
+from tie_lite.engine.recipe import settings_for
+from tie_lite.engine.tie import run_tie
+from tie_lite.faces.cli import build_parser, main
+from tie_lite.faces.options import decode_settings
+from tie_lite.families import SDAR
+from tie_lite.runtime.loading import load_member, load_status
+from tie_lite.runtime.scheduler import Scheduler
+
+FIG = load_figures("sdar")
+MASK = FIG["mask_id"]
+
+
+@pytest.fixture(scope="module", params=["dense", "moe"])
+def sdar(request, tmp_path_factory):
+    checkpoint = build_sdar(tmp_path_factory.mktemp("sdar"), request.param)
+    return request.param, checkpoint, load_member(str(checkpoint.path))
+
+
+def test_loads_natively_with_qwen3_layers_and_sdar_facts(sdar):
+    variant, checkpoint, member = sdar
+    assert load_status(str(checkpoint.path)) == "native" and member.family is SDAR
+    assert (member.mask_id, member.eos_ids, member.shifted) == (151669, (151645, 151643), False)
+    assert type(member.model.model.layers[0]).__module__.startswith("transformers.models.qwen3")  # theirs, not ours
+    suffix = "" if variant == "dense" else "-moe"
+    from real_checkpoints import reference_dir
+
+    names = {r["name"] for r in json.loads((reference_dir("sdar") / f"tensors{suffix}.json").read_text())}
+    if variant == "dense":  # every tensor of the checkpoint by its hub name, nothing else
+        assert set(member.model.state_dict()) == names
+    else:  # transformers' Qwen3-MoE fuses the hub's per-expert tensors on load (its own conversion)
+        assert {n for n in names if ".experts." not in n} <= set(member.model.state_dict())
+    assert not checkpoint.remote_code_marker.exists()
+
+
+def test_fp32_logits_equal_the_authors_under_the_block_causal_mask(sdar):
+    variant, _, member = sdar
+    worst = 0.0
+    with torch.no_grad():
+        for canvas in FIG["canvases" if variant == "dense" else "canvases_moe"]:
+            for key in ("block_causal_4", "block_causal_8"):
+                figures = canvas[key]
+                logits = member.model(torch.tensor([canvas["ids"]]), block_size=figures["block_size"]).logits[0]
+                for fig in figures["positions"]:
+                    got = logits[fig["position"]]
+                    assert got.topk(5).indices.tolist() == fig["top5_ids"]
+                    want = torch.tensor(fig["top5_logits"] + fig["fixed_logits"])
+                    worst = max(worst, float((got[fig["top5_ids"] + FIG["fixed_ids"]] - want).abs().max()))
+    print(f"fp32 max |dlogit| vs the authors' SDAR ({variant}): {worst:.3g}")
+    assert worst < 1e-4
+
+
+def _decoded_part(output: list[int]) -> list[int]:
+    """What the authors' sampler decoded: its canvas after the prompt up to the blocks it never reached (it stops
+    after the block where an end-of-text appears and leaves the rest masked)."""
+    return output[: output.index(MASK)] if MASK in output else output
+
+
+def _runs(variant: str, sampler: str) -> list[dict]:
+    return FIG["generate" if variant == "dense" else "generate_moe"][sampler]
+
+
+@pytest.mark.parametrize("cache", ["none", "dual"])
+@pytest.mark.parametrize("sampler", ["bd3_eval_dynamic", "bd3_eval_static", "bd3_sharp"])
+def test_threshold_decoding_is_token_identical_to_the_authors_sampler(sdar, monkeypatch, sampler, cache):
+    """--unmask llada2 (every position above the threshold, at least the step's share of the block) is the
+    authors' low-confidence remasking with a threshold; greedy; their forwards minus the one per block that only
+    writes the finished block's keys and values (tie-lite keeps them from the block's last step)."""
+    variant, _, member = sdar
+    for run in _runs(variant, sampler):
+        blocks = -(-(len(run["prompt"]) + run["gen_length"]) // run["block_length"])
+        flags = ["--gen-length", str(run["gen_length"]), "--block-size", str(run["block_length"]),
+                 "--threshold", str(run["threshold"]), "--cache", cache]
+        args = build_parser("generate").parse_args(["generate", "hi", "--model", "x", *flags])
+        settings = settings_for(member, decode_settings(args))
+        monkeypatch.setattr(member, "prompt_ids", lambda messages, run=run: list(run["prompt"]))
+        result = run_tie(Scheduler([member]), [{"role": "user", "content": "hi"}], settings)
+        want = _decoded_part(run["output"])
+        assert result.token_ids[: len(want)] == want, (len(run["prompt"]), sampler)
+        assert blocks * run["block_length"] - len(run["prompt"]) == len(result.token_ids)
+
+
+def test_the_recipe_is_the_authors_evaluation_sampler_through_the_cli(sdar, capsys):
+    """`tie-lite generate --model FOLDER` with only --gen-length: blocks of the checkpoint's 4, threshold 0.95,
+    greedy, the free layout, the exact block cache, and the early stop after an end-of-text."""
+    _, checkpoint, _ = sdar
+    capsys.readouterr()
+    assert main(["generate", "hi", "--model", str(checkpoint.path), "--gen-length", "32", "--json"]) == 0
+    ran = json.loads(capsys.readouterr().out)["member_settings"][checkpoint.path.name]
+    assert (ran["block_size"], ran["unmask"], ran["threshold"], ran["temperature"], ran["layout"], ran["cache_exact"],
+            ran["stop_at_eos"]) == (4, "llada2", 0.95, 0.0, "free", True, True)
