@@ -320,8 +320,9 @@ def test_cli_ensembles_llada_and_dream(checkpoints, capsys, score, extra):
     models = ["--model", str(checkpoints["llada"].path), "--model", str(checkpoints["dream"].path)]
     assert main(["plan", *models, "--score", score, *extra]) == 0
     assert "native" in capsys.readouterr().out
+    # Dream on blocks too (its own recipe is one whole-canvas schedule: a single round, tests/test_recipes.py)
     argv = ["generate", "What is 2+3?", *models, "--free", "--gen-length", "16", "--block-size", "8",
-            "--interval", "8", "--score", score, *extra, "--json"]
+            "--schedule", "blocks", "--interval", "8", "--score", score, *extra, "--json"]
     assert main(argv) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["members"] == [checkpoints["llada"].path.name, checkpoints["dream"].path.name]
