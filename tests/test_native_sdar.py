@@ -105,3 +105,82 @@ def test_the_recipe_is_the_authors_evaluation_sampler_through_the_cli(sdar, caps
     ran = json.loads(capsys.readouterr().out)["member_settings"][checkpoint.path.name]
     assert (ran["block_size"], ran["unmask"], ran["threshold"], ran["temperature"], ran["layout"], ran["cache_exact"],
             ran["stop_at_eos"]) == (4, "llada2", 0.95, 0.0, "free", True, True)
+
+
+def _config_folder(root, name: str):
+    from real_checkpoints import reference_dir
+
+    folder = root / name
+    folder.mkdir()
+    (folder / "config.json").write_text((reference_dir("sdar") / f"config-{name}.json").read_text())
+    return str(folder)
+
+
+def test_plan_fits_sdar_on_a_laptop_and_the_moe_on_a_small_gpu(tmp_path, capsys):
+    """From the released configs alone: SDAR-1.7B + SDAR-4B stay resident in 16 GiB of laptop memory; SDAR-30B-A3B
+    at 4-bit on a 12 GiB GPU keeps its routed experts (fused by transformers, so bitsandbytes leaves them in the
+    compute dtype) in host memory."""
+    small, mid, moe = (_config_folder(tmp_path, n) for n in ("1.7b-chat", "4b-chat", "30b-a3b-chat"))
+    assert main(["plan", "--model", small, "--model", mid, "--device", "cpu", "--max-memory", "16GiB", "--json"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert plan["strategy"] == "resident" and [m["placement"] for m in plan["members"]] == ["resident", "resident"]
+    assert main(["plan", "--model", moe, "--quant", "4bit", "--device", "cuda", "--max-memory", "12GiB", "--json"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    (member,) = plan["members"]
+    assert member["placement"] == "experts-on-host", member
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory):
+    from real_checkpoints import build_llada
+
+    root = tmp_path_factory.mktemp("sdar-llada")
+    return [str(build_sdar(root).path), str(build_llada(root).path)]
+
+
+def test_an_sdar_and_llada_ensemble_runs_from_generate_and_eval(pair, capsys):
+    """Two vocabularies (relays through text), each member on its own recipe (blocks of 4 from the sequence
+    start; LLaDA's blocks of 32): rounds of whole blocks of each, scored and relayed."""
+    models = [a for m in pair for a in ("--model", m)]
+    capsys.readouterr()
+    assert main(["generate", "What is 2+3?", *models, "--gen-length", "32", "--interval", "4", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    names = out["members"]
+    assert out["member_settings"][names[0]]["block_size"] == 4 and out["member_settings"][names[1]]["block_size"] == 32
+    assert len(out["rounds"]) >= 1 and out["final_member"] in names
+    assert main(["eval", "--task", "sum-product", "--n", "2", *models, "--gen-length", "32", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert set(result["settings"]["rounds"]) == set(names) and result["settings"]["rounds"][names[0]]["block_size"] == 4
+
+
+def test_an_sdar_and_llada_ensemble_runs_from_the_server_and_the_chat(pair):
+    from gradio_client import Client
+    from openai import OpenAI
+    from test_serve import KEY, start_server
+    from test_ui import free_port
+
+    from tie_lite.faces.chat.app import build_app, launch_app
+    from tie_lite.faces.client_settings import Defaults
+    from tie_lite.runtime.session import LoadSettings
+
+    load = LoadSettings(models=tuple(pair))
+    names = [p.rsplit("/", 1)[1] for p in pair]
+    _, url, stop = start_server(load=load)
+    try:
+        reply = OpenAI(base_url=f"{url}/v1", api_key=KEY).chat.completions.create(
+            model="tie:" + "+".join(names), max_tokens=24, temperature=0,
+            messages=[{"role": "user", "content": "What is 2+3?"}])
+        ran = reply.model_extra["tie"]["member_settings"]
+        assert ran[names[0]]["block_size"] == 4 and ran[names[0]]["stop_at_eos"] is True
+        assert ran[names[1]]["gen_length"] == 32  # the cap rounded to whole blocks of both (4 and 32)
+    finally:
+        stop()
+    demo = build_app(None, Defaults(load=load))
+    port = free_port()
+    launch_app(demo, port=port, prevent_thread_lock=True, quiet=True)
+    try:
+        text = Client(f"http://127.0.0.1:{port}/", verbose=False).predict(
+            "What is 2+3?", api_name="/chat", settings={"gen_length": 32})
+        assert isinstance(text, str) and text.strip(), text
+    finally:
+        demo.close()

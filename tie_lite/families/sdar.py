@@ -16,10 +16,11 @@ from .base import Family, checkpoint_file
 
 MASK_ID = 151669
 DEFAULT_BLOCK = 4  # the authors' generate.py and evaluation sampler, and the released configs that name one
-# The authors' evaluation sampler (opencompass huggingface_bd3.py, as their reported scores ran): blocks of the
-# checkpoint's size, one step a token, every position above 0.95 (at least the step's share), greedy (top_k 1),
-# stopping after the block where an end-of-text appears; no answer marker.
-SDAR_RECIPE = (("gen_length", 2048), ("unmask", "llada2"), ("threshold", 0.95), ("temperature", 0.0),
+# The authors' evaluation (evaluation/opencompass/configs/eval_sdar_hf.py with huggingface_bd3.py's sampler): 4096
+# new tokens in blocks of the checkpoint's size, one step a token, every position above 0.95 (at least the step's
+# share; their other setting, 1.0, is one token a step), greedy (top_k 1), stopping after the block where an
+# end-of-text appears; no answer marker.
+SDAR_RECIPE = (("gen_length", 4096), ("unmask", "llada2"), ("threshold", 0.95), ("temperature", 0.0),
                ("answer_length", None), ("stop_at_eos", True))
 
 
@@ -37,6 +38,49 @@ class SDARFamily(Family):
     def checkpoint_recipe(self, source: str) -> dict:
         return {"block_size": block_size_of(source)} | super().checkpoint_recipe(source)
 
+    def routed_experts(self, config: dict) -> tuple[int, int] | None:
+        if not config.get("num_experts"):
+            return None
+        return int(config.get("num_experts_per_tok", 8)), int(config["num_experts"])
+
+    def is_routed_expert(self, tensor_name: str) -> bool:
+        """A routed expert's weight: the hub's per-expert tensors, or transformers' fused ones once loaded."""
+        return ".mlp.experts." in tensor_name
+
+    def quantized_weight(self, tensor_name: str, shape: tuple[int, ...]) -> bool | None:
+        """bitsandbytes quantizes linear layers; transformers' Qwen3-MoE keeps its experts as fused parameters,
+        which stay in the compute dtype."""
+        return False if self.is_routed_expert(tensor_name) else None
+
+    def config_tensors(self, config: dict) -> dict | None:
+        """The hub checkpoint's weights (Qwen3's names; per-expert tensors for the MoE) from config.json alone."""
+        try:
+            h, v, layers = int(config["hidden_size"]), int(config["vocab_size"]), int(config["num_hidden_layers"])
+            heads, kv = int(config["num_attention_heads"]), int(config.get("num_key_value_heads", config["num_attention_heads"]))
+            hd = int(config.get("head_dim") or h // heads)
+            experts = int(config.get("num_experts") or 0)
+            width = int(config["moe_intermediate_size"] if experts else config["intermediate_size"])
+        except (KeyError, TypeError, ValueError):
+            return None
+        dt = {"float32": "F32", "float16": "F16"}.get(str(config.get("torch_dtype", config.get("dtype"))), "BF16")
+        table = {"model.embed_tokens.weight": (dt, (v, h)), "model.norm.weight": (dt, (h,))}
+        if not config.get("tie_word_embeddings", False):
+            table["lm_head.weight"] = (dt, (v, h))
+        for n in range(layers):
+            p = f"model.layers.{n}"
+            table[f"{p}.input_layernorm.weight"] = table[f"{p}.post_attention_layernorm.weight"] = (dt, (h,))
+            for proj, shape in (("q_proj", (heads * hd, h)), ("k_proj", (kv * hd, h)), ("v_proj", (kv * hd, h)),
+                                ("o_proj", (h, heads * hd))):
+                table[f"{p}.self_attn.{proj}.weight"] = (dt, shape)
+            table[f"{p}.self_attn.q_norm.weight"] = table[f"{p}.self_attn.k_norm.weight"] = (dt, (hd,))
+            mlps = [f"{p}.mlp.experts.{e}" for e in range(experts)] if experts else [f"{p}.mlp"]
+            if experts:
+                table[f"{p}.mlp.gate.weight"] = (dt, (experts, h))
+            for m in mlps:
+                table.update({f"{m}.gate_proj.weight": (dt, (width, h)), f"{m}.up_proj.weight": (dt, (width, h)),
+                              f"{m}.down_proj.weight": (dt, (h, width))})
+        return table
+
 
 SDAR = SDARFamily(
     name="sdar",
@@ -50,7 +94,7 @@ SDAR = SDARFamily(
     native_module="tie_lite.models.sdar",
     block_causal=True,
     recipe=SDAR_RECIPE,
-    recipe_source="the authors' evaluation sampler (huggingface_bd3.py: blocks of the checkpoint's block_size, "
-                  "threshold 0.95, greedy, stop after the block with an end-of-text); generate.py's greedy top_k=1 "
-                  "makes every confidence 1.0 and commits whole blocks at once",
+    recipe_source="the authors' evaluation (eval_sdar_hf.py, huggingface_bd3.py's sampler: 4096 tokens in blocks of "
+                  "the checkpoint's block_size, threshold 0.95, greedy, stop after the block with an end-of-text); "
+                  "generate.py's greedy top_k=1 makes every confidence 1.0 and commits whole blocks at once",
 )

@@ -35,6 +35,12 @@ ENTRIES = {
         Entry("llada2.1-mini", "inclusionAI/LLaDA2.1-mini", False, "LLaDA2 family (MoE, 16B total, 1.4B active, token editing); native, verified against the authors' code"),
         Entry("llada-moe-7b-a1b-instruct", "inclusionAI/LLaDA-MoE-7B-A1B-Instruct", False, "LLaDA-MoE family (MoE, 7.4B total, 1.7B active); native, verified against the authors' code"),
         Entry("llada-moe-7b-a1b-base", "inclusionAI/LLaDA-MoE-7B-A1B-Base", False, "LLaDA-MoE family (MoE, 7.4B total, 1.7B active, base model); native, verified against the authors' code"),
+        Entry("sdar-1.7b-chat", "JetLM/SDAR-1.7B-Chat", False, "SDAR family (block diffusion from Qwen3, laptop CPU size); native, verified against the authors' code"),
+        Entry("sdar-4b-chat", "JetLM/SDAR-4B-Chat", False, "SDAR family (block diffusion from Qwen3); native, verified against the authors' code"),
+        Entry("sdar-8b-chat", "JetLM/SDAR-8B-Chat", False, "SDAR family (block diffusion from Qwen3); native, verified against the authors' code"),
+        Entry("sdar-30b-a3b-chat", "JetLM/SDAR-30B-A3B-Chat", False, "SDAR family (MoE, 30.5B total, 3.3B active); native, verified against the authors' code"),
+        Entry("trado-4b-instruct", "Gen-Verse/TraDo-4B-Instruct", False, "SDAR family (TraDo: SDAR's architecture, RL-trained for math and code); native"),
+        Entry("trado-8b-instruct", "Gen-Verse/TraDo-8B-Instruct", False, "SDAR family (TraDo: SDAR's architecture, RL-trained for math and code); native"),
         Entry("llada2.0-flash", "inclusionAI/LLaDA2.0-flash", False, "LLaDA2 family (MoE, 100B total); native, verified against the authors' code"),
     )
 }
