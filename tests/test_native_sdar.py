@@ -154,33 +154,12 @@ def test_an_sdar_and_llada_ensemble_runs_from_generate_and_eval(pair, capsys):
 
 
 def test_an_sdar_and_llada_ensemble_runs_from_the_server_and_the_chat(pair):
-    from gradio_client import Client
-    from openai import OpenAI
-    from test_serve import KEY, start_server
-    from test_ui import free_port
+    from test_serve import served_and_chatted
 
-    from tie_lite.faces.chat.app import build_app, launch_app
-    from tie_lite.faces.client_settings import Defaults
     from tie_lite.runtime.session import LoadSettings
 
-    load = LoadSettings(models=tuple(pair))
     names = [p.rsplit("/", 1)[1] for p in pair]
-    _, url, stop = start_server(load=load)
-    try:
-        reply = OpenAI(base_url=f"{url}/v1", api_key=KEY).chat.completions.create(
-            model="tie:" + "+".join(names), max_tokens=24, temperature=0,
-            messages=[{"role": "user", "content": "What is 2+3?"}])
-        ran = reply.model_extra["tie"]["member_settings"]
-        assert ran[names[0]]["block_size"] == 4 and ran[names[0]]["stop_at_eos"] is True
-        assert ran[names[1]]["gen_length"] == 32  # the cap rounded to whole blocks of both (4 and 32)
-    finally:
-        stop()
-    demo = build_app(None, Defaults(load=load))
-    port = free_port()
-    launch_app(demo, port=port, prevent_thread_lock=True, quiet=True)
-    try:
-        text = Client(f"http://127.0.0.1:{port}/", verbose=False).predict(
-            "What is 2+3?", api_name="/chat", settings={"gen_length": 32})
-        assert isinstance(text, str) and text.strip(), text
-    finally:
-        demo.close()
+    ran, text = served_and_chatted(LoadSettings(models=tuple(pair)), 24, {"gen_length": 32})
+    assert ran[names[0]]["block_size"] == 4 and ran[names[0]]["stop_at_eos"] is True
+    assert ran[names[1]]["gen_length"] == 32  # the cap rounded to whole blocks of both (4 and 32)
+    assert isinstance(text, str) and text.strip(), text

@@ -167,36 +167,15 @@ def test_an_ensemble_of_recipes_runs_from_the_cli_each_member_its_own_way(checkp
 def test_an_ensemble_of_recipes_runs_from_the_server_and_the_chat(checkpoints, gemma):
     """The same ensemble launched with no decoding flag: an API request with a token cap (rounded to whole blocks
     of every member: LLaDA2's 32) and a chat message, each member on its recipe, per-member settings in the trace."""
-    from gradio_client import Client
-    from openai import OpenAI
-    from test_serve import KEY, start_server
-    from test_ui import free_port
+    from test_serve import served_and_chatted
 
-    from tie_lite.faces.chat.app import build_app, launch_app
-    from tie_lite.faces.client_settings import Defaults
     from tie_lite.runtime.session import LoadSettings
 
     folders = [checkpoints["llada2.0"].path, checkpoints["dream"].path, gemma]
-    load = LoadSettings(models=tuple(str(f) for f in folders))
-    _, url, stop = start_server(load=load)
-    try:
-        reply = OpenAI(base_url=f"{url}/v1", api_key=KEY).chat.completions.create(
-            model="tie:" + "+".join(f.name for f in folders), max_tokens=40, temperature=0,
-            messages=[{"role": "user", "content": "What is 2+3?"}])
-        ran = reply.model_extra["tie"]["member_settings"]
-        _check_recipes(ran, *(f.name for f in folders))
-        assert ran[folders[0].name]["block_size"] == 32 and ran[folders[1].name]["gen_length"] == 64
-    finally:
-        stop()
-    demo = build_app(None, Defaults(load=load))
-    port = free_port()
-    launch_app(demo, port=port, prevent_thread_lock=True, quiet=True)
-    try:
-        text = Client(f"http://127.0.0.1:{port}/", verbose=False).predict(
-            "What is 2+3?", api_name="/chat", settings={"gen_length": 64})
-        assert isinstance(text, str) and text.strip(), text
-    finally:
-        demo.close()
+    ran, text = served_and_chatted(LoadSettings(models=tuple(str(f) for f in folders)), 40, {"gen_length": 64})
+    _check_recipes(ran, *(f.name for f in folders))
+    assert ran[folders[0].name]["block_size"] == 32 and ran[folders[1].name]["gen_length"] == 64
+    assert isinstance(text, str) and text.strip(), text
 
 
 # a value for each decoding flag that is valid on its own and differs from every recipe's

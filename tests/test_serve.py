@@ -79,6 +79,37 @@ def generate_text(*args, prompt=PROMPT) -> str:
     return generate_json(*args, prompt=prompt)["text"]
 
 
+def served_and_chatted(load, max_tokens: int, chat_settings: dict, prompt: str = "What is 2+3?") -> tuple[dict, str]:
+    """An ensemble launched with no decoding flag, asked once through the official openai client (with a token cap)
+    and once through the chat (gradio_client): (the API trace's member_settings, the chat's answer)."""
+    from gradio_client import Client
+    from openai import OpenAI
+    from test_ui import free_port
+
+    from tie_lite.faces.chat.app import build_app, launch_app
+    from tie_lite.faces.client_settings import Defaults
+    from tie_lite.runtime.session import Ensemble
+
+    names = Defaults(load=load).member_names
+    _, url, stop = start_server(load=load)
+    try:
+        reply = OpenAI(base_url=f"{url}/v1", api_key=KEY).chat.completions.create(
+            model="tie:" + "+".join(names), max_tokens=max_tokens, temperature=0,
+            messages=[{"role": "user", "content": prompt}])
+        ran = reply.model_extra["tie"]["member_settings"]
+    finally:
+        stop()
+    demo = build_app(Ensemble(load), Defaults(load=load))
+    port = free_port()
+    launch_app(demo, port=port, prevent_thread_lock=True, quiet=True)
+    try:
+        text = Client(f"http://127.0.0.1:{port}/", verbose=False).predict(prompt, api_name="/chat",
+                                                                          settings=chat_settings)
+    finally:
+        demo.close()
+    return ran, text
+
+
 def ask(client, model="tie:tiny-sp+tiny-bpe", prompt=PROMPT, temperature=0, **kwargs):
     return client.chat.completions.create(model=model, messages=[{"role": "user", "content": prompt}],
                                           temperature=temperature, **kwargs)
