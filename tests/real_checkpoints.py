@@ -300,3 +300,25 @@ def build_sdar(root: Path, variant: str = "dense", name: str | None = None) -> C
     marker = _decoy_code(folder, ("configuration_sdar.py", "modeling_sdar.py", "configuration_sdar_moe.py",
                                   "modeling_sdar_moe.py"))
     return Checkpoint(folder, "sdar", 151669, (151645, 151643), False, marker)
+
+
+# Qwen2.5's special ids as Fast-dLLM v2's tokenizer has them, and its mask token
+FAST_DLLM_V2_SPECIALS = {"<|endoftext|>": 151643, "<|im_start|>": 151644, "<|im_end|>": 151645, "|<MASK>|": 151665}
+
+
+def build_fast_dllm_v2(root: Path, name: str = "tiny-fast-dllm-v2") -> Checkpoint:
+    """A tiny Fast-dLLM v2 with the config and the weights its authors' reference run used
+    (scripts/reference/fast_dllm_v2.py), and Qwen2.5's chat template over a small vocabulary."""
+    ref = reference_dir("fast_dllm_v2")
+    folder = Path(root) / name
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text((ref / "config.json").read_text())
+    figures = load_figures("fast_dllm_v2")
+    write_weights(folder, json.loads((ref / "tensors.json").read_text()), gains=figures["gains"])
+    tokenizer = word_tokenizer(FAST_DLLM_V2_SPECIALS, 152064, bos=None)
+    tokenizer.add_special_tokens({"eos_token": "<|im_end|>", "pad_token": "<|endoftext|>", "mask_token": "|<MASK>|",
+                                  "additional_special_tokens": ["<|im_start|>"]})
+    tokenizer.chat_template = json.loads((ref / "tokenizer_config.json").read_text())["chat_template"]
+    tokenizer.save_pretrained(folder)
+    marker = _decoy_code(folder, ("configuration.py", "modeling.py"))
+    return Checkpoint(folder, "fast-dllm-v2", 151665, (151645,), True, marker)

@@ -19,7 +19,7 @@ PROMPT = "What is 37+85?"
 # a value for each masked-sampler flag that differs from its default and is valid on its own
 FLAG_VALUES = {"block_size": "32", "steps": "32", "temperature": "0.5", "unmask": "random", "threshold": "0.5",
                "topk": "1", "schedule": "dream", "eps": "0.01", "cache": "none", "edit_threshold": "0.9",
-               "edit_steps": "4"}
+               "edit_steps": "4", "sub_block": "4"}
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +47,7 @@ def test_a_flag_a_uniform_noise_member_does_not_read_is_said_and_applied_to_the_
     notes = [line for line in err if line.startswith("tie-lite: note:")]
     assert len(notes) == 1 and "tiny-diffusion-gemma" in notes[0] and option in notes[0], err
     # tiny-sp (low-confidence remasking, no editing) reads every flag but those of other policies
-    assert ("tiny-sp" in notes[0]) == (flag in ("threshold", "topk", "eps", "edit_steps")), notes
+    assert ("tiny-sp" in notes[0]) == (flag in ("threshold", "topk", "eps", "edit_steps", "sub_block")), notes
     ran = out["member_settings"]
     assert flag in ran["tiny-diffusion-gemma"]["ignored"]
     assert ran["tiny-diffusion-gemma"]["sampler"].startswith("entropy-bound")

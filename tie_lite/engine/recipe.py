@@ -28,7 +28,8 @@ def unused(member, settings: DecodeSettings, keys) -> list[str]:
         return [k for k in keys if k in NOT_READ]
     idle = {
         "block_size": settings.dream,
-        "threshold": settings.unmask not in ("threshold", "llada2"),
+        "threshold": settings.unmask not in ("threshold", "llada2", "fast_dllm_v2"),
+        "sub_block": settings.unmask != "fast_dllm_v2",
         "topk": settings.unmask != "topk",
         "eps": not settings.dream,
         "edit_steps": settings.edit_threshold is None,
@@ -68,6 +69,7 @@ def why_unused(member, settings: DecodeSettings, key: str) -> str:
             "topk": f"its unmasking policy {settings.unmask} is not topk",
             "eps": "only Dream's schedule reads eps",
             "edit_steps": "it does not edit tokens (no edit_threshold)",
+            "sub_block": f"its unmasking policy {settings.unmask} has no sub-blocks",
             "cache": "it runs its own model code, which keeps no cache"}[key]
 
 

@@ -44,7 +44,7 @@ from tie_lite.engine.process import Forward, run
 from tie_lite.errors import UserError
 
 UNMASK_POLICIES = ("low_confidence", "threshold", "topk", "margin", "entropy", "random", "maskgit_plus", "topk_margin",
-                   "llada2")
+                   "llada2", "fast_dllm_v2")
 # Passes over one full block while LLaDA2.1's editing changes it: 16 times the authors' 16. A pass that edits
 # nothing ends the block; past this, tokens that flip back and forth are not converging.
 MAX_EDIT_STEPS = 256
@@ -53,7 +53,7 @@ SCHEDULES = ("blocks", "dream")
 CACHES = ("none", "prefix", "dual")
 # The settings a member's recipe may choose (the others, seed and answer marker, belong to the request)
 RECIPE_KEYS = ("gen_length", "block_size", "steps", "temperature", "unmask", "threshold", "topk", "answer_length",
-               "schedule", "eps", "cache", "edit_threshold", "edit_steps", "stop_at_eos")
+               "schedule", "eps", "cache", "edit_threshold", "edit_steps", "stop_at_eos", "sub_block")
 DREAM_ENTROPY_EPS = 1e-10  # diffusion_generate's log(p + 1e-10)
 
 
@@ -81,6 +81,8 @@ class DecodeSettings:
     # Block diffusion's early stop (SDAR's generate()): once a finished block leaves an end-of-text in the response,
     # the positions still masked are end-of-text too (the free layout only: an answer marker's answer is still to come)
     stop_at_eos: bool = False
+    # Fast-dLLM v2's sub-blocks (`--unmask fast_dllm_v2`): a block's sub-blocks of this size are decoded left to right
+    sub_block: int = 8
     # Which of these fields the user set (engine/recipe.py): the others come from each member's recipe, the
     # decode settings its authors' code uses. None: every field is as given here (a caller that builds its own
     # settings decodes with them as they are).
@@ -157,6 +159,9 @@ class DecodeSettings:
             raise UserError("--threshold must be in (0, 1]")
         if self.topk < 1 or (self.unmask == "topk" and self.topk > self.block_size):
             raise UserError(f"--topk must be in 1..{self.block_size} (the positions of one block, --block-size)")
+        if self.unmask == "fast_dllm_v2" and (self.sub_block < 1 or self.block_size % self.sub_block):
+            raise UserError(f"--sub-block {self.sub_block} must divide --block-size {self.block_size} (Fast-dLLM v2 "
+                            f"decodes a block's sub-blocks left to right)")
 
     def _validate_dream(self) -> None:
         if self.unmask in ("threshold", "topk"):
@@ -209,6 +214,7 @@ class Trajectory:
     # masks); carried through relays like `committed_by`, so an API can report each token's logprob
     commit_logp: torch.Tensor | None = None
     edit_threshold: float | None = None  # LLaDA2.1's token editing (DecodeSettings.edit_threshold)
+    sub_block: int | None = None  # Fast-dLLM v2's sub-blocks (`--unmask fast_dllm_v2`); None: the whole block
     edits: int = 0  # committed tokens replaced by token editing, over the whole decode
     last_edits: int = 0
     _pending_edits: tuple | None = None
@@ -230,7 +236,8 @@ class Trajectory:
         )
         gen = torch.Generator().manual_seed(settings.seed)
         traj = cls(member, layout, prompt, ids, gen, committed_by=torch.full_like(ids, -1),
-                   commit_logp=torch.zeros(ids.numel()), edit_threshold=settings.edit_threshold)
+                   commit_logp=torch.zeros(ids.numel()), edit_threshold=settings.edit_threshold,
+                   sub_block=settings.sub_block if settings.unmask == "fast_dllm_v2" else None)
         traj.begin_round()
         return traj
 
@@ -265,7 +272,7 @@ class Trajectory:
         # a block-diffusion member's finished blocks never see later ones: any cache is exact; a bidirectional
         # member's reused keys and values are Fast-dLLM's approximation
         out["cache_exact"] = out["cache"] == "none" or bool(getattr(self.member, "block_causal", False))
-        if settings.unmask in ("threshold", "llada2"):
+        if settings.unmask in ("threshold", "llada2", "fast_dllm_v2"):
             out["threshold"] = settings.threshold
         if settings.unmask == "topk":
             out["topk"] = settings.topk
@@ -275,6 +282,8 @@ class Trajectory:
             out |= {"edit_threshold": self.edit_threshold, "edit_steps": settings.edit_steps}
         if settings.stop_at_eos:
             out["stop_at_eos"] = True
+        if self.sub_block is not None:
+            out["sub_block"] = self.sub_block
         return out
 
     def text(self) -> str:
@@ -346,11 +355,26 @@ class Trajectory:
         block = lay.block(lay.block_at(int(gen.nonzero()[0])))
         candidates = torch.zeros_like(masked)
         candidates[block] = masked[block]
+        if self.sub_block is not None:
+            self._sub_block_candidates(candidates, block)
         if lay.has_answer and masked[lay.reasoning].any():
             candidates[lay.answer] = False  # answers are committed after all of the reasoning
         cand = candidates.nonzero().flatten()
         watched = self.scored_positions(masked, block) if self.watch else cand[:0]
         return StepPlan(masked, block, cand, watched, self._editable(masked, block))
+
+    def _sub_block_candidates(self, candidates: torch.Tensor, block: slice) -> None:
+        """Fast-dLLM v2: a block whose first position is still masked commits it alone first (its authors decode it
+        autoregressively, from the previous block's last output); then the first sub-block holding masks."""
+        start = self.layout.block_start(block)
+        if start >= self.layout.prompt_len and bool(candidates[start]):
+            candidates[start + 1 :] = False
+            return
+        for first in range(start, block.stop, self.sub_block):
+            if bool(candidates[first : first + self.sub_block].any()):
+                candidates[: first] = False
+                candidates[first + self.sub_block :] = False
+                return
 
     def _editable(self, masked: torch.Tensor, block: slice) -> torch.Tensor | None:
         """Committed positions of `block` that token editing may replace (never the answer marker); None when
@@ -391,6 +415,8 @@ class Trajectory:
             count = max(1, int((confidence >= settings.threshold).sum()))
         elif settings.unmask == "topk":
             count = settings.topk
+        elif settings.unmask == "fast_dllm_v2":  # every candidate above the threshold (strictly), at least one
+            count = max(1, int((confidence > settings.threshold).sum()))
         elif settings.unmask == "llada2":
             share = llada2_share(lay.block_size, settings.steps_per_block, self.block_step)
             count = max(int((confidence > settings.threshold).sum()), share)

@@ -140,7 +140,7 @@ class UniformLayout:
 
 # The masked samplers' settings (DecodeSettings names) a uniform-noise member does not read: its own sampler runs
 NOT_READ = ("block_size", "steps", "temperature", "unmask", "threshold", "topk", "schedule", "eps", "cache",
-            "edit_threshold", "edit_steps")
+            "edit_threshold", "edit_steps", "sub_block")
 
 
 @dataclass

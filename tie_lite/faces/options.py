@@ -185,8 +185,10 @@ def add_decode_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--temperature", action=Given, type=number, default=0.0, metavar="T", help="0 = greedy")
     g.add_argument("--unmask", action=Given, default="low_confidence",
                    help="low_confidence | threshold | topk | margin | entropy | random, Dream's names "
-                        "maskgit_plus | topk_margin | entropy, and llada2 (LLaDA2's threshold decoding: every "
-                        "position above --threshold, at least the step's share of the block)")
+                        "maskgit_plus | topk_margin | entropy, llada2 (LLaDA2's threshold decoding: every "
+                        "position above --threshold, at least the step's share of the block) and fast_dllm_v2 "
+                        "(a block's first position alone, then its sub-blocks left to right, every position above "
+                        "--threshold and at least one a step)")
     g.add_argument("--schedule", action=Given, default="blocks",
                    help="blocks: LLaDA's semi-autoregressive blocks (default); dream: Dream's diffusion_generate "
                         "schedule (linspace(1, eps) transfer counts over the whole generation, no blocks; a TIE "
@@ -203,6 +205,8 @@ def add_decode_args(p: argparse.ArgumentParser) -> None:
                         "top-1 token more probable than E (a LLaDA2.1 member's recipe: 0.9; off for the others)")
     g.add_argument("--edit-steps", action=Given, type=whole, default=16, metavar="N",
                    help="with --edit-threshold: at most N more passes over a block once it has no masks (16)")
+    g.add_argument("--sub-block", action=Given, type=whole, default=8, metavar="N",
+                   help="with --unmask fast_dllm_v2: a block's sub-blocks of N positions are decoded left to right (8)")
     g.add_argument("--seed", dest="decode_seed", type=whole, default=0, metavar="S",
                    help="sampling seed (temperature > 0); the same meaning in every command")
     g.add_argument("--answer-length", action=Given, type=whole, default=DEFAULTS["answer_length"], metavar="A",
@@ -279,7 +283,7 @@ def uniform_noise(spec: str) -> bool:
 GIVEN_FIELDS = {"gen_length": "gen_length", "block_size": "block_size", "steps": "steps", "temperature": "temperature",
                 "unmask": "unmask", "threshold": "threshold", "topk": "topk", "answer_length": "answer_length",
                 "free": "answer_length", "schedule": "schedule", "eps": "eps", "cache": "cache",
-                "edit_threshold": "edit_threshold", "edit_steps": "edit_steps"}
+                "edit_threshold": "edit_threshold", "edit_steps": "edit_steps", "sub_block": "sub_block"}
 
 
 def given_fields(args) -> frozenset[str]:
@@ -359,6 +363,7 @@ def decode_settings(args):
         cache=args.cache,
         edit_threshold=args.edit_threshold,
         edit_steps=args.edit_steps,
+        sub_block=args.sub_block,
         given=given,
         member_options=member_options(args),
     )

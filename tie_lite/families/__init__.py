@@ -4,6 +4,7 @@ from ..errors import UserError
 from .base import Family, chat_prompt_ids
 from .diffusion_gemma import DIFFUSION_GEMMA
 from .dream import DREAM
+from .fast_dllm_v2 import FAST_DLLM_V2
 from .llada import LLADA
 from .llada2 import LLADA2
 from .llada_moe import LLADA_MOE, is_llada_moe
@@ -11,7 +12,7 @@ from .remote import REMOTE
 from .sdar import SDAR
 from .tiny import TINY
 
-FAMILIES = (TINY, LLADA, DREAM, LLADA2, LLADA_MOE, DIFFUSION_GEMMA, SDAR)
+FAMILIES = (TINY, LLADA, DREAM, LLADA2, LLADA_MOE, DIFFUSION_GEMMA, SDAR, FAST_DLLM_V2)
 
 
 def family_for(model_type: str | None, source: str = "", config: dict | None = None) -> Family:
@@ -28,11 +29,11 @@ def family_for(model_type: str | None, source: str = "", config: dict | None = N
     known = ", ".join(t for f in FAMILIES for t in f.model_types)
     raise UserError(
         f"{source or 'model'} has model_type '{str(model_type)[:40]}', which is not a diffusion family "
-        f"tie-lite knows ({known}); pass a LLaDA, LLaDA2, LLaDA-MoE, Dream, DiffusionGemma, SDAR or tie-tiny "
-        f"checkpoint"
+        f"tie-lite knows ({known}); pass a LLaDA, LLaDA2, LLaDA-MoE, Dream, DiffusionGemma, SDAR, Fast-dLLM v2 or "
+        f"tie-tiny checkpoint"
     )
 
 
-__all__ = ["DIFFUSION_GEMMA", "DREAM", "FAMILIES", "Family", "LLADA", "LLADA2", "LLADA_MOE", "REMOTE", "SDAR", "TINY",
+__all__ = ["DIFFUSION_GEMMA", "DREAM", "FAST_DLLM_V2", "FAMILIES", "Family", "LLADA", "LLADA2", "LLADA_MOE", "REMOTE", "SDAR", "TINY",
            "chat_prompt_ids",
            "family_for"]

@@ -41,6 +41,7 @@ ENTRIES = {
         Entry("sdar-30b-a3b-chat", "JetLM/SDAR-30B-A3B-Chat", False, "SDAR family (MoE, 30.5B total, 3.3B active); native, verified against the authors' code"),
         Entry("trado-4b-instruct", "Gen-Verse/TraDo-4B-Instruct", False, "SDAR family (TraDo: SDAR's architecture, RL-trained for math and code); native"),
         Entry("trado-8b-instruct", "Gen-Verse/TraDo-8B-Instruct", False, "SDAR family (TraDo: SDAR's architecture, RL-trained for math and code); native"),
+        Entry("fast-dllm-v2-7b", "Efficient-Large-Model/Fast_dLLM_v2_7B", False, "Fast-dLLM v2 family (Qwen2.5-7B-Instruct converted to block diffusion); native, verified against the authors' code"),
         Entry("llada2.0-flash", "inclusionAI/LLaDA2.0-flash", False, "LLaDA2 family (MoE, 100B total); native, verified against the authors' code"),
     )
 }

@@ -1,7 +1,7 @@
-"""SDAR and TraDo (JetAstra/SDAR, Gen-Verse/TraDo), dense and mixture of experts: Qwen3 layers converted to block
-diffusion, attention bidirectional within a block and causal across blocks.
+"""Autoregressive models converted to block diffusion (SDAR, TraDo, Fast-dLLM v2): transformers' own decoder
+layers, attention bidirectional within a block and causal across blocks.
 
-The layers are transformers' own Qwen3 (and Qwen3-MoE) modules, with the hub's parameter names: nothing of them is
+The layers are transformers' own (Qwen2, Qwen3, Qwen3-MoE), with the hub's parameter names: nothing of them is
 written here. What is: the forward over a canvas that tie-lite's sampler drives, the same for every native model
 (models/cache.py): the block-causal mask (blocks numbered from position 0 of the sequence, as the authors train
 and decode), keys and values kept and reused through the layers' own `cache.update` hook, and logits at chosen
@@ -12,24 +12,10 @@ from __future__ import annotations
 
 import torch
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForMaskedLM
-from transformers.conversion_mapping import get_checkpoint_conversion_mapping, register_checkpoint_conversion_mapping
-from transformers.models.qwen3 import Qwen3Config, Qwen3ForCausalLM
-from transformers.models.qwen3_moe import Qwen3MoeConfig, Qwen3MoeForCausalLM
 
 from .cache import CanvasLMOutput, EmbeddingAccessors, embedded, head_rows, positions_and_kv
 from .layers import sdpa_mask
 from .llada2_moe import block_causal_mask
-
-DEFAULT_BLOCK = 4  # the authors' generate.py default block length, where a forward is told none
-
-
-class SDARConfig(Qwen3Config):
-    model_type = "sdar"
-
-
-class SDARMoeConfig(Qwen3MoeConfig):
-    model_type = "sdar_moe"
-
 
 class LayerCache:
     """The `cache` the Qwen3 attention layers call (`update(keys, values, layer_idx)` -> what to attend over),
@@ -48,6 +34,12 @@ class CanvasForward(EmbeddingAccessors):
     block 0 starting at `block_start`)."""
 
     block_causal = True  # tie-lite's sampler may reuse finished blocks' keys and values (models/cache.py)
+
+    @property
+    def trained_block(self) -> int:
+        """The block a forward told none attends by: the config's (SDAR's `block_size`, Fast-dLLM v2's `bd_size`),
+        else SDAR's 4."""
+        return int(getattr(self.config, "block_size", None) or getattr(self.config, "bd_size", None) or 4)
 
     def forward(
         self,
@@ -68,7 +60,7 @@ class CanvasForward(EmbeddingAccessors):
         keys = t if canvas_cache is None else canvas_cache.length
         padding = sdpa_mask(attention_mask, b, keys)
         start = torch.as_tensor(0 if block_start is None else block_start).expand(b)
-        mask = block_causal_mask(position_ids, keys, int(block_size or DEFAULT_BLOCK), start).to(x.device)
+        mask = block_causal_mask(position_ids, keys, int(block_size or self.trained_block), start).to(x.device)
         if padding is not None:  # a key must pass both
             mask = mask & padding.to(device=x.device, dtype=torch.bool)
         cos, sin = self.model.rotary_emb(x, position_ids)
@@ -79,22 +71,9 @@ class CanvasForward(EmbeddingAccessors):
         return CanvasLMOutput(logits=logits, canvas_cache=kv.kept)
 
 
-class SDARForCausalLM(CanvasForward, Qwen3ForCausalLM):
-    config_class = SDARConfig
-    _supports_sdpa = True
-
-
-class SDARMoeForCausalLM(CanvasForward, Qwen3MoeForCausalLM):
-    config_class = SDARMoeConfig
-    _supports_sdpa = True
-
-
-# The hub checkpoints keep one tensor per expert (`mlp.experts.E.gate_proj.weight`); transformers' Qwen3-MoE fuses
-# them on load by its model_type's conversion: the same for this one
-if get_checkpoint_conversion_mapping(SDARMoeConfig.model_type) is None:
-    register_checkpoint_conversion_mapping(SDARMoeConfig.model_type, get_checkpoint_conversion_mapping("qwen3_moe"))
-
-for _config, _model in ((SDARConfig, SDARForCausalLM), (SDARMoeConfig, SDARMoeForCausalLM)):
-    AutoConfig.register(_config.model_type, _config, exist_ok=True)
-    for _auto in (AutoModel, AutoModelForMaskedLM, AutoModelForCausalLM):  # the hub's auto_map names the causal one
-        _auto.register(_config, _model, exist_ok=True)
+def register(config_class, model_class) -> None:
+    """Make transformers' Auto classes build `model_class` for `config_class` (the hub's auto_map names the causal
+    LM class: every Auto class a loader may ask)."""
+    AutoConfig.register(config_class.model_type, config_class, exist_ok=True)
+    for auto in (AutoModel, AutoModelForMaskedLM, AutoModelForCausalLM):
+        auto.register(config_class, model_class, exist_ok=True)
