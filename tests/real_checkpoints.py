@@ -322,3 +322,15 @@ def build_fast_dllm_v2(root: Path, name: str = "tiny-fast-dllm-v2") -> Checkpoin
     tokenizer.save_pretrained(folder)
     marker = _decoy_code(folder, ("configuration.py", "modeling.py"))
     return Checkpoint(folder, "fast-dllm-v2", 151665, (151645,), True, marker)
+
+
+def max_logit_delta(logits: torch.Tensor, positions: list[dict], fixed_ids: list[int]) -> float:
+    """The largest |difference| between a canvas's logits and the authors' figures at their positions (top-5 ids,
+    logits, and the logits of `fixed_ids`); the top-5 ids must be theirs."""
+    worst = 0.0
+    for fig in positions:
+        got = logits[fig["position"]]
+        assert got.topk(5).indices.tolist() == fig["top5_ids"]
+        want = torch.tensor(fig["top5_logits"] + fig["fixed_logits"])
+        worst = max(worst, float((got[fig["top5_ids"] + fixed_ids] - want).abs().max()))
+    return worst
