@@ -159,3 +159,29 @@ def test_an_sdar_and_llada_ensemble_runs_from_the_server_and_the_chat(pair):
     assert ran[names[0]]["block_size"] == 4 and ran[names[0]]["stop_at_eos"] is True
     assert ran[names[1]]["gen_length"] == 32  # the cap rounded to whole blocks of both (4 and 32)
     assert isinstance(text, str) and text.strip(), text
+
+
+@pytest.mark.parametrize("quant", ["8bit", "4bit"])
+def test_sdar_loads_quantized_and_decodes(pair, capsys, quant):
+    """bitsandbytes on the CPU: the Qwen3 layers' linear weights quantized, the decode runs on its recipe."""
+    capsys.readouterr()
+    assert main(["generate", "What is 2+3?", "--model", pair[0], "--quant", quant, "--gen-length", "16", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["members"] == [pair[0].rsplit("/", 1)[1]] and len(out["token_ids"]) >= 16
+
+
+def test_sdar_ensembles_with_dream_llada2_and_diffusion_gemma(pair, tmp_path_factory, capsys):
+    """Four families, four decoders, each on its own recipe; relays through text (no two share a tokenizer)."""
+    from diffusion_gemma_checkpoint import build_diffusion_gemma
+    from real_checkpoints import build_dream, build_llada2
+
+    root = tmp_path_factory.mktemp("sdar-four")
+    others = [str(build_dream(root).path), str(build_llada2(root).path), str(build_diffusion_gemma(root))]
+    capsys.readouterr()
+    assert main(["generate", "What is 2+3?", *[a for m in [pair[0], *others] for a in ("--model", m)],
+                 "--gen-length", "32", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    ran = out["member_settings"]
+    assert len(out["members"]) == 4 and out["final_member"] in out["members"]
+    assert ran[out["members"][0]]["block_size"] == 4 and ran[out["members"][1]]["schedule"] == "dream"
+    assert ran[out["members"][2]]["unmask"] == "llada2" and ran[out["members"][3]]["sampler"].startswith("entropy")
