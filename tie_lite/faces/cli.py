@@ -261,6 +261,8 @@ def recipe_flags(recipe: dict) -> str:
     for key, value in recipe.items():
         if key == "answer_length":
             words.append("--free" if value is None else f"--answer-length {value}")
+        elif key == "stop_at_eos":  # no flag of its own: the family's sampler stops so
+            words.append("and stops after the block holding an end-of-text" if value else "")
         else:
             words.append(f"--{key.replace('_', '-')} {value:g}" if isinstance(value, float) else
                          f"--{key.replace('_', '-')} {value}")
