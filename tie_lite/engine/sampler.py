@@ -117,7 +117,6 @@ class DecodeSettings:
         given = None if self.given is None else self.given | {"gen_length"}  # steps stay the member's if not given
         return replace(self, gen_length=gen_length, steps=steps, given=given)
 
-
     def validate(self) -> None:
         check_lengths({"--gen-length": self.gen_length, "--block-size": self.block_size, "--steps": self.steps,
                        "--answer-length": self.answer_length})
