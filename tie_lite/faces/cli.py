@@ -291,7 +291,7 @@ def cmd_models(args) -> int:
           "sets every member, --member-option NAME:KEY=VALUE one):")
     for family in FAMILIES:
         settings = recipe_flags(dict(family.recipe)) or "tie-lite's own defaults (what the shipped members were trained on)"
-        print(f"  {family.name:16} {settings}")
+        print(f"  {family.name:16} model_type {', '.join(family.model_types):20} {settings}")
         about = family.recipe_source + ("; " if family.recipe_source else "") + cache_words(family)
         print(f"  {'':16} ({about})")
     return 0

@@ -206,13 +206,15 @@ class Ensemble:
         cached = any(d.cache != "none" for d in decodes)
         return max(self.estimates[j].working_bytes(total_len, batch, read, cached) for j in index)
 
-    def _canvas_lengths(self, messages, decode: DecodeSettings) -> list[int]:
-        """Each member's whole canvas, prompt and response, with its own settings (checked against its context)."""
+    def _canvas_lengths(self, messages, decode: DecodeSettings, check: bool = False) -> list[int]:
+        """Each member's whole canvas, prompt and response, with its own settings (with `check`, each within its
+        context)."""
         lengths = []
         for m, d in zip(self.members, settings_of(self.members, decode)):
             prompt = len(m.prompt_ids(messages))
             canvas = response_length(prompt, d.gen_length, d.layout_block_size, blocks_from_start(m, d))
-            check_context(prompt, d.gen_length, m.max_length, prompt + canvas)
+            if check:
+                check_context(prompt, d.gen_length, m.max_length, prompt + canvas)
             lengths.append(prompt + canvas)
         return lengths
 
@@ -259,7 +261,7 @@ class Ensemble:
     def check_prompt(self, messages, decode: DecodeSettings) -> None:
         """The conversation and the canvas within every member's context (a prompt far too long is refused by its
         characters, before it is tokenized)."""
-        self._canvas_lengths(messages, decode)
+        self._canvas_lengths(messages, decode, check=True)
 
     def _check_host_memory(self, messages, decode: DecodeSettings, tie: TieSettings) -> None:
         """No budget given (all members resident on the CPU): refuse a request whose forward alone would not fit
