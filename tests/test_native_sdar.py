@@ -185,3 +185,24 @@ def test_sdar_ensembles_with_dream_llada2_and_diffusion_gemma(pair, tmp_path_fac
     assert len(out["members"]) == 4 and out["final_member"] in out["members"]
     assert ran[out["members"][0]]["block_size"] == 4 and ran[out["members"][1]]["schedule"] == "dream"
     assert ran[out["members"][2]]["unmask"] == "llada2" and ran[out["members"][3]]["sampler"].startswith("entropy")
+
+
+def test_tie_lite_generate_as_a_user_runs_it_equals_the_authors_sampler(tmp_path):
+    """`tie-lite generate "What is 2+3?" --model FOLDER --gen-length 32 --json` in a subprocess, no other flag: the
+    prompt its chat template renders is the one the fixture's run was given, and the ids are the authors'
+    evaluation sampler's at the recipe (blocks of 4, threshold 0.95, greedy) up to where it stopped."""
+    import subprocess
+    import sys
+
+    run = FIG["cli_recipe"]
+    folder = build_sdar(tmp_path).path
+    member = load_member(str(folder))
+    assert member.prompt_ids([{"role": "user", "content": "What is 2+3?"}]) == run["prompt"]
+    assert len(run["prompt"]) % run["block_length"]
+    done = subprocess.run([sys.executable, "-m", "tie_lite.faces.cli", "generate", "What is 2+3?", "--model", str(folder),
+                           "--gen-length", str(run["gen_length"]), "--json"], capture_output=True, text=True,
+                          timeout=600, stdin=subprocess.DEVNULL)
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout)
+    want = _decoded_part(run["output"])
+    assert out["token_ids"][: len(want)] == want

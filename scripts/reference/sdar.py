@@ -127,6 +127,11 @@ PROMPTS = [
     chat([3838, 374, 220, 17, 10, 220, 17, 30]),
     chat([785, 6722, 315, 9625, 374, 30, 21806, 304, 825, 3409, 13, 220, 16, 13]),
 ]
+# What `tie-lite generate "What is 2+3?" --model FOLDER` sends to the tiny dense checkpoint tests/real_checkpoints.py
+# builds (its small word vocabulary under Qwen3's chat template; 11 tokens, not a multiple of the block): the
+# "cli_recipe" run decodes it with the evaluation sampler at the recipe's settings, so a test runs the CLI itself
+CLI_PROMPT = [151644, 1, 0, 17, 26, 19, 27, 13, 151645, 151644, 2]
+CLI_RECIPE = "bd3_eval_dynamic"  # blocks of 4, threshold 0.95, greedy: tie-lite's SDAR recipe
 CANVASES = [PROMPTS[2] + [MASK] * 16,
             PROMPTS[1] + [17, MASK, 900, MASK, MASK, 13, MASK, IM_END] + [MASK] * 3]
 POSITIONS = [[0, 15, 16, 17, 21, 31], [3, 12, 13, 14, 16, 23]]
@@ -540,6 +545,10 @@ def main() -> None:
             "canvases": figures_dense,
             "canvases_moe": figures_moe,
             "generate": runs_dense,
+            "cli_recipe": dict(sampler="huggingface_bd3.py block_diffusion_generate", prompt=CLI_PROMPT, mask_id=MASK,
+                               **dict(BD3_RUNS[CLI_RECIPE], gen_length=32),
+                               **recorded(model, call_bd3(bd3), dict(BD3_RUNS[CLI_RECIPE], gen_length=32),
+                                          CLI_PROMPT)),
             "generate_moe": runs_moe,
             "notes": NOTES,
         }
