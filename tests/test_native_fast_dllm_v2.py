@@ -84,3 +84,21 @@ def test_the_recipe_through_the_cli(checkpoint, capsys):
     ran = json.loads(capsys.readouterr().out)["member_settings"][checkpoint.path.name]
     assert (ran["block_size"], ran["unmask"], ran["sub_block"], ran["threshold"], ran["layout"], ran["cache_exact"]) == (
         32, "fast_dllm_v2", 8, 0.9, "free", True)
+
+
+def test_tie_lite_generate_as_a_user_runs_it_equals_the_authors_generate(checkpoint, member):
+    """`tie-lite generate "What is 2+3?" --model FOLDER --gen-length 96 --json` in a subprocess (the canvas past the
+    authors' 64 new tokens and the one after them), no other flag: the prompt its chat template renders is the one
+    the fixture's run was given, and the ids are the model card's generate()'s."""
+    import subprocess
+    import sys
+
+    run = FIG["cli_recipe"]
+    assert member.prompt_ids([{"role": "user", "content": "What is 2+3?"}]) == run["prompt"]
+    assert (run["block_size"], run["small_block_size"], run["threshold"]) == (32, 8, 0.9)  # the recipe's
+    done = subprocess.run([sys.executable, "-m", "tie_lite.faces.cli", "generate", "What is 2+3?", "--model",
+                           str(checkpoint.path), "--gen-length", "96", "--json"], capture_output=True, text=True,
+                          timeout=600, stdin=subprocess.DEVNULL)
+    assert done.returncode == 0, done.stderr
+    want = _until_stop(run["output"], run["stop_token"])
+    assert json.loads(done.stdout)["token_ids"][: len(want)] == want

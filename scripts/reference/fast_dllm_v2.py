@@ -116,6 +116,10 @@ PROMPTS = [chat(content(5, 0), False), chat(content(26, 1), True), chat(content(
 EDGE_PROMPT = chat(content(13, 3), True)  # 32 tokens: generate() never prefills it (see the notes)
 assert [len(p) for p in PROMPTS] == [13, 45, 64] and len(EDGE_PROMPT) == 32
 MAX_NEW = 64
+# What `tie-lite generate "What is 2+3?" --model FOLDER` sends to the tiny checkpoint tests/real_checkpoints.py builds
+# (its small word vocabulary under Qwen2.5's chat template, default system turn; 20 tokens): the "cli_recipe" run
+# decodes it at the model card's settings (tie-lite's recipe), so a test runs the CLI itself
+CLI_PROMPT = [151644, 3, 6, 7, 8, 9, 2, 10, 151645, 151644, 1, 0, 17, 26, 19, 27, 13, 151645, 151644, 2]
 STOP_PROBE = 95646  # the tiny model's most frequent output token (checked): the *_stop runs use it as stop_token
 # fixed canvases for the logits figures: a prompt then masks over three blocks of 32 (the last partial), and the
 # same prompt with some tokens committed
@@ -460,6 +464,7 @@ def main() -> None:
             **gen_runs,
             "stop_probe_token": stop,
             "edge_prompt_32": edge,
+            "cli_recipe": run_generate(model, CLI_PROMPT, GENERATE_CHATBOT),
             "notes": NOTES,
         }
         out = Path(args.out)
