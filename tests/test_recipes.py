@@ -198,7 +198,7 @@ def test_every_flag_a_member_does_not_read_is_said_once(members, checkpoints, fa
     args = build_parser("generate").parse_args(["generate", "hi", "--model", str(checkpoints[family].path),
                                                 "--gen-length", "64", "--cache", "none",
                                                 "--" + flag.replace("_", "-"), FLAG_VALUES[flag]])
-    notes = [n for n in settings_notes(args, [members[family]]) if "does not apply" in n]
+    notes = [n for n in settings_notes([members[family]], decode_settings(args)) if "does not apply" in n]
     if flag in NOT_READ_BY[family]:
         assert len(notes) == 1 and "--" + flag.replace("_", "-") in notes[0] and members[family].name in notes[0]
     else:

@@ -197,7 +197,7 @@ def cmd_generate(args) -> int:
     refuse_off_task(load, prompt)  # after every flag and model check, as the chat asks its loaded members
     result = ensemble.run([{"role": "user", "content": prompt}], decode, tie, on_event)
     bar.close()
-    say_notes(args, ensemble.members)
+    say_notes(ensemble.members, decode)
     total = ensemble.load_seconds + result.seconds
     if args.json:
         out = result_fields(result) | {
@@ -251,7 +251,7 @@ def generate_many(args) -> int:
             sys.stdout.flush()
     finally:
         progress.close()
-    say_notes(args, ensemble.members)
+    say_notes(ensemble.members, decode)
     return 0
 
 
@@ -262,7 +262,7 @@ def recipe_flags(recipe: dict) -> str:
         if key == "answer_length":
             words.append("--free" if value is None else f"--answer-length {value}")
         elif key == "stop_at_eos":  # no flag of its own: the family's sampler stops so
-            words.append("and stops after the block holding an end-of-text" if value else "")
+            words += ["and stops after the block holding an end-of-text"] if value else []
         else:
             words.append(f"--{key.replace('_', '-')} {value:g}" if isinstance(value, float) else
                          f"--{key.replace('_', '-')} {value}")

@@ -354,7 +354,7 @@ def cmd_eval(args) -> int:
         print("a TIE round: " + ", ".join(f"{name} {r['blocks']} block{'s' * (r['blocks'] > 1)} of {r['block_size']} "
                                           f"({r['steps']} steps)" for name, r in rounds(ensemble.members, decode,
                                                                                       tie).items()))
-    say_notes(args, ensemble.members)
+    say_notes(ensemble.members, decode)
     return 0
 
 

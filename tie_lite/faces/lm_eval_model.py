@@ -78,7 +78,7 @@ def model_arguments(members, given: dict):
     args.free = "answer_length" not in given  # lm-eval's tasks read their answers from the text themselves
     # the arguments given set every member (the layout always: lm-eval's tasks read the text); the rest is each
     # member's recipe
-    args.decode_given = {SETTINGS[k] for k in given if SETTINGS[k] in options.GIVEN_FIELDS} | {"answer_length"}
+    args.decode_given = {SETTINGS[k] for k in given} | {"answer_length"}  # options.given_fields keeps the decode ones
     return args
 
 

@@ -279,16 +279,18 @@ def uniform_noise(spec: str) -> bool:
     return bool(getattr(family_for(config.get("model_type"), source=name, config=config), "uniform_noise", False))
 
 
-# the decode flags' destinations that a recipe may set, and the DecodeSettings field each is
-GIVEN_FIELDS = {"gen_length": "gen_length", "block_size": "block_size", "steps": "steps", "temperature": "temperature",
-                "unmask": "unmask", "threshold": "threshold", "topk": "topk", "answer_length": "answer_length",
-                "free": "answer_length", "schedule": "schedule", "eps": "eps", "cache": "cache",
-                "edit_threshold": "edit_threshold", "edit_steps": "edit_steps", "sub_block": "sub_block"}
+def recipe_field(dest: str) -> str | None:
+    """The DecodeSettings field a decode flag's destination sets where a recipe may set it (--free: the layout's
+    answer_length); None for the others."""
+    from tie_lite.engine.sampler import RECIPE_KEYS  # deferred: the sampler loads torch
+
+    field = "answer_length" if dest == "free" else dest
+    return field if field in RECIPE_KEYS else None
 
 
 def given_fields(args) -> frozenset[str]:
     """The DecodeSettings fields the user's flags set (the others are each member's recipe)."""
-    return frozenset(GIVEN_FIELDS[d] for d in getattr(args, "decode_given", None) or () if d in GIVEN_FIELDS)
+    return frozenset(filter(None, map(recipe_field, getattr(args, "decode_given", None) or ())))
 
 
 def member_options(args) -> tuple:
@@ -300,7 +302,7 @@ def member_options(args) -> tuple:
 
     probe = Parser(prog="--member-option")
     add_decode_args(probe)
-    actions = {a.dest: a for a in probe._actions if a.dest in GIVEN_FIELDS}
+    actions = {a.dest: a for a in probe._actions if recipe_field(a.dest)}
     names = member_names(args.model or []) if args.model else member_names(default_models())
     options: dict[str, dict] = {}
     for spec in specs:
@@ -331,7 +333,7 @@ def member_options(args) -> tuple:
                 parsed = action.type(text) if action.type is not None else text
             except argparse.ArgumentTypeError as exc:
                 raise UserError(f"--member-option {shown(name)}:{key}: {exc}") from None
-        options.setdefault(name, {})[GIVEN_FIELDS[key]] = parsed
+        options.setdefault(name, {})[recipe_field(key)] = parsed
     return tuple((name, tuple(values.items())) for name, values in options.items())
 
 
@@ -382,34 +384,34 @@ def decode_report(decode) -> dict:
 HUB_BIDIRECTIONAL = ("llada", "dream", "llada-moe")  # families whose default block cache is an approximation
 
 
-def settings_notes(args, members, decode=None) -> list[str]:
-    """What the flags did not do, said once on stderr after a run (never before an error's one line): flags given
-    for every member that some member's sampler does not read (they apply to the others; a uniform-noise member,
-    DiffusionGemma, runs its checkpoint's own sampler), and a default cache that is approximate for a hub family.
-    --json and the API's trace report per member what ran (`member_settings`)."""
+def settings_notes(members, decode) -> list[str]:
+    """What the flags did not do, said once on stderr after a run (never before an error's one line): settings
+    given for every member (`decode.given`) that some member's sampler does not read (they apply to the others; a
+    uniform-noise member, DiffusionGemma, runs its checkpoint's own sampler), and a default cache that is
+    approximate for a hub family. --json and the API's trace report per member what ran (`member_settings`)."""
     from tie_lite.engine.recipe import settings_for, unused, why_unused  # deferred: the engine loads torch
 
-    decode = decode or decode_settings(args)
-    given = sorted(given_fields(args) - {"gen_length", "answer_length"})  # every member reads these
+    given = sorted(set(decode.given or ()) - {"gen_length", "answer_length"})  # every member reads these
     idle: dict[str, list[str]] = {}  # flag -> "member (why)" for each member that does not read it
+    approximate = []  # hub members on an approximate cache they did not ask for
     for m in members:
         settings = settings_for(m, decode)
         for key in unused(m, settings, given):
             idle.setdefault(key, []).append(f"{m.name} ({why_unused(m, settings, key)})")
+        if (getattr(m, "caches", False) and not getattr(m, "block_causal", False) and settings.cache != "none"
+                and getattr(getattr(m, "family", None), "name", "") in HUB_BIDIRECTIONAL):
+            approximate.append(m.name)
     notes = [f"tie-lite: note: --{key.replace('_', '-')} does not apply to {'; '.join(who)}" for key, who in idle.items()]
     # the default cache where it is not exact, for a hub family (the shipped members were measured with it)
-    approximate = [m.name for m in members if getattr(m, "caches", False) and not getattr(m, "block_causal", False)
-                   and getattr(getattr(m, "family", None), "name", "") in HUB_BIDIRECTIONAL
-                   and settings_for(m, decode).cache != "none"]
-    if approximate and "cache" not in given_fields(args):
+    if approximate and "cache" not in given:
         notes.append(f"tie-lite: note: the default --cache {decode.cache} is approximate for {', '.join(approximate)} "
                      f"(keys and values reused within a block, as Fast-dLLM does); --cache none decodes as the "
                      f"authors' code does")
     return notes
 
 
-def say_notes(args, members) -> None:
-    for note in settings_notes(args, members):
+def say_notes(members, decode) -> None:
+    for note in settings_notes(members, decode):
         print(note, file=sys.stderr)
 
 

@@ -171,13 +171,22 @@ class Family:
     # member of this family decodes with where no flag says otherwise; () for tie-lite's own defaults
     recipe: tuple[tuple[str, object], ...] = ()
     recipe_source: str = ""  # which of the authors' code the recipe is, and what it leaves out
+    # (config field, default): the block the checkpoint was trained with, the recipe's block size (SDAR's
+    # `block_size`, Fast-dLLM v2's `bd_size`); None: the recipe's own
+    block_field: tuple[str, int] | None = None
     # The canvas starts as random tokens that are accepted or re-noised (DiffusionGemma), not as masks.
     uniform_noise: bool = False
 
-    def checkpoint_recipe(self, source: str) -> dict:
-        """A checkpoint's recipe: the family's, under what its generation_config.json sets for the authors'
-        generate() (`max_new_tokens`, `block_length`, `steps`, `threshold`, ...)."""
-        return dict(self.recipe) | generation_recipe(source)
+    def checkpoint_recipe(self, source: str, config=None) -> dict:
+        """A checkpoint's recipe: the family's, with the block its loaded `config` names (`block_field`), under what
+        its generation_config.json sets for the authors' generate() (`max_new_tokens`, `block_length`, ...)."""
+        recipe = dict(self.recipe)
+        if self.block_field is not None:
+            name, default = self.block_field
+            block = getattr(config, name, None)
+            recipe["block_size"] = block if isinstance(block, int) and not isinstance(block, bool) and block > 0 \
+                else default
+        return recipe | generation_recipe(source)
 
     def register(self) -> None:
         """Import the native model module so that transformers' Auto classes know the architecture."""

@@ -10,29 +10,14 @@ then sub-blocks of 8 left to right, every position above the threshold and at le
 
 from __future__ import annotations
 
-import json
-
-from .base import Family, checkpoint_file
+from .base import Family
 
 # The model card's generate() call: 512 new tokens, blocks of bd_size (32), sub-blocks of 8, threshold 0.9,
 # greedy; its generate() ends the response at <|im_end|>. No answer marker.
 FAST_DLLM_V2_RECIPE = (("gen_length", 512), ("unmask", "fast_dllm_v2"), ("sub_block", 8), ("threshold", 0.9),
                        ("temperature", 0.0), ("answer_length", None), ("stop_at_eos", True))
 
-
-class FastDLLMv2Family(Family):
-    def checkpoint_recipe(self, source: str) -> dict:
-        """The family's recipe with the checkpoint's block (`bd_size`, 32 as released)."""
-        path = checkpoint_file(source, "config.json")
-        try:
-            block = json.loads(path.read_text()).get("bd_size") if path is not None else None
-        except (OSError, ValueError, AttributeError):
-            block = None
-        block = block if isinstance(block, int) and not isinstance(block, bool) and block > 0 else 32
-        return {"block_size": block} | super().checkpoint_recipe(source)
-
-
-FAST_DLLM_V2 = FastDLLMv2Family(
+FAST_DLLM_V2 = Family(
     name="fast-dllm-v2",
     model_types=("Fast_dLLM_Qwen",),
     auto_class="AutoModelForCausalLM",
@@ -44,6 +29,7 @@ FAST_DLLM_V2 = FastDLLMv2Family(
     native_module="tie_lite.models.fast_dllm_v2",
     block_causal=True,
     recipe=FAST_DLLM_V2_RECIPE,
+    block_field=("bd_size", 32),
     recipe_source="the model card's generate(max_new_tokens=512, block_size=32, small_block_size=8, threshold=0.9), "
                   "greedy",
 )

@@ -109,10 +109,10 @@ class LingFamily(Family):
 @dataclass(frozen=True)
 class LLaDA2Family(LingFamily):
 
-    def checkpoint_recipe(self, source: str) -> dict:
+    def checkpoint_recipe(self, source: str, config=None) -> dict:
         """LLaDA2.1's folder has LLaDA2.0's config.json; its modeling file's generate() edits tokens: where the
         checkpoint's modeling file has `editing_threshold`, the recipe edits with that file's own defaults."""
-        recipe = super().checkpoint_recipe(source)
+        recipe = super().checkpoint_recipe(source, config)
         path = checkpoint_file(source, MODELING_FILE)
         try:
             code = path.read_text(errors="replace") if path is not None else ""

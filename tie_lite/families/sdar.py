@@ -10,9 +10,7 @@ generation config's stop ids.
 
 from __future__ import annotations
 
-import json
-
-from .base import Family, checkpoint_file
+from .base import Family
 
 MASK_ID = 151669
 DEFAULT_BLOCK = 4  # the authors' generate.py and evaluation sampler, and the released configs that name one
@@ -24,20 +22,7 @@ SDAR_RECIPE = (("gen_length", 4096), ("unmask", "llada2"), ("threshold", 0.95), 
                ("answer_length", None), ("stop_at_eos", True))
 
 
-def block_size_of(source: str) -> int:
-    """The checkpoint's `block_size` from its config.json (4 where it names none, as the MoE's does not)."""
-    path = checkpoint_file(source, "config.json")
-    try:
-        value = json.loads(path.read_text()).get("block_size") if path is not None else None
-    except (OSError, ValueError, AttributeError):
-        value = None
-    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else DEFAULT_BLOCK
-
-
 class SDARFamily(Family):
-    def checkpoint_recipe(self, source: str) -> dict:
-        return {"block_size": block_size_of(source)} | super().checkpoint_recipe(source)
-
     def routed_experts(self, config: dict) -> tuple[int, int] | None:
         if not config.get("num_experts"):
             return None
@@ -94,6 +79,7 @@ SDAR = SDARFamily(
     native_module="tie_lite.models.sdar",
     block_causal=True,
     recipe=SDAR_RECIPE,
+    block_field=("block_size", DEFAULT_BLOCK),
     recipe_source="the authors' evaluation (eval_sdar_hf.py, huggingface_bd3.py's sampler: 4096 tokens in blocks of "
                   "the checkpoint's block_size, threshold 0.95, greedy, stop after the block with an end-of-text); "
                   "generate.py's greedy top_k=1 makes every confidence 1.0 and commits whole blocks at once",

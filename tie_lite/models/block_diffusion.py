@@ -14,11 +14,11 @@ import torch
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForMaskedLM
 
 from .cache import CanvasLMOutput, EmbeddingAccessors, embedded, head_rows, positions_and_kv
-from .layers import sdpa_mask
-from .llada2_moe import block_causal_mask
+from .layers import block_causal_mask, sdpa_mask
+
 
 class LayerCache:
-    """The `cache` the Qwen3 attention layers call (`update(keys, values, layer_idx)` -> what to attend over),
+    """The `cache` transformers' attention layers call (`update(keys, values, layer_idx)` -> what to attend over),
     backed by tie-lite's canvas cache (models/cache.py LayerKV)."""
 
     def __init__(self, kv):
@@ -29,7 +29,7 @@ class LayerCache:
 
 
 class CanvasForward(EmbeddingAccessors):
-    """The canvas forward shared by the dense and the MoE model: forward(input_ids) returns `.logits` (float32),
+    """The canvas forward of every model here (mixed in before transformers' causal LM class): forward(input_ids) returns `.logits` (float32),
     the prediction for position i at index i; attention is block-causal with blocks of `block_size` (per row,
     block 0 starting at `block_start`)."""
 

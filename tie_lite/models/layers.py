@@ -1,4 +1,5 @@
-"""Pieces LLaDA, LLaDA2, LLaDA-MoE and Dream compute the same way (each checked against its authors' code)."""
+"""Pieces LLaDA, LLaDA2, LLaDA-MoE, Dream and the block-diffusion models compute the same way (each checked
+against its authors' code)."""
 
 from __future__ import annotations
 
@@ -67,6 +68,17 @@ def sdpa_mask(mask, batch: int, length: int) -> torch.Tensor | None:
     if mask.dim() == 4:
         return mask
     raise ValueError(f"attention_mask must be (batch, length) or 4-D, not {tuple(mask.shape)}")
+
+
+def block_causal_mask(query_positions: torch.Tensor, key_length: int, block_size: int,
+                      block_start: torch.Tensor) -> torch.Tensor:
+    """(batch, 1, queries, keys) boolean: key k is seen from query q when block(k) <= block(q), with
+    block(p) = floor((p - block_start) / block_size) per row (block diffusion: LLaDA2, SDAR, Fast-dLLM v2)."""
+    start = block_start.to(query_positions.device).view(-1, 1)
+    q_block = torch.div(query_positions - start, block_size, rounding_mode="floor")
+    keys = torch.arange(key_length, device=query_positions.device)[None]
+    k_block = torch.div(keys - start, block_size, rounding_mode="floor")
+    return (k_block[:, None, :] <= q_block[:, :, None])[:, None]
 
 
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, heads: int, kv_heads: int,

@@ -50,7 +50,7 @@ from transformers import (
 
 from .cache import CanvasCache, CanvasLMOutput, EmbeddingAccessors, embedded, head_rows, run_layers
 from .experts import SwiGLU, routed_expert_sum
-from .layers import ACTIVATIONS, RMSNorm, attend, rope_type, rotary_cos_sin, rotate_partial
+from .layers import ACTIVATIONS, RMSNorm, attend, block_causal_mask, rope_type, rotary_cos_sin, rotate_partial
 
 SCORE_FUNCTIONS = ("sigmoid",)  # what the authors' LLaDA2MoeGate computes; anything else is refused
 ROUTER_DTYPES = ("fp32", "float32")  # the gate runs in float32 whatever the checkpoint says
@@ -298,17 +298,6 @@ class LLaDA2Backbone(nn.Module):
         self.word_embeddings = nn.Embedding(config.vocab_size, config.hidden_size)
         self.layers = nn.ModuleList(LLaDA2Layer(config, i) for i in range(config.num_hidden_layers))
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-
-
-def block_causal_mask(query_positions: torch.Tensor, key_length: int, block_size: int,
-                      block_start: torch.Tensor) -> torch.Tensor:
-    """(batch, 1, queries, keys) boolean: key k is seen from query q when block(k) <= block(q), with
-    block(p) = floor((p - block_start) / block_size) per row."""
-    start = block_start.to(query_positions.device).view(-1, 1)
-    q_block = torch.div(query_positions - start, block_size, rounding_mode="floor")
-    keys = torch.arange(key_length, device=query_positions.device)[None]
-    k_block = torch.div(keys - start, block_size, rounding_mode="floor")
-    return (k_block[:, None, :] <= q_block[:, :, None])[:, None]
 
 
 class LLaDA2MoeModelLM(EmbeddingAccessors, PreTrainedModel):

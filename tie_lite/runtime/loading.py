@@ -290,7 +290,7 @@ def load_member(
         footprint_bytes=measured_footprint(model),
     )
     member.tokenizer_key = tokenizer_key(tokenizer)
-    member.recipe = family.checkpoint_recipe(source)
+    member.recipe = family.checkpoint_recipe(source, hf_config)
     if family.uniform_noise:
         member.denoising = denoising_settings(model)
     return member

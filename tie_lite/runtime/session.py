@@ -198,19 +198,19 @@ class Ensemble:
         if not self.estimates:
             return 0
         index = self.scheduler._index
-        total_len = max(self._canvas_lengths(messages, decode))
+        decodes = settings_of(self.members, decode)  # each member's own settings: the widest sizes the forward
+        total_len = max(self._canvas_lengths(messages, decodes))
         cross = needs_cross_model(tie.score, len(index), tie.select)
         batch = (len(index) if cross else 1) * times
-        decodes = settings_of(self.members, decode)  # each member's own settings: the widest sizes the forward
         read = max(read_positions(d, tie) for d in decodes)
         cached = any(d.cache != "none" for d in decodes)
         return max(self.estimates[j].working_bytes(total_len, batch, read, cached) for j in index)
 
-    def _canvas_lengths(self, messages, decode: DecodeSettings, check: bool = False) -> list[int]:
-        """Each member's whole canvas, prompt and response, with its own settings (with `check`, each within its
-        context)."""
+    def _canvas_lengths(self, messages, decodes: list[DecodeSettings], check: bool = False) -> list[int]:
+        """Each member's whole canvas, prompt and response, with its own settings `decodes` (with `check`, each
+        within its context)."""
         lengths = []
-        for m, d in zip(self.members, settings_of(self.members, decode)):
+        for m, d in zip(self.members, decodes):
             prompt = len(m.prompt_ids(messages))
             canvas = response_length(prompt, d.gen_length, d.layout_block_size, blocks_from_start(m, d))
             if check:
@@ -261,7 +261,7 @@ class Ensemble:
     def check_prompt(self, messages, decode: DecodeSettings) -> None:
         """The conversation and the canvas within every member's context (a prompt far too long is refused by its
         characters, before it is tokenized)."""
-        self._canvas_lengths(messages, decode, check=True)
+        self._canvas_lengths(messages, settings_of(self.members, decode), check=True)
 
     def _check_host_memory(self, messages, decode: DecodeSettings, tie: TieSettings) -> None:
         """No budget given (all members resident on the CPU): refuse a request whose forward alone would not fit
